@@ -1,0 +1,69 @@
+# Every target is a thin wrapper over the real tool. `make run` and `make test` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# pyenv's shim for a non-default version can hang, so prefer the interpreter itself.
+PYTHON313 ?= $(shell ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1 | grep . || command -v python3.13)
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export SAM_CLI_TELEMETRY := 0
+# sam build for python3.13 needs a python3.13 executable first on PATH.
+export PATH := $(dir $(PYTHON313)):$(PATH)
+
+.PHONY: help setup run demo test lint format typecheck unit integration e2e validate build bench deploy clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt
+	@test -n "$(PYTHON313)" || { echo "python3.13 not found: install it (pyenv install 3.13) or set PYTHON313=/path/to/python3.13"; exit 1; }
+	$(PYTHON313) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## create the Python 3.13 virtualenv with every tool
+
+run: setup  ## start the whole app locally (DynamoDB Local, Feishu simulator, functions) and show it working
+	$(PY) -m local.run
+
+demo: setup  ## the same demo, non-interactive; fails if the mirror does not match
+	$(PY) -m local.run --demo
+
+test: setup lint typecheck unit integration e2e validate build  ## everything CI runs
+
+lint: setup  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: setup  ## mypy (strict on the shared package)
+	$(BIN)/mypy layers/shared/feishu_mirror functions local tests bench
+
+unit: setup  ## pure logic, no I/O
+	$(BIN)/pytest tests/unit -q
+
+integration: setup  ## real DynamoDB Local and the Feishu simulator over HTTP
+	$(BIN)/pytest tests/integration -q
+
+e2e: setup  ## the template's functions under the Lambda emulator, driven through the local API
+	$(BIN)/pytest tests/e2e -q
+
+validate: setup  ## sam validate --lint
+	$(BIN)/sam validate --lint
+
+build: setup  ## sam build (no Docker needed)
+	$(BIN)/sam build
+
+bench: setup  ## benchmarks; figures go to bench/results.json
+	$(PY) -m bench.run
+
+deploy: build  ## sam deploy --guided against your AWS account
+	$(BIN)/sam deploy --guided
+
+clean:  ## remove build output and local state
+	rm -rf .aws-sam .local .pytest_cache .mypy_cache .ruff_cache
