@@ -1,2 +1,99 @@
-def handler(event, context):
-    return {}
+"""Callback function (``POST /feishu/events``): verify, deduplicate, start one sync per user, answer.
+
+Never calls Feishu. Bad input gets a 4xx with a short reason; an AWS dependency being down gets a
+503 so that Feishu retries the delivery (its retries are deduplicated on ``header.event_id``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from feishu_mirror import wiring
+from feishu_mirror.callback import CalendarChanged, CallbackVerifier, Challenge
+from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
+from feishu_mirror.errors import CallbackRejected
+from feishu_mirror.observability import count, logger, metrics
+
+settings = Settings.from_env("USERS_TABLE", "IDEMPOTENCY_TABLE", "SYNC_FUNCTION_NAME")
+idempotency = IdempotencyConfig(
+    event_key_jmespath="header.event_id",
+    raise_on_no_idempotency_key=True,
+    expires_after_seconds=settings.dedup_ttl_seconds,  # longer than Feishu's ~7 h retry window
+    response_hook=lambda response, _record: {**response, "duplicate": True},
+)
+persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=wiring.dynamodb())
+
+
+@idempotent_function(data_keyword_argument="event", config=idempotency, persistence_store=persistence)
+def dispatch(*, event: dict[str, Any], open_ids: tuple[str, ...]) -> dict[str, Any]:  # noqa: ARG001 - event is the key
+    """Start syncs for the users of one event; runs once per ``header.event_id``."""
+    return wiring.pings(settings).dispatch(open_ids, reason="calendar_changed").as_dict()
+
+
+@cache
+def verifier(credentials: FeishuCredentials) -> CallbackVerifier:
+    """One verifier per credential set (the secret may rotate)."""
+    return CallbackVerifier(
+        encrypt_key=credentials.encrypt_key,
+        verification_token=credentials.verification_token,
+        app_id=credentials.app_id,
+        max_skew_seconds=settings.callback_max_skew_seconds,
+    )
+
+
+def _reply(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+
+
+def _raw_body(event: dict[str, Any]) -> bytes:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CallbackRejected(400, "body is not valid base64") from exc
+    return body.encode("utf-8") if isinstance(body, str) else b""
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """API Gateway HTTP API (payload 2.0) handler."""
+    idempotency.register_lambda_context(context)
+    headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
+    try:
+        request = verifier(load_credentials(settings)).verify(headers, _raw_body(event))
+    except CallbackRejected as exc:
+        count("CallbacksRejected")
+        logger.info("callback_rejected", extra={"status": exc.status, "reason": exc.reason})
+        return _reply(exc.status, {"msg": exc.reason})
+    if isinstance(request, Challenge):
+        return _reply(200, {"challenge": request.challenge})
+    logger.append_keys(event_id=request.event_id)
+    count("EventsReceived")
+    if not isinstance(request, CalendarChanged):
+        logger.info("event_ignored", extra={"event_type": request.event_type})
+        return _reply(200, {"msg": "ignored"})
+    try:
+        result = dispatch(event=request.payload, open_ids=request.open_ids)
+    except IdempotencyAlreadyInProgressError:
+        result = {"duplicate": True, "in_progress": True}
+    except Exception:
+        logger.exception("callback_dispatch_failed")
+        return _reply(503, {"msg": "temporarily unavailable, retry later"})
+    if result.get("duplicate"):
+        count("DuplicatesDropped")
+    logger.info("event_dispatched", extra=result)
+    return _reply(200, {"msg": "success", **result})

@@ -1,2 +1,28 @@
-def handler(event, context):
-    return {}
+"""Resync function: on its schedule, starts syncs for users that are due (see ``feishu_mirror.resync``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from feishu_mirror import wiring
+from feishu_mirror.config import Settings
+from feishu_mirror.invoker import LambdaSyncInvoker
+from feishu_mirror.observability import logger, metrics, tracer
+from feishu_mirror.resync import Resync
+
+settings = Settings.from_env("USERS_TABLE", "SYNC_FUNCTION_NAME")
+resync = Resync(
+    wiring.users(settings),
+    LambdaSyncInvoker(wiring.lambda_client(), settings.sync_function_name),
+    max_users=settings.resync_max_users_per_run,
+)
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(_event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
+    """Scheduled-event handler (the event's content is not used)."""
+    return resync.run().as_dict()

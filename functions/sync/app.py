@@ -1,2 +1,64 @@
-def handler(event, context):
-    return {}
+"""Sync function: syncs one user's calendar list, invoked asynchronously with ``{"open_id": ...}``.
+
+Expected failures (Feishu errors, expired tokens, a held lease) are recorded on the user and
+returned; only unexpected ones raise, so Lambda retries them and then sends them to the on-failure
+queue. A failure record from that queue can be replayed as is: its ``requestPayload`` is used.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from feishu_mirror import wiring
+from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
+from feishu_mirror.observability import logger, metrics, tracer
+from feishu_mirror.sync import CalendarSync
+
+settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "RATE_LIMIT_TABLE")
+SAFETY_SECONDS = 10  # left for the final writes after the last Feishu call
+LEASE_MARGIN_SECONDS = 30  # the lease outlives the invocation's timeout by this much
+MAX_OPEN_ID_LENGTH = 128
+
+
+@cache
+def calendar_sync(credentials: FeishuCredentials) -> CalendarSync:
+    """The sync engine for one credential set."""
+    return CalendarSync(
+        users=wiring.users(settings),
+        calendars=wiring.calendars(settings),
+        feishu=wiring.feishu(settings, credentials),
+        settings=settings,
+    )
+
+
+def _open_id(event: Any) -> str | None:
+    if isinstance(event, dict) and isinstance(event.get("requestPayload"), dict):
+        event = event["requestPayload"]  # a replayed on-failure destination record
+    open_id = event.get("open_id") if isinstance(event, dict) else None
+    if isinstance(open_id, str) and 0 < len(open_id) <= MAX_OPEN_ID_LENGTH:
+        return open_id
+    return None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Async-invoke handler."""
+    open_id = _open_id(event)
+    if open_id is None:
+        logger.error("sync_request_invalid")
+        return {"outcome": "invalid_request", "error": 'expected {"open_id": "ou_..."}'}
+    logger.append_keys(open_id=open_id, reason=str(event.get("reason", ""))[:40])
+    remaining = context.get_remaining_time_in_millis() / 1000
+    result = calendar_sync(load_credentials(settings)).run(
+        open_id,
+        owner=context.aws_request_id,
+        deadline=time.monotonic() + remaining - SAFETY_SECONDS,
+        lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
+    )
+    return result.as_dict()

@@ -1,0 +1,8 @@
+"""feishu_mirror: keeps each authorised Feishu user's calendar list mirrored in DynamoDB.
+
+Organised by concern: ``config`` (settings and credentials), ``observability`` (logger, tracer,
+metrics), ``errors``, ``models``, ``crypto`` and ``callback`` (verifying Feishu pushes), ``feishu``
+(the HTTP client), ``store`` (all DynamoDB access), ``sync`` (the sync algorithm), ``pings`` (turning
+a push into sync invocations), ``resync`` (the scheduled safety net) and ``onboarding`` (OAuth).
+Nothing here imports Lambda-specific code; the handlers in ``functions/`` wire it to triggers.
+"""

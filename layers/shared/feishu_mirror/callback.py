@@ -1,0 +1,191 @@
+"""Verifying and parsing Feishu event callbacks (the ``POST /feishu/events`` body).
+
+Order of checks, cheapest and most decisive first: body size, JSON shape, signature and timestamp
+(over the raw bytes, before any decryption), decryption, verification token (constant time), app id,
+then the event itself. Every refusal is a ``CallbackRejected`` with a short reason and a 4xx status.
+With an Encrypt Key configured, plaintext bodies are refused, so the challenge path cannot be used
+to get around verification; only ``url_verification`` may arrive without signature headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from feishu_mirror import crypto
+from feishu_mirror.errors import CallbackRejected
+
+CALENDAR_CHANGED = "calendar.calendar.changed_v4"
+MAX_BODY_BYTES = 128 * 1024
+MAX_EVENT_ID_LENGTH = 128
+MAX_CHALLENGE_LENGTH = 1024
+MAX_USERS_PER_EVENT = 1000
+TIMESTAMP_HEADER = "x-lark-request-timestamp"
+NONCE_HEADER = "x-lark-request-nonce"
+SIGNATURE_HEADER = "x-lark-signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A ``url_verification`` request: answer ``{"challenge": ...}`` at once."""
+
+    challenge: str
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarChanged:
+    """A verified ``calendar.calendar.changed_v4`` event: these users' calendar lists changed."""
+
+    event_id: str
+    open_ids: tuple[str, ...]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoredEvent:
+    """A verified event the mirror does not act on (another type, or no users)."""
+
+    event_id: str
+    event_type: str
+
+
+Callback = Challenge | CalendarChanged | IgnoredEvent
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CallbackRejected(400, f"{what} must be a JSON object")
+    return value
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CallbackRejected(400, f"{what} is not valid JSON") from exc
+    return _object(value, what)
+
+
+class CallbackVerifier:
+    """Checks a raw callback request and returns what it asks for.
+
+    ``encrypt_key`` empty means the app sends plaintext (no signatures). ``app_id``, when given, must
+    match ``header.app_id`` of v2 events. ``clock`` returns unix seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        encrypt_key: str,
+        verification_token: str,
+        app_id: str = "",
+        max_skew_seconds: int = 300,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._encrypt_key = encrypt_key
+        self._aes_key = crypto.derive_key(encrypt_key) if encrypt_key else b""
+        self._token = verification_token.encode("utf-8")
+        self._app_id = app_id
+        self._max_skew = max_skew_seconds
+        self._max_body = max_body_bytes
+        self._clock = clock
+
+    def verify(self, headers: Mapping[str, str], raw_body: bytes) -> Callback:
+        """Verify one request (``headers`` with lowercase names) and parse it; raises ``CallbackRejected``."""
+        if len(raw_body) > self._max_body:
+            raise CallbackRejected(413, "body too large")
+        if not raw_body.strip():
+            raise CallbackRejected(400, "empty body")
+        envelope = _json_object(raw_body, "body")
+        signed = self._check_signature(headers, raw_body) if self._encrypt_key else False
+        payload = self._open(envelope)
+        if payload.get("type") == "url_verification":
+            return self._challenge(payload)
+        if self._encrypt_key and not signed:
+            raise CallbackRejected(401, "missing signature headers")
+        return self._event(payload)
+
+    def _check_signature(self, headers: Mapping[str, str], raw_body: bytes) -> bool:
+        timestamp = headers.get(TIMESTAMP_HEADER, "")
+        nonce = headers.get(NONCE_HEADER, "")
+        received = headers.get(SIGNATURE_HEADER, "")
+        if not (timestamp or nonce or received):
+            return False
+        if not (timestamp and nonce and received):
+            raise CallbackRejected(401, "incomplete signature headers")
+        expected = crypto.signature(timestamp, nonce, self._encrypt_key, raw_body)
+        if not crypto.signature_matches(expected, received):
+            raise CallbackRejected(401, "signature mismatch")
+        try:
+            sent_at = int(timestamp)
+        except ValueError as exc:
+            raise CallbackRejected(401, "timestamp is not an integer") from exc
+        if abs(self._clock() - sent_at) > self._max_skew:
+            raise CallbackRejected(401, "stale timestamp")
+        return True
+
+    def _open(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        encrypted = envelope.get("encrypt")
+        if not self._encrypt_key:
+            if encrypted is not None:
+                raise CallbackRejected(400, "encrypted body but no encrypt key is configured")
+            return envelope
+        if not isinstance(encrypted, str):
+            raise CallbackRejected(400, "body must be encrypted")
+        try:
+            plaintext = crypto.decrypt(self._aes_key, encrypted)
+        except crypto.DecryptionError as exc:
+            raise CallbackRejected(400, str(exc)) from exc
+        return _json_object(plaintext, "decrypted body")
+
+    def _check_token(self, token: Any) -> None:
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self._token):
+            raise CallbackRejected(401, "verification token mismatch")
+
+    def _challenge(self, payload: dict[str, Any]) -> Challenge:
+        self._check_token(payload.get("token"))
+        challenge = payload.get("challenge")
+        if not isinstance(challenge, str) or not challenge or len(challenge) > MAX_CHALLENGE_LENGTH:
+            raise CallbackRejected(400, "challenge must be a non-empty string")
+        return Challenge(challenge)
+
+    def _event(self, payload: dict[str, Any]) -> CalendarChanged | IgnoredEvent:
+        if payload.get("schema") != "2.0":
+            if "uuid" in payload:  # schema 1.0: the mirror subscribes to no v1 event
+                self._check_token(payload.get("token"))
+                return IgnoredEvent(str(payload["uuid"])[:MAX_EVENT_ID_LENGTH], "v1")
+            raise CallbackRejected(400, "unrecognised payload (neither schema 2.0 nor url_verification)")
+        header = _object(payload.get("header"), "header")
+        self._check_token(header.get("token"))
+        if self._app_id and header.get("app_id") != self._app_id:
+            raise CallbackRejected(403, "event is for another app")
+        event_id = header.get("event_id")
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
+            raise CallbackRejected(400, "header.event_id must be a non-empty string")
+        event_type = header.get("event_type")
+        if not isinstance(event_type, str):
+            raise CallbackRejected(400, "header.event_type must be a string")
+        if event_type != CALENDAR_CHANGED:
+            return IgnoredEvent(event_id, event_type[:100])
+        open_ids = self._open_ids(_object(payload.get("event"), "event"))
+        if not open_ids:
+            return IgnoredEvent(event_id, event_type)
+        return CalendarChanged(event_id, open_ids, payload)
+
+    @staticmethod
+    def _open_ids(event: dict[str, Any]) -> tuple[str, ...]:
+        users = event.get("user_id_list")
+        if not isinstance(users, list) or len(users) > MAX_USERS_PER_EVENT:
+            raise CallbackRejected(400, "event.user_id_list must be a list of users")
+        open_ids: dict[str, None] = {}
+        for user in users:
+            open_id = user.get("open_id") if isinstance(user, dict) else None
+            if not isinstance(open_id, str) or not open_id or len(open_id) > MAX_EVENT_ID_LENGTH:
+                raise CallbackRejected(400, "every entry of event.user_id_list needs an open_id")
+            open_ids[open_id] = None
+        return tuple(open_ids)

@@ -1,0 +1,362 @@
+"""The Feishu OpenAPI client: calendar listing, change subscription, OAuth tokens and user info.
+
+The only module that speaks HTTP. Every call goes through ``FEISHU_BASE_URL`` (the OAuth consent page
+through ``FEISHU_ACCOUNTS_URL``) and first takes a slot from the app-wide ``RateGate``. Failures are
+handled by kind: 429 / 99991400 waits for ``x-ogw-ratelimit-reset``; 5xx, retryable codes and
+transport errors back off with full jitter; everything else raises a typed ``FeishuError`` at once.
+Success is decided by the body's ``code``, never by the HTTP status. No token is ever logged.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import requests
+
+from feishu_mirror.errors import (
+    AccessTokenRejected,
+    AuthorizationCodeRejected,
+    DeadlineExceeded,
+    FeishuError,
+    FeishuUnavailable,
+    ReauthorizationRequired,
+    SyncTokenExpired,
+)
+from feishu_mirror.models import Calendar, CalendarPage, TokenGrant, UserIdentity
+from feishu_mirror.observability import count, logger
+
+CALENDARS_PATH = "/open-apis/calendar/v4/calendars"
+SUBSCRIPTION_PATH = "/open-apis/calendar/v4/calendars/subscription"
+TOKEN_PATH = "/open-apis/authen/v2/oauth/token"  # noqa: S105 - a URL path, not a secret
+USER_INFO_PATH = "/open-apis/authen/v1/user_info"
+AUTHORIZE_PATH = "/open-apis/authen/v1/authorize"
+DEFAULT_SCOPES = ("calendar:calendar:readonly", "offline_access")
+
+RATE_LIMITED_CODES = frozenset({99991400})
+RETRYABLE_CODES = frozenset({190003, 190004, 190005, 190010, 20050, 20072, 1500, 5000})
+SYNC_TOKEN_EXPIRED = 190008
+ACCESS_TOKEN_CODES = frozenset({99991661, 99991668, 99991671, 99991677})
+USER_GONE_CODES = frozenset({195100})
+REAUTH_CODES = frozenset({20008, 20010, 20024, 20026, 20037, 20064, 20066, 20073, 20074})
+BAD_CODE_CODES = frozenset({20003, 20004, 20049, 20065, 20071})
+
+
+class RateGate(Protocol):
+    """Grants the next request slot app-wide; waits or raises ``DeadlineExceeded``."""
+
+    def acquire(self, deadline: float) -> None:
+        """Block until a request may be sent; ``deadline`` is a ``time.monotonic()`` value."""
+
+
+class NoRateGate:
+    """A gate that never waits (unit tests, one-off scripts)."""
+
+    def acquire(self, deadline: float) -> None:
+        """Return at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try a transient failure before giving up."""
+
+    max_attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+    max_rate_limit_wait: float = 60.0
+    connect_timeout: float = 3.05
+    read_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    body: dict[str, Any]
+    log_id: str
+
+
+def _code(body: Mapping[str, Any]) -> int:
+    """Feishu's ``code`` as an int; the OAuth endpoints may send it as a string (``"0"``)."""
+    raw = body.get("code", 0)
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _message(body: Mapping[str, Any]) -> str:
+    text = body.get("msg") or body.get("error_description") or body.get("error") or ""
+    return str(text)[:300]
+
+
+def _reset_seconds(headers: Mapping[str, str]) -> float:
+    try:
+        return max(0.0, float(headers.get("x-ogw-ratelimit-reset", "1")))
+    except ValueError:
+        return 1.0
+
+
+class FeishuClient:
+    """A small, typed client for the Feishu endpoints the mirror needs.
+
+    ``deadline`` arguments are ``time.monotonic()`` values past which no retry or wait is started.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        accounts_url: str,
+        app_id: str,
+        app_secret: str,
+        rate_gate: RateGate | None = None,
+        session: requests.Session | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._accounts = accounts_url.rstrip("/")
+        self._app_id = app_id
+        self._app_secret = app_secret
+        self._gate = rate_gate or NoRateGate()
+        self._session = session or requests.Session()
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._clock = clock
+
+    # ------------------------------------------------------------------ calendar API
+    def list_calendars(
+        self,
+        access_token: str,
+        *,
+        deadline: float,
+        page_size: int = 1000,
+        page_token: str | None = None,
+        sync_token: str | None = None,
+    ) -> CalendarPage:
+        """One page of the user's calendar list (full listing, or changes since ``sync_token``).
+
+        A follow-up page is asked for with ``page_token`` alone. Raises ``SyncTokenExpired`` (190008),
+        ``AccessTokenRejected``, ``ReauthorizationRequired`` (user left), ``FeishuUnavailable`` or
+        ``FeishuError``.
+        """
+        params: dict[str, str] = {"page_size": str(page_size)}
+        if page_token:
+            params["page_token"] = page_token
+        elif sync_token:
+            params["sync_token"] = sync_token
+        reply = self._call("GET", CALENDARS_PATH, deadline=deadline, access_token=access_token, params=params)
+        data = reply.body.get("data") or {}
+        if not isinstance(data, dict):
+            raise FeishuError(-1, "calendar list without a data object", log_id=reply.log_id)
+        raw_list = data.get("calendar_list") or []
+        if not isinstance(raw_list, list):
+            raise FeishuError(-1, "calendar_list is not a list", log_id=reply.log_id)
+        entries: list[tuple[Calendar, bool]] = []
+        skipped = 0
+        for raw in raw_list:
+            try:
+                entries.append(Calendar.from_feishu(raw if isinstance(raw, dict) else {}))
+            except ValueError:
+                skipped += 1
+        if skipped:
+            logger.warning("calendar_entries_skipped", extra={"skipped": skipped, "log_id": reply.log_id})
+        has_more = data.get("has_more") is True
+        page_token_out = str(data.get("page_token") or "")
+        if has_more and not page_token_out:
+            raise FeishuError(-1, "has_more without a page_token", log_id=reply.log_id)
+        return CalendarPage(
+            entries=tuple(entries),
+            has_more=has_more,
+            page_token=page_token_out,
+            sync_token=str(data.get("sync_token") or ""),
+            log_id=reply.log_id,
+            skipped_entries=skipped,
+        )
+
+    def subscribe_calendar_changes(self, access_token: str, *, deadline: float) -> None:
+        """Subscribe the user to ``calendar.calendar.changed_v4`` (idempotent on Feishu's side)."""
+        self._call("POST", SUBSCRIPTION_PATH, deadline=deadline, access_token=access_token, json_body={})
+
+    # ------------------------------------------------------------------ OAuth
+    def authorize_url(self, *, redirect_uri: str, state: str, code_challenge: str, scopes: tuple[str, ...]) -> str:
+        """The consent page URL the user is redirected to (PKCE S256)."""
+        query = urlencode(
+            {
+                "client_id": self._app_id,
+                "response_type": "code",
+                "redirect_uri": redirect_uri,
+                "scope": " ".join(scopes),
+                "state": state,
+                "code_challenge": code_challenge,
+                "code_challenge_method": "S256",
+            }
+        )
+        return f"{self._accounts}{AUTHORIZE_PATH}?{query}"
+
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str, deadline: float) -> TokenGrant:
+        """Trade an authorization code for tokens; raises ``AuthorizationCodeRejected`` for a bad code."""
+        body = {
+            "grant_type": "authorization_code",
+            "client_id": self._app_id,
+            "client_secret": self._app_secret,
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "code_verifier": code_verifier,
+        }
+        return self._grant(self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body))
+
+    def refresh_access_token(self, refresh_token: str, *, deadline: float) -> TokenGrant:
+        """Rotate the token pair. The old refresh token is dead as soon as Feishu answers.
+
+        Raises ``ReauthorizationRequired`` when Feishu refuses the refresh token for good.
+        """
+        body = {
+            "grant_type": "refresh_token",
+            "client_id": self._app_id,
+            "client_secret": self._app_secret,
+            "refresh_token": refresh_token,
+        }
+        try:
+            return self._grant(self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body))
+        except AuthorizationCodeRejected as exc:
+            raise ReauthorizationRequired(exc.code, exc.message, http_status=exc.http_status) from exc
+
+    def get_user_info(self, access_token: str, *, deadline: float) -> UserIdentity:
+        """Who the access token belongs to."""
+        reply = self._call("GET", USER_INFO_PATH, deadline=deadline, access_token=access_token)
+        data = reply.body.get("data") or {}
+        open_id = data.get("open_id") if isinstance(data, dict) else None
+        if not isinstance(open_id, str) or not open_id:
+            raise FeishuError(-1, "user_info without an open_id", log_id=reply.log_id)
+        return UserIdentity(open_id=open_id, name=str(data.get("name") or ""), union_id=str(data.get("union_id") or ""))
+
+    def _grant(self, reply: _Reply) -> TokenGrant:
+        body = reply.body
+        access_token = body.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise FeishuError(-1, "token response without an access_token", log_id=reply.log_id)
+        now = int(self._clock())
+        refresh_token = body.get("refresh_token") or None
+        refresh_in = body.get("refresh_token_expires_in")
+        return TokenGrant(
+            access_token=access_token,
+            access_expires_at=now + int(body.get("expires_in") or 7200),
+            refresh_token=str(refresh_token) if refresh_token else None,
+            refresh_expires_at=now + int(refresh_in) if refresh_token and refresh_in else None,
+            scope=str(body.get("scope") or ""),
+        )
+
+    # ------------------------------------------------------------------ transport
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: float,
+        access_token: str | None = None,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> _Reply:
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if access_token is not None:
+            headers["Authorization"] = f"Bearer {access_token}"
+        attempts = 0
+        waited_for_rate = 0.0
+        while True:
+            attempts += 1
+            self._gate.acquire(deadline)
+            timeout = self._timeout(deadline)
+            try:
+                response = self._session.request(
+                    method, self._base + path, params=params, json=json_body, headers=headers, timeout=timeout
+                )
+            except requests.RequestException as exc:
+                failure = f"transport error ({type(exc).__name__})"
+                logger.warning("feishu_transport_error", extra={"path": path, "error": type(exc).__name__})
+                delay = self._backoff(attempts, message=failure, deadline=deadline)
+                self._sleep(delay)
+                continue
+            log_id = response.headers.get("x-tt-logid", "")
+            body = self._json(response)
+            code = _code(body) if body is not None else -1
+            if body is not None and code == 0 and response.status_code < 400:
+                return _Reply(body, log_id)
+            message = _message(body or {}) or f"HTTP {response.status_code}"
+            logger.info(
+                "feishu_call_failed",
+                extra={"path": path, "status": response.status_code, "code": code, "log_id": log_id},
+            )
+            if response.status_code == 429 or code in RATE_LIMITED_CODES:
+                wait = _reset_seconds(response.headers)
+                waited_for_rate += wait
+                count("FeishuRateLimitWaits")
+                if waited_for_rate > self._retry.max_rate_limit_wait or self._monotonic() + wait >= deadline:
+                    raise FeishuUnavailable(code, "rate limited", http_status=response.status_code, log_id=log_id)
+                self._sleep(wait + random.uniform(0, 0.25))  # noqa: S311 - jitter, not crypto
+                attempts -= 1  # waiting out the limit is not a failed attempt
+                continue
+            if response.status_code >= 500 or code in RETRYABLE_CODES:
+                self._sleep(
+                    self._backoff(
+                        attempts,
+                        message=message,
+                        deadline=deadline,
+                        code=code,
+                        http_status=response.status_code,
+                        log_id=log_id,
+                    )
+                )
+                continue
+            raise self._error(code, message, response.status_code, log_id)
+
+    def _timeout(self, deadline: float) -> tuple[float, float]:
+        remaining = deadline - self._monotonic()
+        if remaining <= 0.5:
+            raise DeadlineExceeded("no time left for a Feishu call")
+        return (min(self._retry.connect_timeout, remaining), min(self._retry.read_timeout, remaining))
+
+    def _backoff(
+        self,
+        attempts: int,
+        *,
+        message: str,
+        deadline: float,
+        code: int = -1,
+        http_status: int | None = None,
+        log_id: str = "",
+    ) -> float:
+        if attempts >= self._retry.max_attempts:
+            raise FeishuUnavailable(code, message, http_status=http_status, log_id=log_id)
+        delay = random.uniform(0, min(self._retry.max_delay, self._retry.base_delay * 2**attempts))  # noqa: S311
+        if self._monotonic() + delay >= deadline:
+            raise FeishuUnavailable(code, message, http_status=http_status, log_id=log_id)
+        count("FeishuRetries")
+        return delay
+
+    @staticmethod
+    def _json(response: requests.Response) -> dict[str, Any] | None:
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    @staticmethod
+    def _error(code: int, message: str, http_status: int, log_id: str) -> FeishuError:
+        kind: type[FeishuError] = FeishuError
+        if code == SYNC_TOKEN_EXPIRED:
+            kind = SyncTokenExpired
+        elif code in ACCESS_TOKEN_CODES:
+            kind = AccessTokenRejected
+        elif code in USER_GONE_CODES or code in REAUTH_CODES:
+            kind = ReauthorizationRequired
+        elif code in BAD_CODE_CODES:
+            kind = AuthorizationCodeRejected
+        return kind(code, message, http_status=http_status, log_id=log_id)

@@ -1,0 +1,29 @@
+"""Starting syncs: the asynchronous Lambda invoke of the sync function, one user per invocation."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda.client import LambdaClient
+
+
+class SyncInvoker(Protocol):
+    """Something that starts a sync for one user in the background."""
+
+    def invoke(self, open_id: str, reason: str) -> None:
+        """Start the sync; raises on failure to hand it over."""
+
+
+class LambdaSyncInvoker:
+    """Invokes the sync function with ``InvocationType=Event`` (Lambda queues and retries it)."""
+
+    def __init__(self, client: LambdaClient, function_name: str) -> None:
+        self._client = client
+        self._function_name = function_name
+
+    def invoke(self, open_id: str, reason: str) -> None:
+        """Queue ``{"open_id": ..., "reason": ...}`` for the sync function."""
+        payload = json.dumps({"open_id": open_id, "reason": reason}).encode("utf-8")
+        self._client.invoke(FunctionName=self._function_name, InvocationType="Event", Payload=payload)

@@ -1,0 +1,130 @@
+"""OAuth onboarding: the consent redirect (PKCE S256, single-use expiring state) and its callback.
+
+The callback consumes the state before anything else, trades the code for tokens, learns the
+user's ``open_id``, stores the tokens, subscribes the user to calendar changes and starts the first
+(full) sync. Each way it can fail maps to an ``OnboardingError`` with a status and a sentence for
+the user; Feishu's own failures never surface as a 5xx from our code except when Feishu is down.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+
+from feishu_mirror.errors import (
+    AuthorizationCodeRejected,
+    DeadlineExceeded,
+    FeishuError,
+    FeishuUnavailable,
+    OnboardingError,
+)
+from feishu_mirror.feishu import DEFAULT_SCOPES, FeishuClient
+from feishu_mirror.models import UserIdentity
+from feishu_mirror.observability import count, logger
+from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.store import OAuthState, OAuthStateStore, UserStore
+
+STATE_TTL_SECONDS = 600
+MAX_PARAM_LENGTH = 2048
+CALLBACK_PATH = "/oauth/callback"
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def pkce_challenge(verifier: str) -> str:
+    """S256 code challenge: base64url(SHA-256(verifier)) without padding."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def redirect_uri(headers: Mapping[str, str], domain_name: str | None, public_base_url: str) -> str:
+    """``<base>/oauth/callback``: ``PUBLIC_BASE_URL`` if set, else the origin the request came to.
+
+    Behind API Gateway the origin is ``x-forwarded-proto`` + the ``host`` header (which is the
+    custom domain when one is used), falling back to ``requestContext.domainName``.
+    """
+    if public_base_url:
+        return public_base_url.rstrip("/") + CALLBACK_PATH
+    proto = (headers.get("x-forwarded-proto") or "https").split(",")[0].strip().lower()
+    host = (headers.get("host") or domain_name or "").strip()
+    if proto not in ("http", "https") or not _HOST.fullmatch(host):
+        raise OnboardingError(400, "cannot tell which address this request was sent to")
+    return f"{proto}://{host}{CALLBACK_PATH}"
+
+
+class Onboarding:
+    """The two OAuth steps."""
+
+    def __init__(
+        self,
+        *,
+        feishu: FeishuClient,
+        users: UserStore,
+        states: OAuthStateStore,
+        pings: PingDispatcher,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._feishu = feishu
+        self._users = users
+        self._states = states
+        self._pings = pings
+        self._scopes = scopes
+        self._clock = clock
+
+    def start(self, callback_uri: str) -> str:
+        """Create a single-use state with a PKCE verifier; returns the Feishu consent URL."""
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)
+        self._states.put(OAuthState(state, verifier, callback_uri, int(self._clock()) + STATE_TTL_SECONDS))
+        count("OnboardingStarted")
+        return self._feishu.authorize_url(
+            redirect_uri=callback_uri, state=state, code_challenge=pkce_challenge(verifier), scopes=self._scopes
+        )
+
+    def complete(self, *, code: str | None, state: str | None, error: str | None, deadline: float) -> UserIdentity:
+        """Finish the flow for the redirect Feishu sent back; raises ``OnboardingError``."""
+        if not state or len(state) > MAX_PARAM_LENGTH:
+            raise OnboardingError(400, "The sign-in response has no valid state. Please start again.")
+        pending = self._states.take(state)
+        if pending is None:
+            raise OnboardingError(400, "This sign-in link was already used or is unknown. Please start again.")
+        if pending.expires_at < self._clock():
+            raise OnboardingError(400, "This sign-in link expired. Please start again.")
+        if error:
+            count("OnboardingDeclined")
+            raise OnboardingError(403, "Access was not granted, so your calendars will not be mirrored.")
+        if not code or len(code) > MAX_PARAM_LENGTH:
+            raise OnboardingError(400, "The sign-in response has no authorization code. Please start again.")
+        try:
+            grant = self._feishu.exchange_code(
+                code=code, redirect_uri=pending.redirect_uri, code_verifier=pending.code_verifier, deadline=deadline
+            )
+            identity = self._feishu.get_user_info(grant.access_token, deadline=deadline)
+        except AuthorizationCodeRejected as exc:
+            logger.info("oauth_code_rejected", extra={"code": exc.code, "log_id": exc.log_id})
+            raise OnboardingError(
+                400, "The authorization code expired or was already used. Please start again."
+            ) from exc
+        except (FeishuUnavailable, DeadlineExceeded) as exc:
+            logger.warning("oauth_feishu_unavailable")
+            raise OnboardingError(503, "Feishu is not answering right now. Please try again in a minute.") from exc
+        except FeishuError as exc:
+            logger.warning("oauth_feishu_error", extra={"code": exc.code, "log_id": exc.log_id})
+            raise OnboardingError(502, f"Feishu refused the sign-in (code {exc.code}).") from exc
+        now = int(self._clock())
+        if not grant.refresh_token:
+            logger.warning("oauth_without_refresh_token")  # offline_access not granted: re-auth in ~2 h
+        self._users.save_authorization(identity, grant, now)
+        logger.append_keys(open_id=identity.open_id)
+        try:
+            self._feishu.subscribe_calendar_changes(grant.access_token, deadline=deadline)
+            self._users.mark_subscribed(identity.open_id, now)
+        except (FeishuError, DeadlineExceeded) as exc:  # the sync re-asserts the subscription later
+            logger.warning("subscription_failed", extra={"code": getattr(exc, "code", None)})
+        self._pings.dispatch([identity.open_id], "onboarded")
+        count("UsersOnboarded")
+        return identity

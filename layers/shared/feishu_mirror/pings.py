@@ -1,0 +1,89 @@
+"""Turning "this user's calendars changed" into at most one pending sync per user.
+
+A ping marks the user dirty (``dirty_seq`` + 1) and due. If a sync holds the user's lease, that sync
+sees the new ``dirty_seq`` when it tries to release and loops once more; if a sync was already
+started and has not begun yet, it will read the new state anyway. Only otherwise is a new sync
+invoked, after a conditional claim, so bursts of pings cost one invocation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from feishu_mirror.invoker import SyncInvoker
+from feishu_mirror.observability import count, logger
+from feishu_mirror.store import UserStore
+
+CLAIM_SECONDS = 120
+
+
+@dataclass(slots=True)
+class PingOutcome:
+    """Per user, what a ping led to."""
+
+    started: list[str] = field(default_factory=list)
+    coalesced: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    invoke_failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Counts only (open ids stay out of responses)."""
+        return {
+            "started": len(self.started),
+            "coalesced": len(self.coalesced),
+            "ignored": len(self.ignored),
+            "invoke_failed": len(self.invoke_failed),
+        }
+
+
+class PingDispatcher:
+    """Marks users dirty and starts their syncs, coalescing with running or pending ones."""
+
+    def __init__(
+        self,
+        users: UserStore,
+        invoker: SyncInvoker,
+        *,
+        claim_seconds: int = CLAIM_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._users = users
+        self._invoker = invoker
+        self._claim_seconds = claim_seconds
+        self._clock = clock
+
+    def dispatch(self, open_ids: Iterable[str], reason: str) -> PingOutcome:
+        """Handle one ping for each user. Unknown or inactive users are ignored.
+
+        A failed invoke is logged and counted, not raised: the user stays due, so the scheduled
+        resync starts the sync within one period.
+        """
+        outcome = PingOutcome()
+        for open_id in open_ids:
+            now = int(self._clock())
+            record = self._users.mark_dirty(open_id, now)
+            if record is None:
+                outcome.ignored.append(open_id)
+                continue
+            if record.lease_active(now) or record.pending_invoke_until > now:
+                outcome.coalesced.append(open_id)
+                continue
+            if not self._users.claim_invocation(open_id, now, now + self._claim_seconds):
+                outcome.coalesced.append(open_id)
+                continue
+            try:
+                self._invoker.invoke(open_id, reason)
+            except Exception as exc:
+                logger.warning("sync_invoke_failed", extra={"open_id": open_id, "error": type(exc).__name__})
+                outcome.invoke_failed.append(open_id)
+                continue
+            outcome.started.append(open_id)
+        count("SyncsStarted", len(outcome.started))
+        count("PingsCoalesced", len(outcome.coalesced))
+        count("PingsIgnored", len(outcome.ignored))
+        if outcome.invoke_failed:
+            count("SyncInvokeFailures", len(outcome.invoke_failed))
+        return outcome

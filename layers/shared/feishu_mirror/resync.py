@@ -1,0 +1,83 @@
+"""The scheduled safety net: start syncs for users a push may have missed.
+
+Due users (dirty, failed and past their backoff, never synced, stale, or an interrupted listing)
+come from the sparse ``due-index`` — a query per shard, never a table scan — oldest first and at
+most ``max_users`` per run. Each is claimed conditionally (skipped if a sync runs or was just
+started) and its sync invoked asynchronously; the sync function's reserved concurrency and the
+Feishu rate gate bound how fast they run. The sync re-asserts each user's event subscription.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from feishu_mirror.invoker import SyncInvoker
+from feishu_mirror.observability import count, logger
+from feishu_mirror.store import UserStore
+
+CLAIM_SECONDS = 600
+INVOKE_WORKERS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncOutcome:
+    """What one scheduled run did."""
+
+    due: int
+    started: int
+    skipped: int
+    invoke_failed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, returned by the resync function."""
+        return {"due": self.due, "started": self.started, "skipped": self.skipped, "invoke_failed": self.invoke_failed}
+
+
+class Resync:
+    """Finds due users and starts their syncs, with bounded fan-out."""
+
+    def __init__(
+        self,
+        users: UserStore,
+        invoker: SyncInvoker,
+        *,
+        max_users: int,
+        claim_seconds: int = CLAIM_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._users = users
+        self._invoker = invoker
+        self._max_users = max_users
+        self._claim_seconds = claim_seconds
+        self._clock = clock
+
+    def run(self) -> ResyncOutcome:
+        """One scheduled pass."""
+        now = int(self._clock())
+        due = self._users.due_users(now, self._max_users)
+        with ThreadPoolExecutor(max_workers=INVOKE_WORKERS) as pool:
+            results = list(pool.map(lambda open_id: self._start(open_id, now), due))
+        outcome = ResyncOutcome(
+            due=len(due),
+            started=results.count("started"),
+            skipped=results.count("skipped"),
+            invoke_failed=results.count("failed"),
+        )
+        count("ResyncUsersDue", outcome.due)
+        count("ResyncSyncsStarted", outcome.started)
+        logger.info("resync_finished", extra=outcome.as_dict())
+        return outcome
+
+    def _start(self, open_id: str, now: int) -> str:
+        if not self._users.claim_invocation(open_id, now, now + self._claim_seconds):
+            return "skipped"
+        try:
+            self._invoker.invoke(open_id, "resync")
+        except Exception as exc:
+            logger.warning("sync_invoke_failed", extra={"open_id": open_id, "error": type(exc).__name__})
+            return "failed"
+        return "started"

@@ -1,0 +1,76 @@
+"""Building the clients and services the handlers use, once per container.
+
+AWS endpoints are never hard-coded: boto3 honours ``AWS_ENDPOINT_URL_DYNAMODB`` and
+``AWS_ENDPOINT_URL_LAMBDA``, which is how the same code runs against DynamoDB Local and a local
+Lambda API.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+from feishu_mirror.config import FeishuCredentials, Settings
+from feishu_mirror.feishu import FeishuClient
+from feishu_mirror.invoker import LambdaSyncInvoker
+from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_lambda.client import LambdaClient
+
+
+@cache
+def dynamodb() -> DynamoDBClient:
+    """The DynamoDB client, with short timeouts so a stuck call fails fast."""
+    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.client("dynamodb", config=config)
+
+
+@cache
+def lambda_client() -> LambdaClient:
+    """The Lambda client used to start syncs."""
+    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.client("lambda", config=config)
+
+
+@cache
+def users(settings: Settings) -> UserStore:
+    """The users table."""
+    return UserStore(dynamodb(), settings.users_table)
+
+
+@cache
+def calendars(settings: Settings) -> CalendarStore:
+    """The calendars table."""
+    return CalendarStore(
+        dynamodb(), settings.calendars_table, settings.users_table, tombstone_ttl_seconds=settings.tombstone_ttl_seconds
+    )
+
+
+@cache
+def pings(settings: Settings) -> PingDispatcher:
+    """The ping dispatcher that starts syncs through the Lambda API."""
+    return PingDispatcher(users(settings), LambdaSyncInvoker(lambda_client(), settings.sync_function_name))
+
+
+@cache
+def feishu(settings: Settings, credentials: FeishuCredentials) -> FeishuClient:
+    """The Feishu client, behind the app-wide rate gate."""
+    gate = DynamoRateGate(
+        dynamodb(),
+        settings.rate_limit_table,
+        f"feishu-app:{credentials.app_id}",
+        requests_per_minute=settings.feishu_requests_per_minute,
+    )
+    return FeishuClient(
+        base_url=settings.feishu_base_url,
+        accounts_url=settings.feishu_accounts_url,
+        app_id=credentials.app_id,
+        app_secret=credentials.app_secret,
+        rate_gate=gate,
+    )

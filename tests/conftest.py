@@ -1,0 +1,26 @@
+"""Shared pytest configuration: the unit tier must not touch the network."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+
+# Settings.from_env and Powertools read these; keep them harmless for every tier.
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FeishuCalendarMirrorTests")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "feishu-calendar-mirror-tests")
+
+
+@pytest.fixture(autouse=True)
+def _no_network_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests are pure: any socket connection is a test bug."""
+    if "tests/unit" in str(request.node.path):
+
+        def refuse(*_args: Any, **_kwargs: Any) -> None:
+            raise AssertionError("unit tests must not open network connections")
+
+        monkeypatch.setattr(socket.socket, "connect", refuse)
