@@ -32,7 +32,7 @@ def answer(status: int = 200, body: Any = None, headers: dict[str, str] | None =
 
 
 def page(
-    calendars: list[dict[str, Any]], *, has_more: bool = False, page_token: str = "", sync_token: str = "S1"
+    calendars: list[Any], *, has_more: bool = False, page_token: str = "", sync_token: str = "S1"
 ) -> dict[str, Any]:
     return {
         "code": 0,
