@@ -1,0 +1,137 @@
+"""Writes the sample trigger payloads in ``events/`` (for ``sam local invoke -e`` and for reading).
+
+The callback samples are encrypted and signed with the credentials in ``events/env.json``; that file
+widens ``CALLBACK_MAX_SKEW_SECONDS`` so the recorded signatures stay acceptable when replayed.
+Run ``python -m local.sample_events`` after changing anything here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from feishu_mirror import crypto
+
+EVENTS = Path(__file__).resolve().parent.parent / "events"
+APP_ID = "cli_sample_app"
+ENCRYPT_KEY = "sample-encrypt-key"
+VERIFICATION_TOKEN = "sample-verification-token"
+TIMESTAMP = "1764000000"
+NONCE = "sample-nonce"
+IV = bytes(range(16))  # fixed so the file is reproducible; Feishu uses a random IV
+
+
+def http_event(
+    method: str, path: str, *, query: str = "", body: str | None = None, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """An API Gateway HTTP API payload-format-2.0 event, as API Gateway builds it."""
+    all_headers = {
+        "host": "abc123.execute-api.us-east-1.amazonaws.com",
+        "x-forwarded-proto": "https",
+        "x-forwarded-port": "443",
+        "x-forwarded-for": "203.0.113.10",
+        "user-agent": "Feishu-OpenPlatform" if path == "/feishu/events" else "Mozilla/5.0",
+        **(headers or {}),
+    }
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": all_headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.10",
+                "userAgent": all_headers["user-agent"],
+            },
+            "requestId": "sample-request-id",
+            "routeKey": f"{method} {path}",
+            "stage": "$default",
+            "time": "24/Nov/2025:16:00:00 +0000",
+            "timeEpoch": int(TIMESTAMP) * 1000,
+        },
+        "isBase64Encoded": False,
+    }
+    if query:
+        event["queryStringParameters"] = dict(part.split("=", 1) for part in query.split("&"))
+    if body is not None:
+        event["body"] = body
+    return event
+
+
+def signed_callback(payload: dict[str, Any]) -> dict[str, Any]:
+    """A callback event whose body is encrypted and signed like Feishu's."""
+    plaintext = json.dumps(payload, separators=(",", ":")).encode()
+    body = json.dumps({"encrypt": crypto.encrypt(crypto.derive_key(ENCRYPT_KEY), plaintext, IV)})
+    signature = crypto.signature(TIMESTAMP, NONCE, ENCRYPT_KEY, body.encode())
+    headers = {
+        "content-type": "application/json; charset=utf-8",
+        "x-lark-request-timestamp": TIMESTAMP,
+        "x-lark-request-nonce": NONCE,
+        "x-lark-signature": signature,
+    }
+    return http_event("POST", "/feishu/events", body=body, headers=headers)
+
+
+def samples() -> dict[str, Any]:
+    """Every sample file's name and content."""
+    calendar_changed = {
+        "schema": "2.0",
+        "header": {
+            "event_id": "5e3702a84e847582be8db7fb73283c02",
+            "event_type": "calendar.calendar.changed_v4",
+            "create_time": TIMESTAMP + "000",
+            "token": VERIFICATION_TOKEN,
+            "app_id": APP_ID,
+            "tenant_key": "2ca1d211f64f6438",
+        },
+        "event": {"user_id_list": [{"union_id": "on_sample", "user_id": "sample", "open_id": "ou_sample_user"}]},
+    }
+    challenge = {"challenge": "ajls384kdjx98XX", "token": VERIFICATION_TOKEN, "type": "url_verification"}
+    return {
+        "callback-url-verification.json": signed_callback(challenge),
+        "callback-calendar-changed.json": signed_callback(calendar_changed),
+        "oauth-start.json": http_event("GET", "/oauth/start"),
+        "oauth-callback.json": http_event("GET", "/oauth/callback", query="code=sample-code&state=sample-state"),
+        "sync.json": {"open_id": "ou_sample_user", "reason": "calendar_changed"},
+        "resync-schedule.json": {
+            "version": "0",
+            "id": "sample-schedule-event",
+            "detail-type": "Scheduled Event",
+            "source": "aws.scheduler",
+            "account": "123456789012",
+            "time": "2025-11-24T16:00:00Z",
+            "region": "us-east-1",
+            "resources": ["arn:aws:scheduler:us-east-1:123456789012:schedule/default/resync"],
+            "detail": {},
+        },
+        "env.json": {
+            "Parameters": {
+                "FEISHU_APP_ID": APP_ID,
+                "FEISHU_APP_SECRET": "sample-app-secret",
+                "FEISHU_ENCRYPT_KEY": ENCRYPT_KEY,
+                "FEISHU_VERIFICATION_TOKEN": VERIFICATION_TOKEN,
+                "CALLBACK_MAX_SKEW_SECONDS": "315360000",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+            }
+        },
+    }
+
+
+def main() -> None:
+    """Write every sample file."""
+    for name, content in samples().items():
+        (EVENTS / name).write_text(json.dumps(content, indent=2) + "\n")
+        print(f"wrote events/{name}")
+
+
+if __name__ == "__main__":
+    main()
