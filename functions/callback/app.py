@@ -80,6 +80,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("callback_rejected", extra={"status": exc.status, "reason": exc.reason})
         return _reply(exc.status, {"msg": exc.reason})
     if isinstance(request, Challenge):
+        count("ChallengesAnswered")
         return _reply(200, {"challenge": request.challenge})
     logger.append_keys(event_id=request.event_id)
     count("EventsReceived")
