@@ -50,11 +50,13 @@ def _av(value: Any) -> AttributeValueTypeDef:
     return _serializer.serialize(value)
 
 
-def _values(values: Mapping[str, Any]) -> dict[str, AttributeValueTypeDef]:
+def attribute_values(values: Mapping[str, Any]) -> dict[str, AttributeValueTypeDef]:
+    """Plain Python values (ints, strings, bools, lists, maps) as DynamoDB attribute values."""
     return {name: _av(value) for name, value in values.items()}
 
 
-def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
+def plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item as plain Python values (numbers as ints)."""
     out: dict[str, Any] = {}
     for name, value in item.items():
         plain = _deserializer.deserialize(value)
@@ -84,7 +86,7 @@ def _checkpoint(raw: Any) -> Checkpoint | None:
 
 
 def _user(item: Mapping[str, Any]) -> UserRecord:
-    raw = _plain(item)
+    raw = plain(item)
     held = raw.get("held_sweep")
     return UserRecord(
         open_id=raw["open_id"],
@@ -140,7 +142,7 @@ class UserStore:
         item = self._client.get_item(TableName=self.table_name, Key={"open_id": _av(open_id)}, ConsistentRead=True).get(
             "Item"
         )
-        return _plain(item) if item else None
+        return plain(item) if item else None
 
     def _update(
         self,
@@ -160,7 +162,7 @@ class UserStore:
             "ReturnValues": "ALL_NEW" if return_new else "NONE",
         }
         if values:
-            request["ExpressionAttributeValues"] = _values(values)
+            request["ExpressionAttributeValues"] = attribute_values(values)
         if names:
             request["ExpressionAttributeNames"] = dict(names)
         if condition:
@@ -265,7 +267,7 @@ class UserStore:
                     "attribute_exists(open_id) AND (attribute_not_exists(lease_expires_at)"
                     " OR lease_expires_at <= :now OR lease_owner = :owner)"
                 ),
-                ExpressionAttributeValues=_values({":owner": owner, ":exp": expires_at, ":now": now}),
+                ExpressionAttributeValues=attribute_values({":owner": owner, ":exp": expires_at, ":now": now}),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -375,7 +377,7 @@ class UserStore:
                     " REMOVE lease_owner, lease_expires_at, last_error_code, last_error_message"
                 ),
                 ConditionExpression="lease_owner = :owner AND dirty_seq = :seen",
-                ExpressionAttributeValues=_values(
+                ExpressionAttributeValues=attribute_values(
                     {":now": now, ":zero": 0, ":due": due_at, ":owner": fence.owner, ":seen": seen_dirty_seq}
                 ),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -432,15 +434,15 @@ class UserStore:
                 "TableName": self.table_name,
                 "IndexName": DUE_INDEX,
                 "KeyConditionExpression": "due_shard = :shard AND due_at <= :now",
-                "ExpressionAttributeValues": _values({":shard": shard, ":now": now}),
+                "ExpressionAttributeValues": attribute_values({":shard": shard, ":now": now}),
                 "Limit": limit,
             }
             taken = 0
             while taken < limit:
                 page = self._client.query(**request)
                 for item in page.get("Items", []):
-                    plain = _plain(item)
-                    found.append((plain["due_at"], plain["open_id"]))
+                    user = plain(item)
+                    found.append((user["due_at"], user["open_id"]))
                     taken += 1
                 if "LastEvaluatedKey" not in page:
                     break
@@ -451,7 +453,7 @@ class UserStore:
 
 # ------------------------------------------------------------------------------------ calendars
 def _stored(item: Mapping[str, Any]) -> StoredCalendar:
-    raw = _plain(item)
+    raw = plain(item)
     fields: dict[str, FieldValue] = {name: raw[name] for name in CALENDAR_FIELDS if name in raw}
     return StoredCalendar(Calendar(raw["calendar_id"], fields), raw.get("deleted_at"))
 
@@ -481,7 +483,7 @@ class CalendarStore:
         request: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "open_id = :o",
-            "ExpressionAttributeValues": _values({":o": open_id}),
+            "ExpressionAttributeValues": attribute_values({":o": open_id}),
             "ConsistentRead": True,
         }
         while True:
@@ -558,12 +560,13 @@ class CalendarStore:
                         "TableName": self._users_table,
                         "Key": {"open_id": _av(fence.open_id)},
                         "ConditionExpression": UserStore._FENCE,
-                        "ExpressionAttributeValues": _values({":owner": fence.owner, ":now": now}),
+                        "ExpressionAttributeValues": attribute_values({":owner": fence.owner, ":now": now}),
                     }
                 }
             ]
             items += [
-                {"Put": {"TableName": self.table_name, "Item": _values(put)}} for put in puts[start : start + chunk]
+                {"Put": {"TableName": self.table_name, "Item": attribute_values(put)}}
+                for put in puts[start : start + chunk]
             ]
             self._transact(fence, items)
         return len(puts)
@@ -611,7 +614,7 @@ class OAuthStateStore:
         """Store a new state (never overwrites an existing one)."""
         self._client.put_item(
             TableName=self.table_name,
-            Item=_values(
+            Item=attribute_values(
                 {
                     "state": pending.state,
                     "code_verifier": pending.code_verifier,
@@ -631,7 +634,7 @@ class OAuthStateStore:
         item = response.get("Attributes")
         if not item:
             return None
-        raw = _plain(item)
+        raw = plain(item)
         return OAuthState(raw["state"], raw["code_verifier"], raw["redirect_uri"], raw["expires_at"])
 
 
@@ -687,10 +690,10 @@ class DynamoRateGate:
                     Key=key,
                     UpdateExpression="SET next_slot = next_slot + :i",
                     ConditionExpression="next_slot > :now",
-                    ExpressionAttributeValues=_values({":i": self._interval_ms, ":now": now_ms}),
+                    ExpressionAttributeValues=attribute_values({":i": self._interval_ms, ":now": now_ms}),
                     ReturnValues="UPDATED_NEW",
                 )
-                return int(_plain(response["Attributes"])["next_slot"]) - self._interval_ms
+                return int(plain(response["Attributes"])["next_slot"]) - self._interval_ms
             except ClientError as exc:
                 if not _is_condition_failure(exc):
                     raise
@@ -700,7 +703,7 @@ class DynamoRateGate:
                     Key=key,
                     UpdateExpression="SET next_slot = :next, expires_at = :ttl",
                     ConditionExpression="attribute_not_exists(next_slot) OR next_slot <= :now",
-                    ExpressionAttributeValues=_values(
+                    ExpressionAttributeValues=attribute_values(
                         {":next": now_ms + self._interval_ms, ":now": now_ms, ":ttl": now_ms // 1000 + 86400}
                     ),
                 )
