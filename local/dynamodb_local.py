@@ -1,0 +1,129 @@
+"""DynamoDB Local: the official jar from the npm package ``amplify-dynamodb-simulator``, run with Java.
+
+``npm pack`` fetches only the package tarball (not its 350 MB of dependencies); the jar and its
+native libraries are unpacked under ``.local/dynamodb/`` once and reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+PACKAGE = "amplify-dynamodb-simulator@2.9.30"
+CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+TABLE_KEYS = (
+    "AttributeDefinitions",
+    "KeySchema",
+    "GlobalSecondaryIndexes",
+    "LocalSecondaryIndexes",
+    "BillingMode",
+    "StreamSpecification",
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ensure_jar(cache: Path) -> Path:
+    """The directory holding ``DynamoDBLocal.jar`` (downloaded with ``npm pack`` on first use)."""
+    emulator = cache / "emulator"
+    if (emulator / "DynamoDBLocal.jar").exists():
+        return emulator
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+        subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=scratch, check=True, capture_output=True)
+        tarball = next(Path(scratch).glob("*.tgz"))
+        with tarfile.open(tarball) as archive:
+            members = [m for m in archive.getmembers() if m.name.startswith("package/emulator/")]
+            archive.extractall(scratch, members=members, filter="data")
+        shutil.move(str(Path(scratch) / "package" / "emulator"), emulator)
+    return emulator
+
+
+class DynamoDBLocal:
+    """A DynamoDB Local process on a free loopback port, in memory, one shared database."""
+
+    def __init__(self, cache: Path, port: int = 0) -> None:
+        self._cache = cache
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> DynamoDBLocal:
+        """Start the process and wait until it answers."""
+        emulator = ensure_jar(self._cache)
+        self._process = subprocess.Popen(
+            [
+                "java",
+                f"-Djava.library.path={emulator / 'DynamoDBLocal_lib'}",
+                "-jar",
+                str(emulator / "DynamoDBLocal.jar"),
+                "-inMemory",
+                "-sharedDb",
+                "-port",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.list_tables()
+                return self
+            except Exception:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("DynamoDB Local did not start (is Java 17 installed?)") from None
+                time.sleep(0.2)
+
+    def client(self) -> DynamoDBClient:
+        """A client for this instance (any credentials work with -sharedDb)."""
+        return boto3.client("dynamodb", endpoint_url=self.endpoint, **CREDENTIALS)  # type: ignore[call-overload,no-any-return]
+
+    def stop(self) -> None:
+        """Stop the process."""
+        if self._process and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._process = None
+
+    def __enter__(self) -> DynamoDBLocal:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def create_tables(client: DynamoDBClient, tables: dict[str, dict[str, Any]], names: dict[str, str]) -> None:
+    """Create each template table (keys, indexes, billing) under its local name and enable its TTL."""
+    for logical_id, properties in tables.items():
+        request = {key: properties[key] for key in TABLE_KEYS if key in properties}
+        client.create_table(TableName=names[logical_id], **request)
+        ttl = properties.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            client.update_time_to_live(
+                TableName=names[logical_id],
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )

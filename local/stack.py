@@ -1,0 +1,165 @@
+"""The whole app on a laptop, from ``template.yaml`` alone: DynamoDB Local, the functions under the
+Lambda runtime interface emulator, a local Lambda Invoke API, the schedule, and the HTTP front.
+
+``LocalStack`` is used by ``make run`` / ``make demo`` and by the end-to-end tests. Feishu is
+whatever ``FEISHU_BASE_URL`` / ``FEISHU_ACCOUNTS_URL`` in ``env`` point at (the simulator, locally).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from local.api_gateway import ApiGateway
+from local.dynamodb_local import DynamoDBLocal, create_tables
+from local.lambdas import FunctionHost, Invocation, LambdaApi, build_runtime, stop_quietly
+from local.template import Template, load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LocalStack:
+    """Starts and stops every local part; use as a context manager."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        root: Path = ROOT,
+        api_port: int = 0,
+        schedules: bool = False,
+        parameters: Mapping[str, str] | None = None,
+        state: Path | None = None,
+        prefix: str = "fcm-",
+    ) -> None:
+        self.root = root
+        self.state = state or root / ".local"
+        self.template: Template = load(root, prefix=prefix, parameters=parameters)
+        self._env = dict(env)
+        self._api_port = api_port
+        self._schedules = schedules
+        self._stopping = threading.Event()
+        self.dynamodb: DynamoDBLocal | None = None
+        self.host: FunctionHost | None = None
+        self.lambda_api: LambdaApi | None = None
+        self.api: ApiGateway | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LocalStack:
+        """Start everything (the first run also builds the runtime and fetches DynamoDB Local)."""
+        atexit.register(self.stop)
+        python, layer_dirs = build_runtime(self.template, self.state)
+        self.dynamodb = DynamoDBLocal(self.state / "dynamodb").start()
+        create_tables(self.dynamodb.client(), self.template.tables, self.template.table_names)
+        lambda_port_env = {
+            "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb.endpoint,
+        }
+        # The Lambda API needs the host and the host's functions need the API's endpoint: start the
+        # API on a reserved port first, then the emulators with that endpoint in their environment.
+        api_host = _LateHost()
+        self.lambda_api = LambdaApi(api_host, self.state / "failures.jsonl")  # type: ignore[arg-type]
+        env = {**lambda_port_env, "AWS_ENDPOINT_URL_LAMBDA": self.lambda_api.endpoint, **self._env}
+        self.host = FunctionHost(
+            self.template, python=python, layer_dirs=layer_dirs, env_overrides=env, logs=self.state / "logs"
+        )
+        api_host.bind(self.host)
+        self.api = ApiGateway(self.template.routes, self.host.invoke, self._api_port).start()
+        if self._schedules:
+            for schedule in self.template.schedules:
+                threading.Thread(
+                    target=self._tick, args=(schedule.function, schedule.seconds), daemon=True, name="schedule"
+                ).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop everything; safe to call twice."""
+        self._stopping.set()
+        stop_quietly(self.api, self.lambda_api, self.host, self.dynamodb)
+        self.api = self.lambda_api = self.host = self.dynamodb = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ use
+    @property
+    def api_url(self) -> str:
+        """The HTTP front's base URL."""
+        assert self.api is not None, "stack not started"
+        return self.api.url
+
+    def client(self) -> Any:
+        """A DynamoDB client for the stack's DynamoDB Local."""
+        assert self.dynamodb is not None, "stack not started"
+        return self.dynamodb.client()
+
+    def invoke(self, logical_id: str, event: Any) -> Invocation:
+        """Invoke a function synchronously (as the Lambda API's RequestResponse does)."""
+        assert self.host is not None, "stack not started"
+        return self.host.invoke(logical_id, event)
+
+    def warm(self, events: Mapping[str, Any]) -> None:
+        """Initialise every emulator of each named function with a harmless event, in parallel."""
+        assert self.host is not None, "stack not started"
+        host = self.host
+        threads = [threading.Thread(target=host.warm, args=item) for item in events.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def run_schedule(self, logical_id: str) -> str:
+        """Fire a function's schedule now (asynchronously, as EventBridge Scheduler does)."""
+        assert self.lambda_api is not None, "stack not started"
+        return self.lambda_api.invoke_async(logical_id, scheduled_event())
+
+    def wait_idle(self, timeout: float = 60) -> bool:
+        """Wait until no asynchronous invocation is queued or running."""
+        assert self.lambda_api is not None, "stack not started"
+        return self.lambda_api.wait_idle(timeout)
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """On-failure destination records of asynchronous invocations that ran out of retries."""
+        return self.lambda_api.failures if self.lambda_api else []
+
+    def _tick(self, logical_id: str, seconds: int) -> None:
+        while not self._stopping.wait(seconds):
+            self.run_schedule(logical_id)
+
+
+class _LateHost:
+    """Stands in for the FunctionHost until it exists (the two need each other's addresses)."""
+
+    def __init__(self) -> None:
+        self._host: FunctionHost | None = None
+
+    def bind(self, host: FunctionHost) -> None:
+        self._host = host
+
+    def __getattr__(self, name: str) -> Any:
+        if self._host is None:
+            raise RuntimeError("function host not started yet")
+        return getattr(self._host, name)
+
+
+def scheduled_event() -> dict[str, Any]:
+    """An EventBridge Scheduler event."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "version": "0",
+        "id": f"local-{time.time_ns()}",
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "account": "000000000000",
+        "time": now,
+        "region": "us-east-1",
+        "resources": ["arn:aws:scheduler:us-east-1:000000000000:schedule/default/local"],
+        "detail": {},
+    }
