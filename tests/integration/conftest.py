@@ -1,0 +1,62 @@
+"""Integration tier fixtures: DynamoDB Local with fresh copies of the template's tables per test,
+and a fresh Feishu simulator per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from feishu_mirror.config import Settings
+from local.dynamodb_local import DynamoDBLocal, create_tables
+from local.feishu_sim import FeishuSimulator
+from local.stack import ROOT
+from local.template import Template, load
+from tests.integration.harness import Harness
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+TABLE_SETTINGS = {
+    "CalendarsTable": "CALENDARS_TABLE",
+    "UsersTable": "USERS_TABLE",
+    "OAuthStateTable": "OAUTH_STATE_TABLE",
+    "IdempotencyTable": "IDEMPOTENCY_TABLE",
+    "RateLimitTable": "RATE_LIMIT_TABLE",
+}
+
+
+@pytest.fixture(scope="session")
+def dynamodb() -> Iterator[DynamoDBLocal]:
+    """One DynamoDB Local for the session."""
+    with DynamoDBLocal(ROOT / ".local" / "dynamodb") as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def dynamodb_client(dynamodb: DynamoDBLocal) -> DynamoDBClient:
+    """A client for it."""
+    return dynamodb.client()
+
+
+@pytest.fixture
+def settings(dynamodb_client: DynamoDBClient) -> Settings:
+    """Settings naming fresh copies of the template's tables (so tests never see each other's data)."""
+    template: Template = load(ROOT, prefix=f"t{uuid.uuid4().hex[:10]}-")
+    create_tables(dynamodb_client, template.tables, template.table_names)
+    return Settings.from_env(env={TABLE_SETTINGS[lid]: name for lid, name in template.table_names.items()})
+
+
+@pytest.fixture
+def sim() -> Iterator[FeishuSimulator]:
+    """A fresh Feishu simulator per test."""
+    with FeishuSimulator(app_id=f"cli_{uuid.uuid4().hex[:8]}") as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def harness(dynamodb_client: DynamoDBClient, settings: Settings, sim: FeishuSimulator) -> Harness:
+    """Domain services on DynamoDB Local and the simulator."""
+    return Harness(dynamodb_client, settings, sim)

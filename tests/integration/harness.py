@@ -1,0 +1,138 @@
+"""Test harness for the integration tier: real stores on DynamoDB Local, a real client on the simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from feishu_mirror.config import Settings
+from feishu_mirror.feishu import FeishuClient, RetryPolicy
+from feishu_mirror.models import CALENDAR_FIELDS, SyncResult, TokenGrant, UserIdentity
+from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore, attribute_values, plain
+from feishu_mirror.sync import CalendarSync
+from local.feishu_sim import FeishuSimulator
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+
+class RecordingInvoker:
+    """Stands in for the Lambda API: records which users a sync was started for."""
+
+    def __init__(self, invoked: list[str]) -> None:
+        self.invoked = invoked
+
+    def invoke(self, open_id: str, reason: str) -> None:
+        """Record the invocation."""
+        self.invoked.append(open_id)
+
+
+class Harness:
+    """The domain services wired to DynamoDB Local and the Feishu simulator, plus assertions."""
+
+    def __init__(self, client: DynamoDBClient, settings: Settings, sim: FeishuSimulator) -> None:
+        self.client = client
+        self.settings = settings
+        self.sim = sim
+        self.users = UserStore(client, settings.users_table)
+        self.calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
+        self.invoked: list[str] = []
+        self.invoker = RecordingInvoker(self.invoked)
+        self.pings = PingDispatcher(self.users, self.invoker)
+
+    def feishu(self) -> FeishuClient:
+        """A client for the simulator behind the app-wide rate gate (short retries for fast tests)."""
+        gate = DynamoRateGate(self.client, self.settings.rate_limit_table, f"feishu-app:{self.sim.app_id}")
+        return FeishuClient(
+            base_url=self.sim.url,
+            accounts_url=self.sim.url,
+            app_id=self.sim.app_id,
+            app_secret=self.sim.app_secret,
+            rate_gate=gate,
+            retry=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2),
+        )
+
+    def onboard(self, open_id: str, *, extra_calendars: int = 0) -> str:
+        """Create the user in Feishu and store their tokens as the OAuth callback would."""
+        self.sim.add_user(open_id, f"User {open_id}")
+        for n in range(extra_calendars):
+            self.sim.create_calendar(open_id, summary=f"Calendar {n}", color=n)
+        body = self.sim.issue_user_tokens(open_id)
+        now = int(time.time())
+        grant = TokenGrant(
+            access_token=body["access_token"],
+            access_expires_at=now + int(body["expires_in"]),
+            refresh_token=body.get("refresh_token"),
+            refresh_expires_at=now + int(body["refresh_token_expires_in"]),
+            scope=body.get("scope", ""),
+        )
+        self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), grant, now)
+        return open_id
+
+    def sync(self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0) -> SyncResult:
+        """One sync invocation, as the sync function runs it."""
+        settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
+        engine = CalendarSync(
+            users=self.users,
+            calendars=self.calendars,
+            feishu=self.feishu(),
+            settings=settings,
+            clock=lambda: time.time() + clock_offset,
+        )
+        return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
+
+    # ------------------------------------------------------------------ reading and poking the tables
+    def items(self, open_id: str) -> dict[str, dict[str, Any]]:
+        """Every calendar item of the user (tombstones included), by calendar id."""
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.settings.calendars_table,
+            KeyConditionExpression="open_id = :o",
+            ExpressionAttributeValues=attribute_values({":o": open_id}),
+            ConsistentRead=True,
+        )
+        return {item["calendar_id"]["S"]: plain(item) for page in pages for item in page["Items"]}
+
+    def live_items(self, open_id: str) -> dict[str, dict[str, Any]]:
+        """Items without ``deleted_at``."""
+        return {cid: item for cid, item in self.items(open_id).items() if "deleted_at" not in item}
+
+    def user(self, open_id: str) -> dict[str, Any]:
+        """The user's item as plain values."""
+        found = self.users.get_plain(open_id)
+        assert found is not None, f"no user {open_id}"
+        return found
+
+    def set_user(self, open_id: str, **attributes: Any) -> None:
+        """Overwrite attributes of a user's item."""
+        names = {f"#a{i}": name for i, name in enumerate(attributes)}
+        values = {f":v{i}": value for i, value in enumerate(attributes.values())}
+        self.client.update_item(
+            TableName=self.settings.users_table,
+            Key={"open_id": {"S": open_id}},
+            UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(attributes))),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=attribute_values(values),
+        )
+
+    def remove_user_attribute(self, open_id: str, name: str) -> None:
+        """Remove one attribute of a user's item."""
+        self.client.update_item(
+            TableName=self.settings.users_table,
+            Key={"open_id": {"S": open_id}},
+            UpdateExpression="REMOVE #a",
+            ExpressionAttributeNames={"#a": name},
+        )
+
+    def assert_mirror_matches(self, open_id: str) -> None:
+        """The live mirror equals Feishu's truth, field by field; nothing else is live."""
+        assert_mirror_matches(self.sim.calendars(open_id), self.live_items(open_id))
+
+
+def assert_mirror_matches(truth: list[dict[str, Any]], live_items: dict[str, dict[str, Any]]) -> None:
+    """Compare Feishu's calendars with the live items of the calendars table, field by field."""
+    expected = {c["calendar_id"]: {k: v for k, v in c.items() if k in CALENDAR_FIELDS} for c in truth}
+    actual = {cid: {k: v for k, v in item.items() if k in CALENDAR_FIELDS} for cid, item in live_items.items()}
+    assert actual == expected

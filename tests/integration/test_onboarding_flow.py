@@ -1,0 +1,134 @@
+"""OAuth onboarding against DynamoDB Local and the simulator's consent page and token endpoint."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from feishu_mirror.errors import OnboardingError
+from feishu_mirror.onboarding import Onboarding
+from feishu_mirror.store import OAuthState, OAuthStateStore
+from local.feishu_sim import FeishuSimulator, http_error
+from tests.integration.harness import Harness
+
+pytestmark = pytest.mark.integration
+CALLBACK = "http://127.0.0.1:3000/oauth/callback"
+
+
+def onboarding(harness: Harness, *, clock_offset: float = 0) -> Onboarding:
+    return Onboarding(
+        feishu=harness.feishu(),
+        users=harness.users,
+        states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
+        pings=harness.pings,
+        clock=lambda: time.time() + clock_offset,
+    )
+
+
+def consent(authorize_url: str) -> dict[str, str]:
+    """What the browser does: open the consent page and follow its redirect back to us."""
+    reply = requests.get(authorize_url, allow_redirects=False, timeout=5)
+    assert reply.status_code == 302, reply.text
+    location = reply.headers["Location"]
+    assert location.startswith(CALLBACK + "?")
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def test_consent_stores_tokens_subscribes_and_starts_the_first_sync(harness: Harness, sim: FeishuSimulator) -> None:
+    # GIVEN a Feishu user who will click "Authorize"
+    sim.add_user("ou_new", "Ada")
+    sim.set_consent_user("ou_new")
+    flow = onboarding(harness)
+    # WHEN they go through /oauth/start and come back to /oauth/callback
+    url = flow.start(CALLBACK)
+    query = parse_qs(urlsplit(url).query)
+    assert query["scope"] == ["calendar:calendar:readonly offline_access"]
+    assert query["code_challenge_method"] == ["S256"]
+    params = consent(url)
+    identity = flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+    # THEN the user is stored with both tokens, subscribed, and their first sync was started
+    assert (identity.open_id, identity.name) == ("ou_new", "Ada")
+    user = harness.user("ou_new")
+    assert user["status"] == "active"
+    assert user["access_token"]
+    assert user["refresh_token"]
+    assert user["subscribed_at"] > 0
+    assert sim.is_subscribed("ou_new")
+    assert harness.invoked == ["ou_new"]
+    # AND the state cannot be used again
+    with pytest.raises(OnboardingError) as again:
+        flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+    assert again.value.status == 400
+
+
+def test_a_returning_user_keeps_their_sync_state_and_becomes_active(harness: Harness, sim: FeishuSimulator) -> None:
+    open_id = harness.onboard("ou_back", extra_calendars=2)
+    harness.sync(open_id)
+    harness.set_user(open_id, status="reauth_required")
+    sim.set_consent_user(open_id)
+    flow = onboarding(harness)
+    params = consent(flow.start(CALLBACK))
+    flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+    user = harness.user(open_id)
+    assert user["status"] == "active"
+    assert user["sync_token"]
+
+
+def test_declined_consent_is_a_403_and_consumes_the_state(harness: Harness, sim: FeishuSimulator) -> None:
+    sim.add_user("ou_no", "No")
+    sim.set_consent_user("ou_no", deny=True)
+    flow = onboarding(harness)
+    params = consent(flow.start(CALLBACK))
+    assert params["error"] == "access_denied"
+    with pytest.raises(OnboardingError) as declined:
+        flow.complete(code=None, state=params["state"], error=params["error"], deadline=time.monotonic() + 30)
+    assert declined.value.status == 403
+    assert harness.users.get("ou_no") is None
+    assert OAuthStateStore(harness.client, harness.settings.oauth_state_table).take(params["state"]) is None
+
+
+@pytest.mark.parametrize("state", [None, "", "never-issued", "x" * 5000])
+def test_missing_unknown_or_oversized_states_are_refused(harness: Harness, state: str | None) -> None:
+    with pytest.raises(OnboardingError) as refused:
+        onboarding(harness).complete(code="c", state=state, error=None, deadline=time.monotonic() + 30)
+    assert refused.value.status == 400
+
+
+def test_an_expired_state_is_refused(harness: Harness, sim: FeishuSimulator) -> None:
+    sim.add_user("ou_late", "Late")
+    sim.set_consent_user("ou_late")
+    params = consent(onboarding(harness).start(CALLBACK))
+    with pytest.raises(OnboardingError, match="expired") as late:
+        onboarding(harness, clock_offset=601).complete(
+            code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30
+        )
+    assert late.value.status == 400
+
+
+def test_a_reused_code_or_a_wrong_verifier_is_a_400(harness: Harness, sim: FeishuSimulator) -> None:
+    sim.add_user("ou_pkce", "P")
+    sim.set_consent_user("ou_pkce")
+    flow = onboarding(harness)
+    states = OAuthStateStore(harness.client, harness.settings.oauth_state_table)
+    # GIVEN a consent whose stored verifier was tampered with
+    params = consent(flow.start(CALLBACK))
+    pending = states.take(params["state"])
+    assert pending is not None
+    states.put(OAuthState(pending.state, "x" * 64, pending.redirect_uri, pending.expires_at))
+    with pytest.raises(OnboardingError, match="expired or was already used"):
+        flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+    assert harness.users.get("ou_pkce") is None
+
+
+def test_feishu_being_down_is_a_503_page_not_a_crash(harness: Harness, sim: FeishuSimulator) -> None:
+    sim.add_user("ou_down", "D")
+    sim.set_consent_user("ou_down")
+    flow = onboarding(harness)
+    params = consent(flow.start(CALLBACK))
+    sim.inject("/open-apis/authen/v2/oauth/token", *[http_error(503)] * 10)
+    with pytest.raises(OnboardingError) as down:
+        flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+    assert down.value.status == 503
