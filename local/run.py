@@ -71,10 +71,12 @@ class Demo:
         return {item["calendar_id"]: item for item in items if "deleted_at" not in item}
 
     def user(self, open_id: str) -> dict[str, Any]:
-        """The user's item (tokens left out)."""
-        item = self.stack.client().get_item(
-            TableName=self.stack.template.table_names["UsersTable"], Key={"open_id": {"S": open_id}}
-        ).get("Item", {})
+        """The user's item in the users table."""
+        item = (
+            self.stack.client()
+            .get_item(TableName=self.stack.template.table_names["UsersTable"], Key={"open_id": {"S": open_id}})
+            .get("Item", {})
+        )
         return plain(item)
 
     def check(self, open_id: str, step: str) -> None:
