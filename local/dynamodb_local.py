@@ -79,6 +79,7 @@ class DynamoDBLocal:
                 "-port",
                 str(self.port),
             ],
+            cwd=self._cache,  # it writes dynamodb-local-metadata.json into its working directory
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
