@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
+from local.processes import spawn, terminate
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
@@ -68,7 +70,7 @@ class DynamoDBLocal:
     def start(self, timeout: float = 60) -> DynamoDBLocal:
         """Start the process and wait until it answers."""
         emulator = ensure_jar(self._cache)
-        self._process = subprocess.Popen(
+        self._process = spawn(
             [
                 "java",
                 f"-Djava.library.path={emulator / 'DynamoDBLocal_lib'}",
@@ -82,7 +84,6 @@ class DynamoDBLocal:
             cwd=self._cache,  # it writes dynamodb-local-metadata.json into its working directory
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
         client = self.client()
         deadline = time.monotonic() + timeout
@@ -102,12 +103,7 @@ class DynamoDBLocal:
 
     def stop(self) -> None:
         """Stop the process."""
-        if self._process and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+        terminate(self._process, timeout=10)
         self._process = None
 
     def __enter__(self) -> DynamoDBLocal:

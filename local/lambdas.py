@@ -33,6 +33,7 @@ from urllib.parse import unquote
 import requests
 
 from local.dynamodb_local import free_port
+from local.processes import spawn, terminate
 from local.template import Function, Template
 
 RUNTIME_PACKAGES = ("awslambdaric==4.2.2", "boto3==1.43.108")
@@ -106,7 +107,7 @@ class _Emulator:
         self.port = free_port()
         runtime_port = free_port()
         self._log = log.open("ab")
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 str(_rie_binary()),
                 "--runtime-interface-emulator-address",
@@ -122,7 +123,6 @@ class _Emulator:
             env=dict(env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         self.url = f"http://127.0.0.1:{self.port}/2015-03-31/functions/function/invocations"
         self.session = requests.Session()
@@ -149,12 +149,7 @@ class _Emulator:
         return Invocation(payload, None, duration)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
         self._log.close()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", action="store_true", help="run the walk-through once and exit with its verdict")
     args = parser.parse_args(argv)
+    # `kill` / a CI timeout: unwind normally so every child process is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     api_port = int(os.environ.get("LOCAL_API_PORT", "0" if args.demo else "3000"))
     real = bool(os.environ.get("FEISHU_APP_ID") and os.environ.get("FEISHU_APP_SECRET")) and not args.demo
     started = time.monotonic()
