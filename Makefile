@@ -60,8 +60,12 @@ validate: setup  ## sam validate --lint
 build: setup  ## sam build (no Docker needed)
 	$(BIN)/sam build
 
-bench: setup  ## benchmarks; figures go to bench/results.json
-	$(PY) -m bench.run
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench: setup $(VENV)/.bench-installed  ## benchmarks (not part of make test); figures go to bench/results.json
+	POWERTOOLS_LOG_LEVEL=WARNING $(PY) -m bench.run
 
 deploy: build  ## sam deploy --guided against your AWS account
 	$(BIN)/sam deploy --guided

@@ -62,7 +62,7 @@ class DynamoDBLocal:
     """A DynamoDB Local process on a free loopback port, in memory, one shared database."""
 
     def __init__(self, cache: Path, port: int = 0) -> None:
-        self._cache = cache
+        self._cache = cache.resolve()
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None

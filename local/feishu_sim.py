@@ -1267,6 +1267,7 @@ class _SimulatorServer(ThreadingHTTPServer):
 
 class _SimulatorRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server_version = "FeishuSimulator/1.0"
 
     def do_GET(self) -> None:

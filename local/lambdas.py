@@ -234,6 +234,8 @@ class LambdaApi:
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue[tuple[str, Any, str]] = queue.Queue()
+        self._running = threading.Event()
+        self._running.set()
         self._busy = 0
         self._idle = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -252,6 +254,15 @@ class LambdaApi:
         self._queue.put((logical_id, event, request_id))
         return request_id
 
+    def hold(self) -> None:
+        """Keep accepting ``Event`` invocations but run none until ``release`` — what Lambda's own queue
+        looks like from the caller, with the work happening elsewhere (benchmarks use it)."""
+        self._running.clear()
+
+    def release(self) -> None:
+        """Run held and new ``Event`` invocations again."""
+        self._running.set()
+
     def wait_idle(self, timeout: float = 60) -> bool:
         """Wait until no asynchronous invocation is queued or running."""
         with self._idle:
@@ -265,6 +276,7 @@ class LambdaApi:
     def _work(self) -> None:
         while True:
             logical_id, event, request_id = self._queue.get()
+            self._running.wait()
             try:
                 self._run_with_retries(logical_id, event, request_id)
             finally:
@@ -305,6 +317,9 @@ class LambdaApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes
+
             def log_message(self, *_args: Any) -> None:
                 return
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
-from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from feishu_mirror import wiring
@@ -27,19 +22,49 @@ from feishu_mirror.errors import CallbackRejected
 from feishu_mirror.observability import count, logger, metrics
 
 settings = Settings.from_env("USERS_TABLE", "IDEMPOTENCY_TABLE", "SYNC_FUNCTION_NAME")
-idempotency = IdempotencyConfig(
-    event_key_jmespath="header.event_id",
-    raise_on_no_idempotency_key=True,
-    expires_after_seconds=settings.dedup_ttl_seconds,  # longer than Feishu's ~7 h retry window
-    response_hook=lambda response, _record: {**response, "duplicate": True},
-)
-persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=wiring.dynamodb())
 
 
-@idempotent_function(data_keyword_argument="event", config=idempotency, persistence_store=persistence)
-def dispatch(*, event: dict[str, Any], open_ids: tuple[str, ...]) -> dict[str, Any]:  # noqa: ARG001 - event is the key
-    """Start syncs for the users of one event; runs once per ``header.event_id``."""
-    return wiring.pings(settings).dispatch(open_ids, reason="calendar_changed").as_dict()
+@cache
+def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Exception]]:
+    """Powertools idempotency around the ping dispatch, keyed on ``header.event_id``, built on first use.
+
+    Challenges and refused requests never need it, so a cold start that answers Feishu's 1-second
+    url_verification does not pay for the idempotency utility or a DynamoDB client (~0.4 s).
+    Returns the dispatch, its config (to register each invocation's context) and the in-progress error.
+    """
+    from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - see the docstring
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (  # noqa: PLC0415
+        IdempotencyAlreadyInProgressError,
+    )
+
+    config = IdempotencyConfig(
+        event_key_jmespath="header.event_id",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=settings.dedup_ttl_seconds,  # longer than Feishu's ~7 h retry window
+        response_hook=lambda response, _record: {**response, "duplicate": True},
+    )
+    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=wiring.dynamodb())
+
+    @idempotent_function(data_keyword_argument="event", config=config, persistence_store=persistence)
+    def dispatch(*, event: dict[str, Any], open_ids: tuple[str, ...]) -> dict[str, Any]:  # noqa: ARG001 - the key
+        """Start syncs for the users of one event; runs once per ``header.event_id``."""
+        return wiring.pings(settings).dispatch(open_ids, reason="calendar_changed").as_dict()
+
+    return dispatch, config, IdempotencyAlreadyInProgressError
+
+
+def dispatch(request: CalendarChanged, context: LambdaContext) -> dict[str, Any]:
+    """Dispatch one verified event at most once; a duplicate returns the first result, marked."""
+    run, config, in_progress = deduplicated_dispatch()
+    config.register_lambda_context(context)  # in-progress records expire with this invocation
+    try:
+        return run(event=request.payload, open_ids=request.open_ids)
+    except in_progress:
+        return {"duplicate": True, "in_progress": True}
 
 
 @cache
@@ -71,7 +96,6 @@ def _raw_body(event: dict[str, Any]) -> bytes:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """API Gateway HTTP API (payload 2.0) handler."""
-    idempotency.register_lambda_context(context)
     headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
     try:
         request = verifier(load_credentials(settings)).verify(headers, _raw_body(event))
@@ -88,9 +112,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("event_ignored", extra={"event_type": request.event_type})
         return _reply(200, {"msg": "ignored"})
     try:
-        result = dispatch(event=request.payload, open_ids=request.open_ids)
-    except IdempotencyAlreadyInProgressError:
-        result = {"duplicate": True, "in_progress": True}
+        result = dispatch(request, context)
     except Exception:
         logger.exception("callback_dispatch_failed")
         return _reply(503, {"msg": "temporarily unavailable, retry later"})

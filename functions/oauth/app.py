@@ -11,6 +11,7 @@ import time
 from functools import cache
 from typing import Any
 
+from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -18,11 +19,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from feishu_mirror import wiring
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
 from feishu_mirror.errors import ConfigError, OnboardingError
-from feishu_mirror.observability import logger, metrics, tracer
+from feishu_mirror.observability import logger, metrics
 from feishu_mirror.onboarding import Onboarding, redirect_uri
 from feishu_mirror.store import OAuthStateStore
 
 settings = Settings.from_env("USERS_TABLE", "OAUTH_STATE_TABLE", "RATE_LIMIT_TABLE", "SYNC_FUNCTION_NAME")
+tracer = Tracer()
 app = APIGatewayHttpResolver()
 SAFETY_SECONDS = 2
 

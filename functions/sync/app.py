@@ -11,14 +11,16 @@ import time
 from functools import cache
 from typing import Any
 
+from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from feishu_mirror import wiring
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
-from feishu_mirror.observability import logger, metrics, tracer
+from feishu_mirror.observability import logger, metrics
 from feishu_mirror.sync import CalendarSync
 
 settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "RATE_LIMIT_TABLE")
+tracer = Tracer()
 SAFETY_SECONDS = 10  # left for the final writes after the last Feishu call
 LEASE_MARGIN_SECONDS = 30  # the lease outlives the invocation's timeout by this much
 MAX_OPEN_ID_LENGTH = 128

@@ -137,7 +137,7 @@ def test_header_case_and_base64_bodies_do_not_break_the_signature(stack: LocalSt
     ("body", "headers", "status", "reason"),
     [
         (b"not json", {}, 400, "not valid JSON"),
-        (b'{"encrypt": "!!!"}', {}, 400, "base64"),
+        (b'{"encrypt": "!!!"}', {}, 400, "could not be decrypted"),
         (b'{"challenge": "x", "type": "url_verification", "token": "t"}', {}, 400, "must be encrypted"),
         (b"{" + b" " * 200_000 + b"}", {}, 413, "too large"),
         (b"", {}, 400, "empty body"),

@@ -92,8 +92,8 @@ def test_a_challenge_with_the_wrong_token_is_refused() -> None:
         (b'"text"', 400, "JSON object"),
         (b"\xff\xfe", 400, "not valid JSON"),
         (b'{"encrypt": 5}', 400, "must be encrypted"),
-        (b'{"encrypt": "%%%"}', 400, "base64"),
-        (b'{"encrypt": "AAAA"}', 400, "length"),
+        (b'{"encrypt": "%%%"}', 400, "could not be decrypted"),
+        (b'{"encrypt": "AAAA"}', 400, "could not be decrypted"),
         (b"{" + b" " * (129 * 1024) + b"}", 413, "too large"),
     ],
 )
@@ -106,12 +106,24 @@ def test_malformed_bodies_get_a_4xx_with_a_reason(body: bytes, status: int, reas
 def test_a_body_encrypted_with_another_key_is_refused() -> None:
     headers, body = signed(event(), key="someone else's key")
     headers["x-lark-signature"] = crypto.signature(headers["x-lark-request-timestamp"], "nonce-1", KEY, body)
-    assert "padding" in rejected(headers, body).reason
+    assert rejected(headers, body).reason == "encrypt could not be decrypted to a JSON object"
 
 
 def test_valid_crypto_around_non_json_plaintext_is_refused() -> None:
     headers, body = signed(b"\x00\x01 not json")
-    assert rejected(headers, body).reason == "decrypted body is not valid JSON"
+    assert rejected(headers, body).reason == "encrypt could not be decrypted to a JSON object"
+
+
+def test_unsigned_bodies_are_no_padding_oracle() -> None:
+    # GIVEN unsigned bodies (only url_verification may be unsigned) that fail in the padding or in the JSON
+    _, bad_padding = signed(event(), key="another key")
+    _, bad_json = signed(b"not json at all")
+    _, not_an_object = signed(b"[1, 2, 3]")
+    # WHEN refused THEN nothing in the answer tells the failures apart
+    answers = {
+        (rejected({}, body).status, rejected({}, body).reason) for body in (bad_padding, bad_json, not_an_object)
+    }
+    assert answers == {(400, "encrypt could not be decrypted to a JSON object")}
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CallbackRejected(400, f"{what} is not valid JSON") from exc
     return _object(value, what)
@@ -88,7 +88,7 @@ class CallbackVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._encrypt_key = encrypt_key
-        self._aes_key = crypto.derive_key(encrypt_key) if encrypt_key else b""
+        self._aes = crypto.aes_key(encrypt_key) if encrypt_key else None
         self._token = verification_token.encode("utf-8")
         self._app_id = app_id
         self._max_skew = max_skew_seconds
@@ -138,10 +138,12 @@ class CallbackVerifier:
         if not isinstance(encrypted, str):
             raise CallbackRejected(400, "body must be encrypted")
         try:
-            plaintext = crypto.decrypt(self._aes_key, encrypted)
-        except crypto.DecryptionError as exc:
-            raise CallbackRejected(400, str(exc)) from exc
-        return _json_object(plaintext, "decrypted body")
+            assert self._aes is not None
+            return _json_object(crypto.decrypt(self._aes, encrypted), "decrypted body")
+        except (crypto.DecryptionError, CallbackRejected) as exc:
+            # One answer for every way decryption can fail: unsigned bodies (url_verification) must
+            # not become a padding oracle that tells a bad pad from bad JSON.
+            raise CallbackRejected(400, "encrypt could not be decrypted to a JSON object") from exc
 
     def _check_token(self, token: Any) -> None:
         if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self._token):

@@ -58,7 +58,7 @@ class Settings:
     dedup_ttl_seconds: int = 24 * 3600
     tombstone_ttl_seconds: int = 30 * 24 * 3600
     mass_delete_confirm_seconds: int = 3600
-    resync_max_users_per_run: int = 1000
+    resync_max_users_per_run: int = 14000
 
     @classmethod
     def from_env(cls, *required: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,7 +89,7 @@ class Settings:
             dedup_ttl_seconds=_int(env, "DEDUP_TTL_SECONDS", 24 * 3600),
             tombstone_ttl_seconds=_int(env, "TOMBSTONE_TTL_SECONDS", 30 * 24 * 3600),
             mass_delete_confirm_seconds=_int(env, "MASS_DELETE_CONFIRM_SECONDS", 3600),
-            resync_max_users_per_run=_int(env, "RESYNC_MAX_USERS_PER_RUN", 1000),
+            resync_max_users_per_run=_int(env, "RESYNC_MAX_USERS_PER_RUN", 14000),
         )
 
 

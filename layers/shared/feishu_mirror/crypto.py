@@ -27,21 +27,27 @@ def derive_key(encrypt_key: str) -> bytes:
     return hashlib.sha256(encrypt_key.encode("utf-8")).digest()
 
 
-def decrypt(key: bytes, encrypted: str) -> bytes:
-    """Decrypt a Feishu ``encrypt`` value with a key from ``derive_key``; raises ``DecryptionError``."""
+def aes_key(encrypt_key: str) -> algorithms.AES:
+    """The AES key object for an Encrypt Key, built once and reused by ``decrypt``."""
+    return algorithms.AES(derive_key(encrypt_key))
+
+
+def decrypt(key: bytes | algorithms.AES, encrypted: str) -> bytes:
+    """Decrypt a Feishu ``encrypt`` value with a key from ``derive_key`` (or an ``algorithms.AES`` built
+    from it once, which saves its setup on every call); raises ``DecryptionError``."""
     try:
         blob = base64.b64decode(encrypted, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise DecryptionError("encrypt is not valid base64") from exc
     if len(blob) < 2 * BLOCK_BYTES or len(blob) % BLOCK_BYTES:
         raise DecryptionError("encrypt has an invalid length")
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(blob[:BLOCK_BYTES])).decryptor()
+    algorithm = key if isinstance(key, algorithms.AES) else algorithms.AES(key)
+    decryptor = Cipher(algorithm, modes.CBC(blob[:BLOCK_BYTES])).decryptor()
     padded = decryptor.update(blob[BLOCK_BYTES:]) + decryptor.finalize()
-    unpadder = padding.PKCS7(algorithms.AES.block_size).unpadder()
-    try:
-        return unpadder.update(padded) + unpadder.finalize()
-    except ValueError as exc:
-        raise DecryptionError("encrypt has invalid padding (wrong encrypt key?)") from exc
+    pad = padded[-1]
+    if not 1 <= pad <= BLOCK_BYTES or padded[-pad:] != bytes([pad]) * pad:
+        raise DecryptionError("encrypt has invalid padding (wrong encrypt key?)")
+    return padded[:-pad]
 
 
 def encrypt(key: bytes, plaintext: bytes, iv: bytes | None = None) -> str:

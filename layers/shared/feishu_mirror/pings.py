@@ -64,16 +64,20 @@ class PingDispatcher:
         outcome = PingOutcome()
         for open_id in open_ids:
             now = int(self._clock())
-            record = self._users.mark_dirty(open_id, now)
-            if record is None:
-                outcome.ignored.append(open_id)
-                continue
-            if record.lease_active(now) or record.pending_invoke_until > now:
-                outcome.coalesced.append(open_id)
-                continue
-            if not self._users.claim_invocation(open_id, now, now + self._claim_seconds):
-                outcome.coalesced.append(open_id)
-                continue
+            until = now + self._claim_seconds
+            if not self._users.ping_and_claim(open_id, now, until):
+                # A sync runs or is pending (or the user is unknown): mark dirty so it loops, then
+                # claim anyway in case it released its lease between our two writes.
+                record = self._users.mark_dirty(open_id, now)
+                if record is None:
+                    outcome.ignored.append(open_id)
+                    continue
+                if record.lease_active(now) or record.pending_invoke_until > now:
+                    outcome.coalesced.append(open_id)
+                    continue
+                if not self._users.claim_invocation(open_id, now, until):
+                    outcome.coalesced.append(open_id)
+                    continue
             try:
                 self._invoker.invoke(open_id, reason)
             except Exception as exc:

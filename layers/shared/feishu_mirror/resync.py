@@ -19,7 +19,7 @@ from feishu_mirror.invoker import SyncInvoker
 from feishu_mirror.observability import count, logger
 from feishu_mirror.store import UserStore
 
-CLAIM_SECONDS = 600
+CLAIM_SECONDS = 1800  # longer than a full sweep takes to drain through the rate gate
 INVOKE_WORKERS = 8
 
 

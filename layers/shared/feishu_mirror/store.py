@@ -233,6 +233,27 @@ class UserStore:
         )
         return _user(attributes) if attributes else None
 
+    _CLAIMABLE = (
+        "attribute_exists(open_id) AND #status = :active"
+        " AND (attribute_not_exists(pending_invoke_until) OR pending_invoke_until <= :now)"
+        " AND (attribute_not_exists(lease_expires_at) OR lease_expires_at <= :now)"
+    )
+
+    def ping_and_claim(self, open_id: str, now: int, until: int) -> bool:
+        """The common case of a ping in one write: mark the user dirty and claim the invocation.
+
+        False when a sync runs or is pending, or the user is unknown or inactive; the caller then
+        falls back to ``mark_dirty`` so the running sync loops once more.
+        """
+        claimed = self._update(
+            open_id,
+            "ADD dirty_seq :one SET last_ping_at = :now, pending_invoke_until = :until, due_at = :until",
+            {":one": 1, ":now": now, ":until": until, ":active": ACTIVE},
+            condition=self._CLAIMABLE,
+            names={"#status": "status"},
+        )
+        return claimed is not None
+
     def claim_invocation(self, open_id: str, now: int, until: int) -> bool:
         """Claim the right to start a sync: no sync running and none already started.
 
@@ -244,11 +265,7 @@ class UserStore:
             open_id,
             "SET pending_invoke_until = :until, due_at = :until",
             {":until": until, ":now": now, ":active": ACTIVE},
-            condition=(
-                "attribute_exists(open_id) AND #status = :active"
-                " AND (attribute_not_exists(pending_invoke_until) OR pending_invoke_until <= :now)"
-                " AND (attribute_not_exists(lease_expires_at) OR lease_expires_at <= :now)"
-            ),
+            condition=self._CLAIMABLE,
             names={"#status": "status"},
         )
         return claimed is not None

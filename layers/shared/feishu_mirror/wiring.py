@@ -14,10 +14,12 @@ import boto3
 from botocore.config import Config
 
 from feishu_mirror.config import FeishuCredentials, Settings
-from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.invoker import LambdaSyncInvoker
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore
+
+if TYPE_CHECKING:
+    from feishu_mirror.feishu import FeishuClient
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -61,6 +63,8 @@ def pings(settings: Settings) -> PingDispatcher:
 @cache
 def feishu(settings: Settings, credentials: FeishuCredentials) -> FeishuClient:
     """The Feishu client, behind the app-wide rate gate."""
+    from feishu_mirror.feishu import FeishuClient  # noqa: PLC0415 - keeps requests off the callback's import path
+
     gate = DynamoRateGate(
         dynamodb(),
         settings.rate_limit_table,
