@@ -18,6 +18,8 @@ from bench.stack_latency import stack_latency
 from bench.sync_cost import sync_cost
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SUITES: dict[str, Callable[[], list[Entry]]] = {
     "callback": warm_handling,
     "cold": cold_start,
@@ -38,6 +40,24 @@ def table(entries: list[Entry]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[dict[str, object]]) -> str:
+    """The README's benchmark table, from the results file."""
+    rows = ["| benchmark | value | unit | target | floor | met |", "|---|---:|---|---:|---:|---|"]
+    for r in results:
+        met = {True: "✓", False: "✗", None: ""}[r["met"]]  # type: ignore[index]
+        cells = [f"{r[k]:g}" if isinstance(r[k], int | float) else "" for k in ("value", "target", "floor")]
+        rows.append(f"| `{r['name']}` | {cells[0]} | {r['unit']} | {cells[1]} | {cells[2]} | {met} |")
+    return "\n".join(rows)
+
+
+def update_readme(results: list[dict[str, object]]) -> None:
+    """Replace the table between the README's bench markers with the figures of this run."""
+    text = README.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        README.write_text(f"{head}{START}\n{markdown(results)}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main(argv: list[str]) -> int:
     """Run the suites named in ``argv`` (all by default) and write the results file."""
     chosen = argv or list(SUITES)
@@ -48,6 +68,7 @@ def main(argv: list[str]) -> int:
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() and argv else []
     merged = {e["name"]: e for e in previous} | {e.name: e.as_dict() for e in entries}
     RESULTS.write_text(json.dumps(list(merged.values()), indent=2, ensure_ascii=False) + "\n")
+    update_readme(list(merged.values()))
     print(table(entries))
     missed = [e.name for e in entries if e.met is False]
     if missed:
