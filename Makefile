@@ -12,7 +12,7 @@ export SAM_CLI_TELEMETRY := 0
 export PATH := $(dir $(PYTHON313)):$(PATH)
 export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/shared
 
-.PHONY: help setup run demo test lint format typecheck unit integration e2e validate build bench deploy clean
+.PHONY: help setup run demo test lint format typecheck unit integration faults soak e2e validate build bench deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -32,7 +32,7 @@ run: setup  ## start the whole app locally (DynamoDB Local, Feishu simulator, fu
 demo: setup  ## the same demo, non-interactive; fails if the mirror does not match
 	$(PY) -m local.run --demo
 
-test: setup lint typecheck unit integration e2e validate build  ## everything CI runs
+test: setup lint typecheck unit integration faults e2e validate build  ## everything CI runs
 
 lint: setup  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -50,6 +50,13 @@ unit: setup  ## pure logic, no I/O
 
 integration: setup  ## real DynamoDB Local and the Feishu simulator over HTTP
 	$(BIN)/pytest tests/integration -q
+
+faults: setup  ## a few hundred seeded fault schedules (FAULT_SCHEDULES=200)
+	$(BIN)/pytest tests/faults -q
+
+soak: setup  ## thousands of fault schedules, then the README's figures are rewritten from them
+	FAULT_SCHEDULES=$${FAULT_SCHEDULES:-3000} $(BIN)/pytest tests/faults -q -x
+	$(PY) -m tests.faults.report
 
 e2e: setup  ## the template's functions under the Lambda emulator, driven through the local API
 	$(BIN)/pytest tests/e2e -q

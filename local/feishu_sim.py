@@ -102,7 +102,7 @@ _DEFAULT_HTTP_STATUS: dict[int, int] = {
 class Fault:
     """One injected misbehaviour, consumed by the next request whose path matches."""
 
-    kind: Literal["http_error", "feishu_error", "rate_limited", "delay", "drop"]
+    kind: Literal["http_error", "feishu_error", "rate_limited", "delay", "drop", "empty_page"]
     status: int = 500
     code: int | None = None
     msg: str = ""
@@ -128,6 +128,11 @@ def rate_limited(reset_seconds: int = 1) -> Fault:
 def delay(seconds: float) -> Fault:
     """Wait `seconds`, then answer normally."""
     return Fault("delay", seconds=seconds)
+
+
+def empty_page() -> Fault:
+    """On the calendar list: an empty page with ``has_more: true`` whose page_token continues the listing."""
+    return Fault("empty_page")
 
 
 def drop() -> Fault:
@@ -796,6 +801,8 @@ class FeishuSimulator:
         reply: _Reply | None
         if rejection is not None:
             reply = _rate_limit_reply(*rejection)
+        elif fault is not None and fault.kind == "empty_page":
+            reply = self._route(call, empty_page=True)
         elif fault is not None and fault.kind != "delay":
             reply = self._fault_reply(fault, call.path)
         else:
@@ -806,7 +813,12 @@ class FeishuSimulator:
         self._record(call, started, reply, fault_name)
         return reply
 
-    def _route(self, call: _Call) -> _Reply:
+    def _route(self, call: _Call, *, empty_page: bool = False) -> _Reply:
+        if empty_page and call.path == CALENDARS_PATH:
+            try:
+                return self._list_calendars(call, empty_page=True)
+            except _ApiError as error:
+                return error.reply
         handler = self._routes.get((call.method, call.path))
         if handler is None:
             if any(path == call.path for _, path in self._routes):
@@ -977,7 +989,7 @@ class FeishuSimulator:
         }
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 
-    def _list_calendars(self, call: _Call) -> _Reply:
+    def _list_calendars(self, call: _Call, *, empty_page: bool = False) -> _Reply:
         user = self._authenticated_user(call, tenant_error=(404, 190007, "app bot_id not found"))
         page_size = self._page_size(call.query.get("page_size"))
         page_token = call.query.get("page_token", "")
@@ -1004,7 +1016,12 @@ class FeishuSimulator:
             else:
                 live = tuple(c.entry() for c in user.calendars.values() if not c.deleted)
                 listing, offset = _Listing(user.open_id, live, self._seq), 0
-            data = self._page(listing, offset, page_size)
+            if empty_page:
+                page_token = "ListCalendarsPageToken_" + secrets.token_urlsafe(24)
+                self._page_tokens[page_token] = _PageCursor(listing, offset)
+                data = {"has_more": True, "page_token": page_token, "sync_token": "", "calendar_list": []}
+            else:
+                data = self._page(listing, offset, page_size)
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 
     def _page(self, listing: _Listing, offset: int, page_size: int) -> dict[str, Any]:

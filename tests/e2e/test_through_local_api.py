@@ -258,3 +258,39 @@ def test_make_demo_passes() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "DEMO PASSED" in done.stdout
     assert "✗" not in done.stdout
+
+
+def test_a_crashing_sync_is_retried_then_lands_in_the_failure_destination_and_replays(
+    stack: LocalStack, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user whose record is corrupt, so the sync function raises (a bug, not a Feishu failure)
+    onboard(stack, sim, "ou_e2e_crash")
+    users_table = stack.template.table_names["UsersTable"]
+    stack.client().update_item(
+        TableName=users_table,
+        Key={"open_id": {"S": "ou_e2e_crash"}},
+        UpdateExpression="SET access_expires_at = :bad",
+        ExpressionAttributeValues={":bad": {"S": "not a number"}},
+    )
+    before = len(stack.failures)
+    # WHEN its sync is invoked asynchronously
+    assert stack.lambda_api is not None
+    stack.lambda_api.invoke_async("SyncFunction", {"open_id": "ou_e2e_crash", "reason": "test"})
+    assert stack.wait_idle(60)
+    # THEN Lambda's retries ran out and the on-failure record holds the request, with the lease released
+    assert len(stack.failures) == before + 1
+    record = stack.failures[-1]
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["requestPayload"]["open_id"] == "ou_e2e_crash"
+    assert "lease_owner" not in user(stack, "ou_e2e_crash")
+    # WHEN the record is fixed at its cause and replayed as it is THEN the sync succeeds
+    stack.client().update_item(
+        TableName=users_table,
+        Key={"open_id": {"S": "ou_e2e_crash"}},
+        UpdateExpression="SET access_expires_at = :zero",
+        ExpressionAttributeValues={":zero": {"N": "0"}},
+    )
+    sim.create_calendar("ou_e2e_crash", summary="after the crash")
+    assert stack.invoke("SyncFunction", record).payload["outcome"] == "synced"
+    assert mirror(stack, "ou_e2e_crash") == truth(sim, "ou_e2e_crash")
