@@ -16,9 +16,9 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from feishu_mirror import wiring
-from feishu_mirror.callback import CalendarChanged, CallbackVerifier, Challenge
+from feishu_mirror.callback import CalendarChanged, CallbackVerifier, Challenge, IgnoredEvent
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
-from feishu_mirror.errors import CallbackRejected
+from feishu_mirror.errors import CallbackRejected, ConfigError
 from feishu_mirror.observability import count, logger, metrics
 
 settings = Settings.from_env("USERS_TABLE", "IDEMPOTENCY_TABLE", "SYNC_FUNCTION_NAME")
@@ -92,31 +92,49 @@ def _raw_body(event: dict[str, Any]) -> bytes:
     return body.encode("utf-8") if isinstance(body, str) else b""
 
 
+def verify(event: dict[str, Any]) -> Challenge | CalendarChanged | IgnoredEvent:
+    """Verify the request as API Gateway delivers it; raises ``CallbackRejected`` or ``ConfigError``."""
+    headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
+    return verifier(load_credentials(settings)).verify(headers, _raw_body(event))
+
+
+def acknowledge(request: CalendarChanged, context: LambdaContext) -> tuple[int, dict[str, Any]]:
+    """Dispatch a verified change once and say how it went."""
+    try:
+        result = dispatch(request, context)
+    except Exception:
+        logger.exception("callback_dispatch_failed")
+        return 503, {"msg": "temporarily unavailable, retry later"}
+    if result.get("in_progress"):
+        # The first delivery is still running — or died mid-way, leaving its record until the
+        # invocation's timeout. A non-200 makes Feishu retry later, when that is settled either way.
+        count("DuplicatesInProgress")
+        return 409, {"msg": "this event is being processed; retry later"}
+    if result.get("duplicate"):
+        count("DuplicatesDropped")
+    logger.info("event_dispatched", extra=result)
+    return 200, {"msg": "success", **result}
+
+
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """API Gateway HTTP API (payload 2.0) handler."""
-    headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
     try:
-        request = verifier(load_credentials(settings)).verify(headers, _raw_body(event))
+        request = verify(event)
     except CallbackRejected as exc:
         count("CallbacksRejected")
         logger.info("callback_rejected", extra={"status": exc.status, "reason": exc.reason})
         return _reply(exc.status, {"msg": exc.reason})
+    except ConfigError as exc:
+        logger.error("configuration_error", extra={"error": str(exc)})
+        return _reply(503, {"msg": "not configured"})
     if isinstance(request, Challenge):
         count("ChallengesAnswered")
         return _reply(200, {"challenge": request.challenge})
     logger.append_keys(event_id=request.event_id)
     count("EventsReceived")
-    if not isinstance(request, CalendarChanged):
+    if isinstance(request, IgnoredEvent):
         logger.info("event_ignored", extra={"event_type": request.event_type})
         return _reply(200, {"msg": "ignored"})
-    try:
-        result = dispatch(request, context)
-    except Exception:
-        logger.exception("callback_dispatch_failed")
-        return _reply(503, {"msg": "temporarily unavailable, retry later"})
-    if result.get("duplicate"):
-        count("DuplicatesDropped")
-    logger.info("event_dispatched", extra=result)
-    return _reply(200, {"msg": "success", **result})
+    return _reply(*acknowledge(request, context))

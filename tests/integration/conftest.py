@@ -36,6 +36,12 @@ def dynamodb() -> Iterator[DynamoDBLocal]:
 
 
 @pytest.fixture(scope="session")
+def dynamodb_endpoint(dynamodb: DynamoDBLocal) -> str:
+    """Its endpoint URL (for code that builds its own clients, like the handlers)."""
+    return dynamodb.endpoint
+
+
+@pytest.fixture(scope="session")
 def dynamodb_client(dynamodb: DynamoDBLocal) -> DynamoDBClient:
     """A client for it."""
     return dynamodb.client()
