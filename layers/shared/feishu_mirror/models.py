@@ -21,6 +21,7 @@ MAX_CALENDAR_ID_LENGTH = 512
 
 FieldValue = str | int | bool
 SyncKind = Literal["full", "incremental"]
+SyncOutcome = Literal["synced", "busy", "failed", "interrupted", "reauth_required", "unknown_user"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ class SyncResult:
     """What one sync invocation did for one user."""
 
     open_id: str
-    outcome: Literal["synced", "busy", "failed", "interrupted", "reauth_required", "unknown_user"]
+    outcome: SyncOutcome
     kind: str = ""
     passes: int = 0
     pages: int = 0

@@ -24,7 +24,17 @@ from feishu_mirror.errors import (
     SyncTokenExpired,
 )
 from feishu_mirror.feishu import FeishuClient
-from feishu_mirror.models import Calendar, CalendarPage, Checkpoint, HeldSweep, StoredCalendar, SyncResult, UserRecord
+from feishu_mirror.models import (
+    Calendar,
+    CalendarPage,
+    Checkpoint,
+    HeldSweep,
+    StoredCalendar,
+    SyncKind,
+    SyncOutcome,
+    SyncResult,
+    UserRecord,
+)
 from feishu_mirror.observability import count, logger
 from feishu_mirror.store import ACTIVE, CalendarStore, Fence, UnknownUser, UserStore
 
@@ -205,10 +215,10 @@ class CalendarSync:
         except Exception:
             logger.exception("lease_release_failed")
 
-    def _result(self, run: _Run, outcome: str, code: int | None = None) -> SyncResult:
+    def _result(self, run: _Run, outcome: SyncOutcome, code: int | None = None) -> SyncResult:
         return SyncResult(
             run.fence.open_id,
-            outcome,  # type: ignore[arg-type]
+            outcome,
             kind=run.kind,
             passes=run.passes,
             pages=run.pages,
@@ -294,7 +304,7 @@ class CalendarSync:
                 self._users.save_checkpoint(
                     run.fence,
                     self._now(),
-                    Checkpoint(kind, page_token, frozenset(seen), started_at),  # type: ignore[arg-type]
+                    Checkpoint(kind, page_token, frozenset(seen), started_at),
                 )
                 continue
             break
@@ -314,7 +324,7 @@ class CalendarSync:
         return held is not None
 
     @staticmethod
-    def _choose_listing(user: UserRecord, now: int) -> tuple[str, str, set[str], int]:
+    def _choose_listing(user: UserRecord, now: int) -> tuple[SyncKind, str, set[str], int]:
         """Resume a checkpoint, else incremental with the sync_token, else a full listing."""
         checkpoint = user.checkpoint
         if checkpoint:
@@ -368,8 +378,8 @@ class CalendarSync:
     # -------------------------------------------------------------------------- Feishu calls
     def _list(self, run: _Run, *, page_token: str, sync_token: str | None) -> CalendarPage:
         """One listing call, refreshing the access token once if Feishu says it expired."""
-        token = self._access_token(run)
-        try:
+
+        def call(token: str) -> CalendarPage:
             return self._feishu.list_calendars(
                 token,
                 deadline=run.deadline,
@@ -377,16 +387,12 @@ class CalendarSync:
                 page_token=page_token or None,
                 sync_token=None if page_token else sync_token,
             )
+
+        try:
+            return call(self._access_token(run))
         except AccessTokenRejected:
             logger.info("access_token_rejected")
-            token = self._refresh(run)
-            return self._feishu.list_calendars(
-                token,
-                deadline=run.deadline,
-                page_size=self._settings.page_size,
-                page_token=page_token or None,
-                sync_token=None if page_token else sync_token,
-            )
+            return call(self._refresh(run))
 
     def _access_token(self, run: _Run) -> str:
         if run.tokens.access_token and run.tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
