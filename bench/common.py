@@ -56,15 +56,7 @@ def median(values: list[float]) -> float:
 def simulated_stack(**sim_options: Any) -> Iterator[tuple[LocalStack, FeishuSimulator]]:
     """The local stack, warmed, talking to a fresh simulator (pushes off unless asked)."""
     with FeishuSimulator(app_id="cli_bench", **sim_options) as sim:
-        env = {
-            "FEISHU_BASE_URL": sim.url,
-            "FEISHU_ACCOUNTS_URL": sim.url,
-            "FEISHU_APP_ID": sim.app_id,
-            "FEISHU_APP_SECRET": sim.app_secret,
-            "FEISHU_ENCRYPT_KEY": sim.encrypt_key or "",
-            "FEISHU_VERIFICATION_TOKEN": sim.verification_token,
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-        }
+        env = {**sim.app_environment(), "POWERTOOLS_LOG_LEVEL": "WARNING"}
         with LocalStack(env, prefix="bench-") as stack:
             stack.warm(WARM_EVENTS)
             yield stack, sim

@@ -12,10 +12,11 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from local.http import LoopbackHandler, serve
 from local.lambdas import Invocation
 from local.template import Route
 
@@ -127,16 +128,13 @@ class ApiGateway:
     def __init__(self, routes: list[Route], invoke: Callable[[str, dict[str, Any]], Invocation], port: int = 0) -> None:
         self.routes = routes
         self._invoke = invoke
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._port = port
 
     def start(self) -> ApiGateway:
         """Serve from a background thread."""
-        import threading  # noqa: PLC0415
-
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="api-gateway").start()
+        self._server = serve(self._handler_class(), self._port, "api-gateway")
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def stop(self) -> None:
@@ -147,24 +145,9 @@ class ApiGateway:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out as separate writes
-
-            def log_message(self, *_args: Any) -> None:
-                return
-
-            def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(LoopbackHandler):
             def _message(self, status: int, message: str) -> None:
-                self._send(status, [("Content-Type", "application/json")], json.dumps({"message": message}).encode())
+                self.send(status, [("Content-Type", "application/json")], json.dumps({"message": message}).encode())
 
             def _handle(self) -> None:
                 parts = urlsplit(self.path)
@@ -196,7 +179,7 @@ class ApiGateway:
                 if time.monotonic() - started > 30:
                     self._message(503, "Service Unavailable")
                     return
-                self._send(*map_result(result))
+                self.send(*map_result(result))
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 

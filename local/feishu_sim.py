@@ -530,6 +530,17 @@ class FeishuSimulator:
 
     # -- world ----------------------------------------------------------------------------------
 
+    def app_environment(self) -> dict[str, str]:
+        """The ``FEISHU_*`` variables that point the app at this simulator as its Feishu app."""
+        return {
+            "FEISHU_BASE_URL": self.url,
+            "FEISHU_ACCOUNTS_URL": self.url,
+            "FEISHU_APP_ID": self.app_id,
+            "FEISHU_APP_SECRET": self.app_secret,
+            "FEISHU_ENCRYPT_KEY": self.encrypt_key or "",
+            "FEISHU_VERIFICATION_TOKEN": self.verification_token,
+        }
+
     def add_user(self, open_id: str, name: str, *, union_id: str | None = None, user_id: str | None = None) -> None:
         """Create a tenant user together with their primary calendar."""
         with self._lock:

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -33,6 +33,7 @@ from urllib.parse import unquote
 import requests
 
 from local.dynamodb_local import free_port
+from local.http import LoopbackHandler, serve
 from local.processes import spawn, terminate
 from local.template import Function, Template
 
@@ -238,10 +239,8 @@ class LambdaApi:
         self._running.set()
         self._busy = 0
         self._idle = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = serve(self._handler_class(), name="lambda-api")
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="lambda-api").start()
         for n in range(ASYNC_WORKERS):
             threading.Thread(target=self._work, daemon=True, name=f"lambda-async-{n}").start()
 
@@ -316,21 +315,9 @@ class LambdaApi:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out as separate writes
-
-            def log_message(self, *_args: Any) -> None:
-                return
-
+        class Handler(LoopbackHandler):
             def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                self.send(status, [("Content-Type", "application/json"), *(headers or {}).items()], body)
 
             def do_POST(self) -> None:
                 parts = self.path.split("?")[0].strip("/").split("/")

@@ -163,19 +163,13 @@ def _title(html: str) -> str:
 @contextmanager
 def simulated_app(api_port: int, sim_port: int, schedules: bool) -> Iterator[tuple[LocalStack, FeishuSimulator]]:
     """The simulator plus the local stack pointed at it."""
-    with FeishuSimulator(port=sim_port, app_id="cli_local_demo", push_retry_delays=(1, 5, 15, 60)) as sim:
-        env = {
-            "FEISHU_BASE_URL": sim.url,
-            "FEISHU_ACCOUNTS_URL": sim.url,
-            "FEISHU_APP_ID": sim.app_id,
-            "FEISHU_APP_SECRET": sim.app_secret,
-            "FEISHU_ENCRYPT_KEY": sim.encrypt_key or "",
-            "FEISHU_VERIFICATION_TOKEN": sim.verification_token,
-        }
-        with LocalStack(env, api_port=api_port, schedules=schedules) as stack:
-            stack.warm(WARM_EVENTS)
-            sim.set_callback_url(f"{stack.api_url}/feishu/events")
-            yield stack, sim
+    with (
+        FeishuSimulator(port=sim_port, app_id="cli_local_demo", push_retry_delays=(1, 5, 15, 60)) as sim,
+        LocalStack(sim.app_environment(), api_port=api_port, schedules=schedules) as stack,
+    ):
+        stack.warm(WARM_EVENTS)
+        sim.set_callback_url(f"{stack.api_url}/feishu/events")
+        yield stack, sim
 
 
 def serve_forever(stack: LocalStack) -> None:

@@ -32,15 +32,7 @@ def sim() -> Iterator[FeishuSimulator]:
 
 @pytest.fixture(scope="module")
 def stack(sim: FeishuSimulator) -> Iterator[LocalStack]:
-    env = {
-        "FEISHU_BASE_URL": sim.url,
-        "FEISHU_ACCOUNTS_URL": sim.url,
-        "FEISHU_APP_ID": sim.app_id,
-        "FEISHU_APP_SECRET": sim.app_secret,
-        "FEISHU_ENCRYPT_KEY": sim.encrypt_key or "",
-        "FEISHU_VERIFICATION_TOKEN": sim.verification_token,
-    }
-    with LocalStack(env, prefix="e2e-") as running:
+    with LocalStack(sim.app_environment(), prefix="e2e-") as running:
         running.warm(WARM_EVENTS)
         sim.set_callback_url(f"{running.api_url}/feishu/events", auto_push=False)
         yield running
