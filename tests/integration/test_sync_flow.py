@@ -230,10 +230,15 @@ def test_an_interrupted_listing_resumes_from_its_checkpoint(
     assert interrupted.outcome == "failed"
     assert harness.user(open_id)["checkpoint"]["page_token"]
     assert len(harness.live_items(open_id)) == 50
-    # WHEN the next sync runs THEN it resumes with page 2 and writes only the rest
+    # AND a calendar the interrupted listing had already passed changes meanwhile
+    first_page = sorted(harness.live_items(open_id))[0]
+    sim.update_calendar(open_id, first_page, summary="changed after the interruption")
+    # WHEN the next sync runs THEN it resumes with page 2 and writes only the rest, then catches the
+    # change the old listing could not see with an incremental pass, before it calls itself done
     sim.clear_faults()
     resumed = harness.sync(open_id, page_size=50)
-    assert (resumed.outcome, resumed.kind, resumed.pages, resumed.upserted) == ("synced", "resume", 2, 70)
+    assert (resumed.outcome, resumed.kind, resumed.passes) == ("synced", "resume", 2)
+    assert (resumed.pages, resumed.upserted) == (3, 71)
     harness.assert_mirror_matches(open_id)
 
 

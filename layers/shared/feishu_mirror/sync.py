@@ -232,6 +232,14 @@ class CalendarSync:
         for _ in range(MAX_PASSES):
             run.passes += 1
             held = self._one_pass(user, run)
+            if user.checkpoint is not None and not held:
+                # The resumed listing began in an earlier invocation, possibly before the changes that
+                # started this one: follow it with an incremental pass from the token it just committed.
+                count("SyncResumedThenIncremental")
+                fresh_user = self._users.get(run.fence.open_id)
+                if fresh_user is not None:
+                    user = fresh_user
+                    continue
             self._assert_subscription(user, run)
             now = self._now()
             due = now + (self._settings.mass_delete_confirm_seconds if held else self._settings.stale_after_seconds)
