@@ -18,6 +18,7 @@ import json
 import math
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal, override
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -1366,10 +1367,14 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         print("  demo user ou_demo; admin API under /_sim/ (Ctrl-C to stop)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
+        stop_requested = threading.Event()
+
+        def request_stop(_signum: int, _frame: FrameType | None) -> None:
+            stop_requested.set()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        while not stop_requested.wait(1.0):
             pass
 
 
