@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import sys
@@ -46,6 +48,23 @@ UNSUBSCRIPTION_PATH = "/open-apis/calendar/v4/calendars/unsubscription"
 ADMIN_PREFIX = "/_sim/"
 
 CALENDAR_CHANGED_EVENT = "calendar.calendar.changed_v4"
+EVENT_CHANGED_EVENT = "calendar.calendar.event.changed_v4"
+EVENTS_PATH = re.compile(r"/open-apis/calendar/v4/calendars/([^/]+)/events(/subscription|/unsubscription)?")
+EVENT_SYNCABLE_TYPES = frozenset({"primary", "shared", "resource"})
+EVENT_FIELD_DEFAULTS: dict[str, Any] = {
+    "summary": "",
+    "description": "",
+    "start_time": {"timestamp": "1767225600", "timezone": "Asia/Shanghai"},
+    "end_time": {"timestamp": "1767229200", "timezone": "Asia/Shanghai"},
+    "status": "confirmed",
+    "visibility": "default",
+    "free_busy_status": "busy",
+    "color": -1,
+    "recurrence": "",
+    "is_exception": False,
+    "recurring_event_id": "",
+    "location": {"name": ""},
+}
 DEFAULT_SCOPE = "auth:user.id:read calendar:calendar:readonly offline_access"
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
@@ -203,6 +222,8 @@ class _CalendarState:
     fields: dict[str, Any]
     changed_seq: int
     deleted: bool = False
+    events: dict[str, _EventState] = field(default_factory=dict)
+    events_subscribed: bool = False
 
     def entry(self) -> dict[str, Any]:
         """The calendar as the list API returns it."""
@@ -218,6 +239,27 @@ class _CalendarState:
             "is_deleted": self.deleted,
             "is_third_party": f["is_third_party"],
             "role": f["role"],
+        }
+
+
+@dataclass
+class _EventState:
+    event_id: str
+    calendar_id: str
+    fields: dict[str, Any]
+    changed_seq: int
+    create_time: str
+    deleted: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        """The event as the event list API returns it (a deleted event comes back cancelled)."""
+        status = "cancelled" if self.deleted else self.fields["status"]
+        return {
+            "event_id": self.event_id,
+            "organizer_calendar_id": self.calendar_id,
+            **copy.deepcopy(self.fields),
+            "status": status,
+            "create_time": self.create_time,
         }
 
 
@@ -267,6 +309,7 @@ class _Listing:
     open_id: str
     entries: tuple[dict[str, Any], ...]
     end_seq: int  # the world state the final sync_token stands for
+    calendar_id: str = ""  # set for event listings
 
 
 @dataclass(frozen=True)
@@ -279,6 +322,7 @@ class _PageCursor:
 class _SyncPoint:
     open_id: str
     seq: int
+    calendar_id: str = ""  # set for event listings
 
 
 @dataclass
@@ -604,6 +648,52 @@ class FeishuSimulator:
             del entry["is_deleted"]
         return entries
 
+    def create_event(self, open_id: str, calendar_id: str, **fields: Any) -> str:
+        """Add an event (日程) to one of the user's calendars; returns its event_id."""
+        with self._lock:
+            calendar = self._live_calendar(open_id, calendar_id)
+            self._seq += 1
+            event_id = f"{uuid.uuid4()}_0"
+            values = {**copy.deepcopy(EVENT_FIELD_DEFAULTS), "summary": f"Event {len(calendar.events) + 1}", **fields}
+            unknown = set(values) - set(EVENT_FIELD_DEFAULTS)
+            if unknown:
+                raise ValueError(f"unknown event fields {sorted(unknown)}")
+            calendar.events[event_id] = _EventState(event_id, calendar_id, values, self._seq, str(int(time.time())))
+        self._after_event_mutation(open_id, calendar_id, event_id, "create")
+        return event_id
+
+    def update_event(self, open_id: str, calendar_id: str, event_id: str, **fields: Any) -> None:
+        """Change fields of a live event."""
+        with self._lock:
+            event = self._live_event(open_id, calendar_id, event_id)
+            unknown = set(fields) - set(EVENT_FIELD_DEFAULTS)
+            if unknown:
+                raise ValueError(f"unknown event fields {sorted(unknown)}")
+            self._seq += 1
+            event.fields.update(copy.deepcopy(fields))
+            event.changed_seq = self._seq
+        self._after_event_mutation(open_id, calendar_id, event_id, "update")
+
+    def delete_event(self, open_id: str, calendar_id: str, event_id: str) -> None:
+        """Delete an event (incremental listings then return it with status "cancelled")."""
+        with self._lock:
+            event = self._live_event(open_id, calendar_id, event_id)
+            self._seq += 1
+            event.deleted = True
+            event.changed_seq = self._seq
+        self._after_event_mutation(open_id, calendar_id, event_id, "delete")
+
+    def events(self, open_id: str, calendar_id: str) -> list[dict[str, Any]]:
+        """The calendar's live events exactly as a full event listing returns them (the truth)."""
+        with self._lock:
+            calendar = self._user(open_id).calendars[calendar_id]
+            return [e.entry() for e in calendar.events.values() if not e.deleted]
+
+    def is_subscribed_to_events(self, open_id: str, calendar_id: str) -> bool:
+        """Whether the user subscribed to event changes of this calendar."""
+        with self._lock:
+            return self._user(open_id).calendars[calendar_id].events_subscribed
+
     def set_consent_user(self, open_id: str | None, *, deny: bool = False) -> None:
         """Choose who "clicks Authorize" (or "Deny") on the consent page; None = nobody signed in."""
         with self._lock:
@@ -721,6 +811,34 @@ class FeishuSimulator:
             "event": {"user_id_list": user_ids},
         }
 
+    def event_changed_payload(
+        self,
+        open_id: str,
+        calendar_id: str,
+        *,
+        event_id: str = "",
+        change_type: str = "",
+        header_event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A calendar.calendar.event.changed_v4 payload (``calendar_event_id``/``change_type`` are gray fields)."""
+        payload = self.calendar_changed_payload([open_id], event_id=header_event_id)
+        payload["header"]["event_type"] = EVENT_CHANGED_EVENT
+        payload["event"]["calendar_id"] = calendar_id
+        if event_id:
+            payload["event"]["calendar_event_id"] = event_id
+        if change_type:
+            payload["event"]["change_type"] = change_type
+        return payload
+
+    def push_event_changed(
+        self, open_id: str, calendar_id: str, *, callback_url: str | None = None
+    ) -> requests.Response:
+        """Deliver one calendar.calendar.event.changed_v4 event synchronously (no retry)."""
+        url = self._resolve_callback_url(callback_url)
+        payload = self.event_changed_payload(open_id, calendar_id)
+        headers, body = self.build_callback_request(payload)
+        return self._post_event(url, payload, headers, body, attempt=1, timeout=self.sync_push_timeout)
+
     def build_callback_request(
         self,
         payload: dict[str, Any],
@@ -826,20 +944,24 @@ class FeishuSimulator:
         return reply
 
     def _route(self, call: _Call, *, empty_page: bool = False) -> _Reply:
-        if empty_page and call.path == CALENDARS_PATH:
-            try:
-                return self._list_calendars(call, empty_page=True)
-            except _ApiError as error:
-                return error.reply
-        handler = self._routes.get((call.method, call.path))
-        if handler is None:
-            if any(path == call.path for _, path in self._routes):
-                return _json_reply(405, {"code": 405, "msg": "method not allowed"})
-            return _json_reply(404, {"code": 404, "msg": "404 page not found"})
         try:
-            return handler(call)
+            return self._handler(call, empty_page)(call)
         except _ApiError as error:
             return error.reply
+
+    def _handler(self, call: _Call, empty_page: bool) -> Callable[[_Call], _Reply]:
+        if empty_page and call.path == CALENDARS_PATH:
+            return lambda c: self._list_calendars(c, empty_page=True)
+        events = EVENTS_PATH.fullmatch(call.path)
+        if events is not None:
+            calendar_id, action = events.group(1), events.group(2) or ""
+            return lambda c: self._events_route(c, calendar_id, action)
+        handler = self._routes.get((call.method, call.path))
+        if handler is not None:
+            return handler
+        if any(path == call.path for _, path in self._routes):
+            return lambda _c: _json_reply(405, {"code": 405, "msg": "method not allowed"})
+        return lambda _c: _json_reply(404, {"code": 404, "msg": "404 page not found"})
 
     def _take_fault(self, path: str) -> Fault | None:
         for prefix, queue in self._faults:
@@ -1047,6 +1169,76 @@ class FeishuSimulator:
         self._sync_tokens[sync_token] = _SyncPoint(listing.open_id, listing.end_seq)
         return {"has_more": False, "page_token": "", "sync_token": sync_token, "calendar_list": page}
 
+    def _events_route(self, call: _Call, calendar_id: str, action: str) -> _Reply:
+        user = self._authenticated_user(call, tenant_error=(400, 99991663, "tenant access token not support"))
+        with self._lock:
+            calendar = user.calendars.get(calendar_id)
+            if calendar is None or calendar.deleted:
+                raise _api_error(404, 191000, "calendar not found")
+            if calendar.fields["type"] not in EVENT_SYNCABLE_TYPES:
+                raise _api_error(403, 191004, "invalid calendar type")
+            if calendar.fields["role"] not in ("reader", "writer", "owner"):
+                raise _api_error(403, 191002, "no calendar access_role")
+            if action:
+                if call.method != "POST":
+                    return _json_reply(405, {"code": 405, "msg": "method not allowed"})
+                calendar.events_subscribed = action == "/subscription"
+                return _json_reply(200, {"code": 0, "msg": "success", "data": {}})
+            if call.method != "GET":
+                return _json_reply(405, {"code": 405, "msg": "method not allowed"})
+            return self._list_events(call, user, calendar)
+
+    def _list_events(self, call: _Call, user: _User, calendar: _CalendarState) -> _Reply:
+        query = call.query
+        page_size = self._page_size(query.get("page_size"))
+        page_token, sync_token = query.get("page_token", ""), query.get("sync_token", "")
+        anchor = query.get("anchor_time", "")
+        if (query.get("start_time") or query.get("end_time")) and (page_token or sync_token or anchor):
+            raise _api_error(400, 190009, "sync token cannot be used with other request restrictions")
+        if page_token:
+            cursor = self._page_tokens.get(page_token)
+            if cursor is None:
+                raise _api_error(400, 190008, "page_token or sync_token expired")
+            if cursor.listing.open_id != user.open_id or cursor.listing.calendar_id != calendar.calendar_id:
+                raise _api_error(400, 190002, "invalid parameters in request: page_token")
+            listing, offset, pageable = cursor.listing, cursor.offset, True
+        elif sync_token:
+            point = self._sync_tokens.get(sync_token)
+            if point is None:
+                raise _api_error(400, 190008, "page_token or sync_token expired")
+            if point.open_id != user.open_id or point.calendar_id != calendar.calendar_id:
+                raise _api_error(400, 190002, "invalid parameters in request: sync_token")
+            changed = sorted(
+                (e for e in calendar.events.values() if e.changed_seq > point.seq), key=lambda e: e.changed_seq
+            )
+            entries = tuple(e.entry() for e in changed)
+            listing, offset, pageable = _Listing(user.open_id, entries, self._seq, calendar.calendar_id), 0, True
+        else:
+            since = int(anchor) if anchor.isdigit() else None
+            live = [e for e in calendar.events.values() if not e.deleted]
+            if since is not None:
+                live = [e for e in live if int(e.fields["end_time"].get("timestamp") or 0) >= since]
+            entries = tuple(e.entry() for e in live)
+            # Documented quirk: a page_token is only returned when anchor_time was passed.
+            listing, offset, pageable = (
+                _Listing(user.open_id, entries, self._seq, calendar.calendar_id),
+                0,
+                since is not None,
+            )
+        page = [dict(entry) for entry in listing.entries[offset : offset + page_size]]
+        next_offset = offset + len(page)
+        if next_offset < len(listing.entries):
+            token = ""
+            if pageable:
+                token = "ListEventsPageToken_" + secrets.token_urlsafe(24)
+                self._page_tokens[token] = _PageCursor(listing, next_offset)
+            data = {"has_more": True, "page_token": token, "sync_token": "", "items": page}
+        else:
+            token = "ListEventsSyncToken_" + secrets.token_urlsafe(24)
+            self._sync_tokens[token] = _SyncPoint(listing.open_id, listing.end_seq, calendar.calendar_id)
+            data = {"has_more": False, "page_token": "", "sync_token": token, "items": page}
+        return _json_reply(200, {"code": 0, "msg": "success", "data": data})
+
     def _subscribe(self, call: _Call) -> _Reply:
         user = self._authenticated_user(call)
         with self._lock:
@@ -1130,6 +1322,12 @@ class FeishuSimulator:
             raise KeyError(f"unknown user {open_id}")
         return user
 
+    def _live_event(self, open_id: str, calendar_id: str, event_id: str) -> _EventState:
+        event = self._live_calendar(open_id, calendar_id).events.get(event_id)
+        if event is None or event.deleted:
+            raise KeyError(f"calendar {calendar_id} has no event {event_id}")
+        return event
+
     def _live_calendar(self, open_id: str, calendar_id: str) -> _CalendarState:
         calendar = self._user(open_id).calendars.get(calendar_id)
         if calendar is None or calendar.deleted:
@@ -1186,9 +1384,21 @@ class FeishuSimulator:
         )
         thread.start()
 
-    def _push_with_retries(self, url: str, open_ids: list[str]) -> None:
+    def _after_event_mutation(self, open_id: str, calendar_id: str, event_id: str, change_type: str) -> None:
+        with self._lock:
+            url = self._callback_url
+            calendar = self._users[open_id].calendars[calendar_id]
+            if not (url and self._auto_push and calendar.events_subscribed) or self._stopping.is_set():
+                return
+            payload = self.event_changed_payload(open_id, calendar_id, event_id=event_id, change_type=change_type)
+            self._pushes_in_flight += 1
+        threading.Thread(
+            target=self._push_with_retries, args=(url, [open_id], payload), name="feishu-sim-push", daemon=True
+        ).start()
+
+    def _push_with_retries(self, url: str, open_ids: list[str], payload: dict[str, Any] | None = None) -> None:
         try:
-            payload = self.calendar_changed_payload(open_ids)
+            payload = payload or self.calendar_changed_payload(open_ids)
             for attempt, wait in enumerate((0.0, *self.push_retry_delays), start=1):
                 if wait and self._stopping.wait(wait):
                     return
