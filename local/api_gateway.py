@@ -2,13 +2,16 @@
 
 Requests to the template's routes become 2.0 events exactly as API Gateway builds them (lowercased
 header names, duplicates comma-joined, cookies split out, base64 for binary bodies); the function's
-result is mapped back by the 2.0 rules. Errors look like API Gateway's own.
+result is mapped back by the 2.0 rules. Errors look like API Gateway's own, including the 30 s
+integration timeout (503) and the 10 MB request limit (413).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,13 +24,10 @@ from local.lambdas import Invocation
 from local.template import Route
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
-TEXT_TYPES = (
-    "text/",
-    "application/json",
-    "application/x-www-form-urlencoded",
-    "application/xml",
-    "application/javascript",
-)
+INTEGRATION_TIMEOUT_SECONDS = 30.0
+# HTTP APIs pass only these bodies as text; everything else, a missing content type and (unlike what
+# one might expect) application/x-www-form-urlencoded included, arrives base64-encoded.
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
 
 
 def build_event(
@@ -51,9 +51,11 @@ def build_event(
             continue
         joined[key] = f"{joined[key]},{value}" if key in joined else value
     host = joined.get("host", "127.0.0.1")
-    joined.setdefault("x-forwarded-for", source_ip)
+    forwarded = joined.get("x-forwarded-for")
+    joined["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
     joined["x-forwarded-proto"] = "http"
     joined["x-forwarded-port"] = host.rsplit(":", 1)[1] if ":" in host else "80"
+    joined.setdefault("x-amzn-trace-id", f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}")
     route_key = f"{route.method} {route.path}" if route.method != "ANY" else f"ANY {route.path}"
     now = time.time()
     event: dict[str, Any] = {
@@ -92,10 +94,10 @@ def build_event(
     if path_parameters:
         event["pathParameters"] = path_parameters
     if body:
-        content_type = joined.get("content-type", "").lower()
+        content_type = joined.get("content-type", "").strip().lower()
         try:
             text = body.decode("utf-8")
-            textual = not content_type or content_type.startswith(TEXT_TYPES)
+            textual = content_type.startswith(TEXT_TYPES)
         except UnicodeDecodeError:
             textual = False
         if textual:
@@ -106,29 +108,74 @@ def build_event(
     return event
 
 
+def _message(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "application/json")], json.dumps({"message": message}).encode()
+
+
 def map_result(result: Invocation) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Status, headers and body for a function's result, by the payload 2.0 rules."""
+    """Status, headers and body for a function's result, by the payload 2.0 rules.
+
+    A function error (or timeout) and a malformed response are API Gateway's 500. A result without
+    ``statusCode`` is a 200 JSON response of that result (a JSON string is the body itself).
+    ``multiValueHeaders`` belongs to format 1.0 and is ignored, as API Gateway does for 2.0.
+    """
     if result.error is not None:
-        return 500, [("Content-Type", "application/json")], b'{"message":"Internal Server Error"}'
+        return _message(500, "Internal Server Error")
     payload = result.payload
     if not isinstance(payload, dict) or "statusCode" not in payload:
-        return 200, [("Content-Type", "application/json")], json.dumps(payload).encode()
-    headers = [(str(k), str(v)) for k, v in (payload.get("headers") or {}).items()]
-    for name, values in (payload.get("multiValueHeaders") or {}).items():
-        headers += [(str(name), str(v)) for v in values]
-    headers += [("Set-Cookie", str(c)) for c in payload.get("cookies") or []]
-    body = payload.get("body") or ""
-    raw = base64.b64decode(body) if payload.get("isBase64Encoded") else str(body).encode("utf-8")
-    return int(payload["statusCode"]), headers, raw
+        body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        return 200, [("Content-Type", "application/json")], body
+    try:
+        status = int(payload["statusCode"])
+        headers = [(str(k), str(v)) for k, v in (payload.get("headers") or {}).items()]
+        headers += [("Set-Cookie", str(c)) for c in payload.get("cookies") or []]
+        text = payload.get("body")
+        if text is not None and not isinstance(text, str):
+            raise TypeError("body must be a string")
+        raw = base64.b64decode(text or "", validate=True) if payload.get("isBase64Encoded") else (text or "").encode()
+    except (TypeError, ValueError, AttributeError):
+        return _message(500, "Internal Server Error")
+    if not 100 <= status <= 599:
+        return _message(500, "Internal Server Error")
+    return status, headers, raw
+
+
+def _specificity(route: Route) -> tuple[bool, int, bool]:
+    """Sort key: exact paths before parameters, parameters before greedy ones, methods before ANY."""
+    return ("+}" in route.path, route.path.count("{"), route.method == "ANY")
 
 
 class ApiGateway:
     """The HTTP front: ``routes`` are served by ``invoke(function_logical_id, event)``."""
 
-    def __init__(self, routes: list[Route], invoke: Callable[[str, dict[str, Any]], Invocation], port: int = 0) -> None:
-        self.routes = routes
+    def __init__(
+        self,
+        routes: list[Route],
+        invoke: Callable[[str, dict[str, Any]], Invocation],
+        port: int = 0,
+        *,
+        integration_timeout: float = INTEGRATION_TIMEOUT_SECONDS,
+    ) -> None:
+        self.routes = sorted(routes, key=_specificity)
         self._invoke = invoke
         self._port = port
+        self.integration_timeout = integration_timeout
+
+    def call(self, function: str, event: dict[str, Any]) -> Invocation | None:
+        """Invoke ``function``; None when it did not answer within the integration timeout (it keeps
+        running, as a Lambda invocation does after API Gateway gave up on it)."""
+        done: list[Invocation] = []
+
+        def run() -> None:
+            try:
+                done.append(self._invoke(function, event))
+            except Exception as exc:  # the host failed: a Lambda service error, a 500 for the caller
+                done.append(Invocation(None, {"errorType": type(exc).__name__, "errorMessage": str(exc)}, 0))
+
+        worker = threading.Thread(target=run, daemon=True, name=f"integration-{function}")
+        worker.start()
+        worker.join(self.integration_timeout)
+        return done[0] if done else None
 
     def start(self) -> ApiGateway:
         """Serve from a background thread."""
@@ -174,12 +221,8 @@ class ApiGateway:
                     source_ip=self.client_address[0],
                     path_parameters=params,
                 )
-                started = time.monotonic()
-                result = gateway._invoke(route.function, event)
-                if time.monotonic() - started > 30:
-                    self._message(503, "Service Unavailable")
-                    return
-                self.send(*map_result(result))
+                result = gateway.call(route.function, event)
+                self.send(*(map_result(result) if result is not None else _message(503, "Service Unavailable")))
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 

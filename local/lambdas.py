@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -40,6 +41,7 @@ from local.template import Function, Template
 RUNTIME_PACKAGES = ("awslambdaric==4.2.2", "boto3==1.43.108")
 ASYNC_RETRY_DELAYS = (1.0, 2.0)
 ASYNC_WORKERS = 8  # queued events wait for a free emulator of their function
+ERROR_KEYS = {"errorType", "errorMessage", "stackTrace", "requestId", "cause"}  # a runtime's error body
 
 
 def _rie_binary() -> Path:
@@ -77,6 +79,8 @@ def build_runtime(template: Template, state: Path) -> tuple[Path, list[Path]]:
         digest = hashlib.sha256(requirements.read_bytes()).hexdigest() if requirements.exists() else "none"
         layer_stamp = target.parent / ".requirements-sha256"
         if not layer_stamp.exists() or layer_stamp.read_text() != digest:
+            # From scratch: a requirement removed from requirements.txt must disappear from the layer.
+            shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True, exist_ok=True)
             if requirements.exists():
                 _pip(python, "--upgrade", "--target", str(target), "-r", str(requirements))
@@ -143,10 +147,14 @@ class _Emulator:
             payload = reply.json()
         except ValueError:
             payload = reply.text
-        if isinstance(payload, dict) and "errorType" in payload and "errorMessage" in payload:
+        # The RIE answers a timeout with 200 and the plain text "Task timed out after 1.00 seconds",
+        # init/exit errors with 502 and a JSON error, handler errors with 200 and a JSON error.
+        if isinstance(payload, str) and payload.startswith("Task timed out"):
+            return Invocation(None, {"errorType": "Sandbox.Timedout", "errorMessage": payload}, duration)
+        if isinstance(payload, dict) and {"errorType", "errorMessage"} <= payload.keys() <= ERROR_KEYS:
             return Invocation(None, payload, duration)
-        if isinstance(payload, dict) and "errorMessage" in payload and "timed out" in str(payload["errorMessage"]):
-            return Invocation(None, {"errorType": "Sandbox.Timedout", **payload}, duration)
+        if reply.status_code != 200:
+            return Invocation(None, {"errorType": "Runtime.Unknown", "errorMessage": str(payload)}, duration)
         return Invocation(payload, None, duration)
 
     def stop(self) -> None:
@@ -171,12 +179,17 @@ class FunctionHost:
         self._pools: dict[str, queue.Queue[_Emulator]] = {}
         self._emulators: list[_Emulator] = []
         logs.mkdir(parents=True, exist_ok=True)
+        layer_by_id = {directory.parent.name: directory for directory in layer_dirs}
         for function in template.functions.values():
             size = max(1, min(function.reserved_concurrency or 2, max_pool))
             env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "LANG": "C.UTF-8",
-                "PYTHONPATH": os.pathsep.join(str(d) for d in layer_dirs),
+                # Only the function's own layers; Lambda extracts them into /opt in order, so a later
+                # layer's files win.
+                "PYTHONPATH": os.pathsep.join(
+                    str(layer_by_id[layer]) for layer in reversed(function.layers) if layer in layer_by_id
+                ),
                 "AWS_LAMBDA_FUNCTION_NAME": function.name,
                 "AWS_LAMBDA_FUNCTION_TIMEOUT": str(function.timeout),
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory),

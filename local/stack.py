@@ -12,12 +12,17 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from local.api_gateway import ApiGateway
+import boto3
+
+from local.api_gateway import INTEGRATION_TIMEOUT_SECONDS, ApiGateway
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.lambdas import FunctionHost, Invocation, LambdaApi, build_runtime, stop_quietly
-from local.template import Template, load
+from local.template import REGION, Template, load
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda.client import LambdaClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +40,7 @@ class LocalStack:
         parameters: Mapping[str, str] | None = None,
         state: Path | None = None,
         prefix: str = "fcm-",
+        integration_timeout: float = INTEGRATION_TIMEOUT_SECONDS,
     ) -> None:
         self.root = root
         self.state = state or root / ".local"
@@ -42,6 +48,7 @@ class LocalStack:
         self._env = dict(env)
         self._api_port = api_port
         self._schedules = schedules
+        self._integration_timeout = integration_timeout
         self._stopping = threading.Event()
         self.dynamodb: DynamoDBLocal | None = None
         self.host: FunctionHost | None = None
@@ -52,8 +59,9 @@ class LocalStack:
     def start(self) -> LocalStack:
         """Start everything (the first run also builds the runtime and fetches DynamoDB Local)."""
         atexit.register(self.stop)
+        self.dynamodb = DynamoDBLocal(self.state / "dynamodb").launch()  # the JVM starts while pip runs
         python, layer_dirs = build_runtime(self.template, self.state)
-        self.dynamodb = DynamoDBLocal(self.state / "dynamodb").start()
+        self.dynamodb.wait_until_ready()
         create_tables(self.dynamodb.client(), self.template.tables, self.template.table_names)
         lambda_port_env = {
             "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb.endpoint,
@@ -67,7 +75,9 @@ class LocalStack:
             self.template, python=python, layer_dirs=layer_dirs, env_overrides=env, logs=self.state / "logs"
         )
         api_host.bind(self.host)
-        self.api = ApiGateway(self.template.routes, self.host.invoke, self._api_port).start()
+        self.api = ApiGateway(
+            self.template.routes, self.host.invoke, self._api_port, integration_timeout=self._integration_timeout
+        ).start()
         if self._schedules:
             for schedule in self.template.schedules:
                 threading.Thread(
@@ -94,10 +104,42 @@ class LocalStack:
         assert self.api is not None, "stack not started"
         return self.api.url
 
+    @property
+    def dynamodb_endpoint(self) -> str:
+        """DynamoDB Local's URL (what the functions get as ``AWS_ENDPOINT_URL_DYNAMODB``)."""
+        assert self.dynamodb is not None, "stack not started"
+        return self.dynamodb.endpoint
+
+    @property
+    def lambda_endpoint(self) -> str:
+        """The local Lambda Invoke API's URL (what the functions get as ``AWS_ENDPOINT_URL_LAMBDA``)."""
+        assert self.lambda_api is not None, "stack not started"
+        return self.lambda_api.endpoint
+
+    @property
+    def table_names(self) -> dict[str, str]:
+        """Local table name by logical id."""
+        return dict(self.template.table_names)
+
+    @property
+    def function_names(self) -> dict[str, str]:
+        """Local function name by logical id."""
+        return {logical_id: function.name for logical_id, function in self.template.functions.items()}
+
     def client(self) -> Any:
         """A DynamoDB client for the stack's DynamoDB Local."""
         assert self.dynamodb is not None, "stack not started"
         return self.dynamodb.client()
+
+    def lambda_client(self) -> LambdaClient:
+        """A boto3 Lambda client for the stack's Invoke API (dummy credentials)."""
+        return boto3.client(
+            "lambda",
+            endpoint_url=self.lambda_endpoint,
+            region_name=REGION,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
 
     def invoke(self, logical_id: str, event: Any) -> Invocation:
         """Invoke a function synchronously (as the Lambda API's RequestResponse does)."""

@@ -177,7 +177,8 @@ def load(
     root: Path, *, prefix: str = "fcm-", parameters: Mapping[str, str] | None = None, template: str = "template.yaml"
 ) -> Template:
     """Read the template under ``root``; local resource names are ``prefix + logical id``."""
-    raw = yaml.load((root / template).read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    # _Loader is a SafeLoader subclass (it only adds CloudFormation's short tags), so this load is safe.
+    raw = yaml.load((root / template).read_text(), Loader=_Loader)  # noqa: S506  # nosec B506
     resources: dict[str, Any] = raw.get("Resources") or {}
     names = {
         lid: prefix + lid
@@ -209,9 +210,9 @@ def load(
             retries = (props.get("EventInvokeConfig") or {}).get("MaximumRetryAttempts")
             if retries is None:
                 retries = invoke_configs.get(names[lid], 2)
-            layers = tuple(
-                str(layer["Ref"]) for layer in merged.get("Layers") or [] if isinstance(layer, dict) and "Ref" in layer
-            )
+            # SAM's Globals rule for lists: the global entries come first, then the function's own.
+            declared = [*(globals_.get("Layers") or []), *(props.get("Layers") or [])]
+            layers = tuple(str(layer["Ref"]) for layer in declared if isinstance(layer, dict) and "Ref" in layer)
             reserved = resolver.value(props.get("ReservedConcurrentExecutions"))
             out.functions[lid] = Function(
                 logical_id=lid,
