@@ -89,7 +89,9 @@ def _raw_body(event: dict[str, Any]) -> bytes:
             return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise CallbackRejected(400, "body is not valid base64") from exc
-    return body.encode("utf-8") if isinstance(body, str) else b""
+    # surrogatepass: a lone surrogate (a JSON "\ud800" escape in the event) becomes bytes that fail the
+    # checks with a 4xx instead of a UnicodeEncodeError and a 5xx
+    return body.encode("utf-8", "surrogatepass") if isinstance(body, str) else b""
 
 
 def verify(event: dict[str, Any]) -> Challenge | CalendarChanged | IgnoredEvent:

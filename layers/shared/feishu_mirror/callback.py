@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeIs
 
 from feishu_mirror import crypto
 from feishu_mirror.errors import CallbackRejected
@@ -62,10 +62,21 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _is_identifier(value: Any) -> TypeIs[str]:
+    """A non-empty, bounded, printable string: no NUL, control character or lone surrogate (from a JSON
+    ``\\ud800`` escape), which would be refused by DynamoDB or break the JSON log line it lands in."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_EVENT_ID_LENGTH and value.isprintable()
+
+
+def _loggable(value: Any, limit: int) -> str:
+    """``value`` as text that a log line can carry (lone surrogates replaced), cut to ``limit``."""
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise CallbackRejected(400, f"{what} is not valid JSON") from exc
     return _object(value, what)
 
@@ -118,14 +129,17 @@ class CallbackVerifier:
             return False
         if not (timestamp and nonce and received):
             raise CallbackRejected(401, "incomplete signature headers")
-        expected = crypto.signature(timestamp, nonce, self._encrypt_key, raw_body)
+        try:
+            expected = crypto.signature(timestamp, nonce, self._encrypt_key, raw_body)
+        except UnicodeEncodeError as exc:  # a lone surrogate in a header: nothing Feishu could have signed
+            raise CallbackRejected(401, "signature mismatch") from exc
         if not crypto.signature_matches(expected, received):
             raise CallbackRejected(401, "signature mismatch")
         try:
             sent_at = int(timestamp)
         except ValueError as exc:
             raise CallbackRejected(401, "timestamp is not an integer") from exc
-        if abs(self._clock() - sent_at) > self._max_skew:
+        if abs(int(self._clock()) - sent_at) > self._max_skew:  # in ints: a 400-digit timestamp cannot overflow
             raise CallbackRejected(401, "stale timestamp")
         return True
 
@@ -146,7 +160,8 @@ class CallbackVerifier:
             raise CallbackRejected(400, "encrypt could not be decrypted to a JSON object") from exc
 
     def _check_token(self, token: Any) -> None:
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8"), self._token):
+        # surrogatepass: a lone surrogate (from a JSON "\ud800" escape) is a mismatch, not a crash
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._token):
             raise CallbackRejected(401, "verification token mismatch")
 
     def _challenge(self, payload: dict[str, Any]) -> Challenge:
@@ -160,20 +175,20 @@ class CallbackVerifier:
         if payload.get("schema") != "2.0":
             if "uuid" in payload:  # schema 1.0: the mirror subscribes to no v1 event
                 self._check_token(payload.get("token"))
-                return IgnoredEvent(str(payload["uuid"])[:MAX_EVENT_ID_LENGTH], "v1")
+                return IgnoredEvent(_loggable(payload["uuid"], MAX_EVENT_ID_LENGTH), "v1")
             raise CallbackRejected(400, "unrecognised payload (neither schema 2.0 nor url_verification)")
         header = _object(payload.get("header"), "header")
         self._check_token(header.get("token"))
         if self._app_id and header.get("app_id") != self._app_id:
             raise CallbackRejected(403, "event is for another app")
         event_id = header.get("event_id")
-        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
+        if not _is_identifier(event_id):
             raise CallbackRejected(400, "header.event_id must be a non-empty string")
         event_type = header.get("event_type")
         if not isinstance(event_type, str):
             raise CallbackRejected(400, "header.event_type must be a string")
         if event_type != CALENDAR_CHANGED:
-            return IgnoredEvent(event_id, event_type[:100])
+            return IgnoredEvent(event_id, _loggable(event_type, 100))
         open_ids = self._open_ids(_object(payload.get("event"), "event"))
         if not open_ids:
             return IgnoredEvent(event_id, event_type)
@@ -187,7 +202,7 @@ class CallbackVerifier:
         open_ids: dict[str, None] = {}
         for user in users:
             open_id = user.get("open_id") if isinstance(user, dict) else None
-            if not isinstance(open_id, str) or not open_id or len(open_id) > MAX_EVENT_ID_LENGTH:
+            if not _is_identifier(open_id):
                 raise CallbackRejected(400, "every entry of event.user_id_list needs an open_id")
             open_ids[open_id] = None
         return tuple(open_ids)
