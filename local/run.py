@@ -38,6 +38,12 @@ WARM_EVENTS = {
         "headers": {},
         "requestContext": {"http": {"method": "GET", "path": "/warm-up"}, "stage": "$default"},
     },
+    "StatusFunction": {
+        "version": "2.0",
+        "rawPath": "/warm-up",
+        "headers": {},
+        "requestContext": {"http": {"method": "GET", "path": "/warm-up"}, "stage": "$default"},
+    },
 }
 CREDENTIAL_NAMES = ("FEISHU_APP_ID", "FEISHU_APP_SECRET", "FEISHU_ENCRYPT_KEY", "FEISHU_VERIFICATION_TOKEN")
 
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             say(
                 "Feishu cannot reach 127.0.0.1 for event pushes: put a tunnel in front and set PUBLIC_BASE_URL, or rely on the schedule."
             )
+            say(f"Status page: {stack.api_url}/status (in the cloud this route is IAM-protected)")
             serve_forever(stack)
         return 0
     sim_port = int(os.environ.get("LOCAL_FEISHU_PORT", "0" if args.demo else "8089"))
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         say(
             f"Up in {time.monotonic() - started:.0f} s: API {stack.api_url} · Feishu simulator {sim.url} · DynamoDB {stack.dynamodb.endpoint if stack.dynamodb else ''}"
         )
+        say(f"Status page: {stack.api_url}/status")
         ok = Demo(stack, sim).run()
         say(f"\n{'DEMO PASSED' if ok else 'DEMO FAILED'}")
         if args.demo:
@@ -227,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             f'  curl -s -XPOST {sim.url}/_sim/users/{DEMO_USER}/calendars -d \'{{"summary":"Mine"}}\'   # a change; the simulator pushes it'
         )
         say(f"  open {stack.api_url}/oauth/start                                          # onboard again")
+        say(
+            f"  open {stack.api_url}/status                                              # status page (IAM-protected in the cloud)"
+        )
+        port = stack.api_url.rsplit(":", 1)[1]
+        make_port = "" if port == "3000" else f" LOCAL_API_PORT={port}"
+        say(
+            f"  make resync USER={DEMO_USER}{make_port}                                  # a sync through the status route"
+        )
         say(f"  logs: {stack.state / 'logs'}")
         serve_forever(stack)
     return 0

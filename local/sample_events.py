@@ -81,6 +81,24 @@ def signed_callback(payload: dict[str, Any]) -> dict[str, Any]:
     return http_event("POST", "/feishu/events", body=body, headers=headers)
 
 
+def iam_signed(event: dict[str, Any], route_key: str, path_parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """An event of an IAM-authorised route, as API Gateway delivers it after checking the SigV4 signature."""
+    event["routeKey"] = event["requestContext"]["routeKey"] = route_key
+    event["requestContext"]["authorizer"] = {
+        "iam": {
+            "accessKey": "ASIASAMPLEACCESSKEY",
+            "accountId": "123456789012",
+            "callerId": "AROASAMPLEROLEID:operator",
+            "principalOrgId": None,
+            "userArn": "arn:aws:sts::123456789012:assumed-role/operator/operator",
+            "userId": "AROASAMPLEROLEID:operator",
+        }
+    }
+    if path_parameters:
+        event["pathParameters"] = path_parameters
+    return event
+
+
 def samples() -> dict[str, Any]:
     """Every sample file's name and content."""
     calendar_changed = {
@@ -102,6 +120,17 @@ def samples() -> dict[str, Any]:
         "oauth-start.json": http_event("GET", "/oauth/start"),
         "oauth-callback.json": http_event("GET", "/oauth/callback", query="code=sample-code&state=sample-state"),
         "sync.json": {"open_id": "ou_sample_user", "reason": "calendar_changed"},
+        "status-overview.json": iam_signed(
+            http_event("GET", "/status", query="limit=50", headers={"accept": "application/json"}), "GET /status"
+        ),
+        "status-user.json": iam_signed(
+            http_event("GET", "/status/ou_sample_user"), "GET /status/{open_id}", {"open_id": "ou_sample_user"}
+        ),
+        "status-resync.json": iam_signed(
+            http_event("POST", "/status/ou_sample_user/resync", headers={"accept": "application/json"}),
+            "POST /status/{open_id}/resync",
+            {"open_id": "ou_sample_user"},
+        ),
         "resync-schedule.json": {
             "version": "0",
             "id": "sample-schedule-event",

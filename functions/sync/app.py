@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from feishu_mirror import wiring
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
+from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.observability import logger, metrics
 from feishu_mirror.sync import CalendarSync
 
@@ -55,7 +56,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if open_id is None:
         logger.error("sync_request_invalid")
         return {"outcome": "invalid_request", "error": 'expected {"open_id": "ou_..."}'}
-    logger.append_keys(open_id=open_id, reason=str(event.get("reason", ""))[:40])
+    reason = str(event.get("reason", ""))[:40]
+    logger.append_keys(open_id=open_id, reason=reason)
     remaining = context.get_remaining_time_in_millis() / 1000
     result = calendar_sync(load_credentials(settings)).run(
         open_id,
@@ -63,4 +65,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         deadline=time.monotonic() + remaining - SAFETY_SECONDS,
         lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
     )
+    record_event_to_mirror_lag(wiring.users(settings), result, reason=reason, now=time.time())
     return result.as_dict()

@@ -467,6 +467,82 @@ class UserStore:
         found.sort()
         return [open_id for _, open_id in found[:limit]]
 
+    # ------------------------------------------------------------------ health, for operators
+    # What an operator may see of a user: an allow-list read with a projection, so tokens, the
+    # sync token and page tokens never even leave DynamoDB on this path.
+    HEALTH_ATTRIBUTES = (
+        "open_id",
+        "name",
+        "status",
+        "created_at",
+        "authorized_at",
+        "subscribed_at",
+        "refreshed_at",
+        "refresh_expires_at",
+        "last_ping_at",
+        "last_attempt_at",
+        "last_success_at",
+        "last_sync_kind",
+        "last_error_code",
+        "last_error_message",
+        "consecutive_failures",
+        "full_resync_count",
+        "calendars_mirrored",
+        "reauth_required_at",
+        "held_sweep",
+        "dirty_seq",
+        "due_at",
+        "lease_expires_at",
+        "pending_invoke_until",
+        "checkpoint.kind",
+        "checkpoint.started_at",
+    )
+
+    def _health_projection(self) -> tuple[str, dict[str, str]]:
+        names: dict[str, str] = {}
+        paths = []
+        for path in self.HEALTH_ATTRIBUTES:
+            parts = []
+            for part in path.split("."):
+                alias = f"#h{len(names)}"
+                names[alias] = part
+                parts.append(alias)
+            paths.append(".".join(parts))
+        return ", ".join(paths), names
+
+    def get_health(self, open_id: str) -> dict[str, Any] | None:
+        """One user's health attributes (``HEALTH_ATTRIBUTES`` only, strongly consistent), or None."""
+        projection, names = self._health_projection()
+        item = self._client.get_item(
+            TableName=self.table_name,
+            Key={"open_id": _av(open_id)},
+            ConsistentRead=True,
+            ProjectionExpression=projection,
+            ExpressionAttributeNames=names,
+        ).get("Item")
+        return plain(item) if item else None
+
+    def list_health(self, limit: int, start: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of users' health attributes, and the ``open_id`` to pass as ``start`` for the next.
+
+        A paginated Scan (in the table's hash order, eventually consistent): fine for an operator's
+        page, which reads ``limit`` items per request; nothing on a hot path calls it. Each page costs
+        the read units of the whole items scanned, not only of the projected attributes.
+        """
+        projection, names = self._health_projection()
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Limit": limit,
+            "ProjectionExpression": projection,
+            "ExpressionAttributeNames": names,
+        }
+        if start:
+            request["ExclusiveStartKey"] = {"open_id": _av(start)}
+        page = self._client.scan(**request)
+        users = [plain(item) for item in page.get("Items", [])]
+        last = page.get("LastEvaluatedKey")
+        return users, (plain(last)["open_id"] if last else None)
+
 
 # ------------------------------------------------------------------------------------ calendars
 def _stored(item: Mapping[str, Any]) -> StoredCalendar:

@@ -1,0 +1,399 @@
+"""The operator's view: every user's health, one user's calendars, and "resync this user now".
+
+``StatusService`` reads through ``store.UserStore`` (an allow-listed projection: never a token, a
+sync token or a page token) and ``store.CalendarStore``, and starts syncs through the same
+``pings.PingDispatcher`` the callback uses, so an operator's resync coalesces with running syncs
+exactly like a push does. The ``render_*`` functions turn the views into small self-contained HTML
+pages (every value escaped, no script); ``wants_json`` decides between HTML and JSON from ``Accept``.
+The status routes are IAM-protected in the template: nothing here authenticates.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from feishu_mirror.errors import MirrorError
+from feishu_mirror.health import STATE_ORDER, UserHealth
+from feishu_mirror.models import CALENDAR_FIELDS
+from feishu_mirror.observability import count, logger
+from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.store import CalendarStore, UnknownUser, UserStore
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+RESYNC_REASON = "operator_resync"
+_OPEN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+
+ResyncOutcome = Literal["started", "coalesced", "invoke_failed"]
+RESYNC_MESSAGES: dict[str, str] = {
+    "started": "A sync was started.",
+    "coalesced": "A sync is already running or queued; it will pick up the latest state.",
+    "invoke_failed": "The sync could not be started now; the user is due and the schedule will start it.",
+}
+
+
+class StatusRequestInvalid(MirrorError):
+    """A malformed status request (bad ``limit``, ``start`` or open_id); answered with a 400."""
+
+
+class ReauthorizationPending(MirrorError):
+    """The user must consent again (``reauth_required``); no sync can run until they do."""
+
+
+def valid_open_id(value: str) -> str:
+    """The open_id if it looks like one (letters, digits, ``_``/``-``, at most 128); else raises."""
+    if not _OPEN_ID.fullmatch(value):
+        raise StatusRequestInvalid("not a valid open_id")
+    return value
+
+
+def page_size(raw: str | None) -> int:
+    """The ``limit`` query parameter: 1 to ``MAX_PAGE_SIZE``, ``DEFAULT_PAGE_SIZE`` when absent."""
+    if raw is None or raw == "":
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise StatusRequestInvalid(f"limit must be a number from 1 to {MAX_PAGE_SIZE}")
+    return int(raw)
+
+
+def wants_json(accept: str | None, fmt: str | None = None) -> bool:
+    """True when the client prefers JSON: ``?format=json``, or ``Accept`` ranks it above HTML.
+
+    A browser (``text/html`` first), ``*/*`` and no header at all get HTML; ``application/json``
+    alone or with a higher q-value than HTML gets JSON.
+    """
+    if fmt in ("json", "html"):
+        return fmt == "json"
+    html_q = json_q = 0.0
+    for part in (accept or "").split(","):
+        media, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.strip().lower()
+        if media == "application/json":
+            json_q = max(json_q, q)
+        elif media == "text/html":
+            html_q = max(html_q, q)
+    return json_q > html_q
+
+
+# ---------------------------------------------------------------------------------- views
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """One page of users, worst state first, with the cursor of the next page."""
+
+    users: tuple[UserHealth, ...]
+    next_start: str | None
+    limit: int
+    generated_at: int
+    states: Mapping[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "generated_at": self.generated_at,
+            "limit": self.limit,
+            "next_start": self.next_start,
+            "states_on_this_page": dict(self.states),
+            "users": [user.as_dict() for user in self.users],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MirroredCalendar:
+    """A live calendar of the mirror, with the Feishu fields it holds."""
+
+    calendar_id: str
+    fields: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"calendar_id": self.calendar_id, **self.fields}
+
+
+@dataclass(frozen=True, slots=True)
+class UserDetail:
+    """One user's health, live calendars and how many tombstones the mirror keeps."""
+
+    health: UserHealth
+    calendars: tuple[MirroredCalendar, ...]
+    tombstones: int
+    generated_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "generated_at": self.generated_at,
+            "user": self.health.as_dict(),
+            "calendars": [calendar.as_dict() for calendar in self.calendars],
+            "live_calendars": len(self.calendars),
+            "tombstones": self.tombstones,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRequested:
+    """What asking for a resync did."""
+
+    open_id: str
+    outcome: ResyncOutcome
+
+    @property
+    def message(self) -> str:
+        """A sentence for the operator."""
+        return RESYNC_MESSAGES[self.outcome]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"open_id": self.open_id, "outcome": self.outcome, "message": self.message}
+
+
+class StatusService:
+    """Reads health and calendars for operators, and starts a user's sync on request."""
+
+    def __init__(
+        self,
+        *,
+        users: UserStore,
+        calendars: CalendarStore,
+        pings: PingDispatcher,
+        stale_after_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._users = users
+        self._calendars = calendars
+        self._pings = pings
+        self._stale_after = stale_after_seconds
+        self._clock = clock
+
+    def _health(self, item: Mapping[str, Any], now: int) -> UserHealth:
+        return UserHealth.from_item(item, now=now, stale_after_seconds=self._stale_after)
+
+    def overview(self, *, limit: int = DEFAULT_PAGE_SIZE, start: str | None = None) -> Overview:
+        """One page of users (a Scan page, see ``UserStore.list_health``), worst state first."""
+        now = int(self._clock())
+        items, next_start = self._users.list_health(limit, valid_open_id(start) if start else None)
+        rank = {state: n for n, state in enumerate(STATE_ORDER)}
+        users = sorted((self._health(item, now) for item in items), key=lambda u: (rank[u.state], u.open_id))
+        return Overview(
+            users=tuple(users),
+            next_start=next_start,
+            limit=limit,
+            generated_at=now,
+            states=dict(Counter(user.state for user in users)),
+        )
+
+    def user(self, open_id: str) -> UserDetail:
+        """One user's health and mirror; raises ``UnknownUser`` or ``StatusRequestInvalid``."""
+        now = int(self._clock())
+        item = self._users.get_health(valid_open_id(open_id))
+        if item is None:
+            raise UnknownUser(open_id)
+        stored = self._calendars.load_all(open_id)
+        live = sorted(
+            (MirroredCalendar(c.calendar.calendar_id, dict(c.calendar.fields)) for c in stored.values() if c.live),
+            key=lambda c: (str(c.fields.get("summary", "")).lower(), c.calendar_id),
+        )
+        return UserDetail(
+            health=self._health(item, now),
+            calendars=tuple(live),
+            tombstones=sum(1 for c in stored.values() if not c.live),
+            generated_at=now,
+        )
+
+    def resync(self, open_id: str, *, requested_by: str = "") -> ResyncRequested:
+        """Make the user due and start a sync now, coalescing with a running or queued one.
+
+        Raises ``UnknownUser``, ``ReauthorizationPending`` (the user must consent again) or
+        ``StatusRequestInvalid``.
+        """
+        item = self._users.get_health(valid_open_id(open_id))
+        if item is None:
+            raise UnknownUser(open_id)
+        if UserHealth.from_item(item, now=0, stale_after_seconds=self._stale_after).reauth_required:
+            raise ReauthorizationPending(open_id)
+        outcome = self._pings.dispatch([open_id], reason=RESYNC_REASON)
+        if outcome.started:
+            result: ResyncOutcome = "started"
+        elif outcome.invoke_failed:
+            result = "invoke_failed"
+        elif outcome.coalesced:
+            result = "coalesced"
+        else:  # became inactive between the two reads
+            raise ReauthorizationPending(open_id)
+        count("OperatorResyncs")
+        logger.info("operator_resync", extra={"open_id": open_id, "outcome": result, "requested_by": requested_by})
+        return ResyncRequested(open_id, result)
+
+
+# ---------------------------------------------------------------------------------- HTML
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;width:100%;font-size:.92em}th,td{text-align:left;padding:.35em .6em;"
+    "border-bottom:1px solid #ddd;vertical-align:top}th{background:#f4f4f4}code{font-size:.9em}"
+    ".state{font-weight:600;padding:.1em .5em;border-radius:.8em;white-space:nowrap}"
+    ".ok{background:#dff5e1}.syncing{background:#e0ecff}.stale,.never_synced,.held_deletions{background:#fff1cc}"
+    ".failing,.reauth_required{background:#ffd9d6}.note{color:#555}.flash{background:#e0ecff;padding:.6em 1em}"
+    "dl{display:grid;grid-template-columns:max-content auto;gap:.3em 1.2em}dt{font-weight:600}dd{margin:0}"
+)
+# The pages are static: no script at all, inline style only, forms only to this origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _when(epoch: int | None, now: int) -> str:
+    """``2025-11-24 16:00:00Z (5 min ago)``, or an em dash."""
+    if not epoch:
+        return "—"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+    delta = now - epoch
+    ago = abs(delta)
+    if ago < 90:
+        span = f"{ago} s"
+    elif ago < 5400:
+        span = f"{ago // 60} min"
+    elif ago < 2 * 86400:
+        span = f"{ago // 3600} h"
+    else:
+        span = f"{ago // 86400} d"
+    return f"{stamp} ({span} {'ago' if delta >= 0 else 'from now'})"
+
+
+def _cell(value: Any) -> Any:
+    """A Feishu field for a table cell: booleans as yes/no, the rest as they are."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value
+
+
+def _document(title: str, body: str) -> str:
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def _state_badge(state: str) -> str:
+    return f"<span class='state {_e(state)}' data-state='{_e(state)}'>{_e(state.replace('_', ' '))}</span>"
+
+
+def _user_href(open_id: str, prefix: str) -> str:
+    return f"{prefix}{quote(open_id, safe='')}"
+
+
+def render_overview(view: Overview) -> str:
+    """The overview page: a summary line and one row per user, linking to each user's page.
+
+    Links are relative (``status/<open_id>`` from ``/status``), so the page works under a custom
+    domain's base path too.
+    """
+    now = view.generated_at
+    summary = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in sorted(view.states.items())) or "no users"
+    rows = "".join(
+        "<tr data-open-id='{oid}'><td><a href='{href}'>{name}</a><br><code>{oid}</code></td><td>{state}</td>"
+        "<td>{calendars}</td><td>{success}</td><td>{attempt}</td><td>{ping}</td><td>{subscribed}</td>"
+        "<td>{resets}</td><td>{failures}</td><td>{error}</td></tr>".format(
+            oid=_e(u.open_id),
+            href=_e(_user_href(u.open_id, "status/")),
+            name=_e(u.name or u.open_id),
+            state=_state_badge(u.state),
+            calendars=u.calendars_mirrored,
+            success=_e(_when(u.last_success_at, now)),
+            attempt=_e(_when(u.last_attempt_at, now)),
+            ping=_e(_when(u.last_ping_at, now)),
+            subscribed=_e(_when(u.subscribed_at, now)),
+            resets=u.full_resync_count,
+            failures=u.consecutive_failures,
+            error=_e(f"{u.last_error_code or ''} {u.last_error_message or ''}".strip() or "—"),
+        )
+        for u in view.users
+    )
+    more = ""
+    if view.next_start:
+        query = urlencode({"start": view.next_start, "limit": view.limit})
+        more = f"<p><a rel='next' href='status?{_e(query)}'>Next {view.limit} users →</a></p>"
+    body = (
+        "<h1>Feishu calendar mirror — status</h1>"
+        f"<p class='note'>Generated {_e(_when(now, now))}. On this page: {_e(summary)}.</p>"
+        "<table><thead><tr><th>User</th><th>State</th><th>Calendars</th><th>Last success</th><th>Last attempt</th>"
+        "<th>Last ping</th><th>Subscribed</th><th>Full resyncs</th><th>Failures</th><th>Last error</th></tr></thead>"
+        f"<tbody>{rows or '<tr><td colspan=10>No users yet: send someone to /oauth/start.</td></tr>'}</tbody></table>"
+        f"{more}"
+    )
+    return _document("Calendar mirror status", body)
+
+
+def render_user(view: UserDetail, *, flash: str = "") -> str:
+    """One user's page: health, a resync button, and the live calendars of the mirror."""
+    u, now = view.health, view.generated_at
+    facts: Iterable[tuple[str, str]] = (
+        ("State", _state_badge(u.state)),
+        ("Status", _e(u.status)),
+        (
+            "Re-authorisation needed",
+            "yes, since " + _e(_when(u.reauth_required_at, now)) if u.reauth_required else "no",
+        ),
+        ("Calendars mirrored", str(u.calendars_mirrored)),
+        ("Last success", _e(_when(u.last_success_at, now))),
+        ("Last attempt", _e(_when(u.last_attempt_at, now))),
+        ("Last ping (push or operator resync)", _e(_when(u.last_ping_at, now))),
+        ("Last listing", _e(u.last_sync_kind or "—")),
+        ("Subscribed to changes", _e(_when(u.subscribed_at, now))),
+        ("Full resyncs (sync token expired)", str(u.full_resync_count)),
+        ("Consecutive failures", str(u.consecutive_failures)),
+        ("Last error", _e(f"{u.last_error_code or ''} {u.last_error_message or ''}".strip() or "—")),
+        ("Held deletions", f"{u.held_deletions} since {_e(_when(u.held_since, now))}" if u.held_deletions else "none"),
+        ("Sync running", "yes" if u.syncing else "no"),
+        ("Next due", _e(_when(u.due_at, now))),
+        ("Authorised", _e(_when(u.authorized_at, now))),
+        ("Refresh token expires", _e(_when(u.refresh_expires_at, now))),
+        ("Tombstones kept", str(view.tombstones)),
+    )
+    columns = [name for name in CALENDAR_FIELDS if any(name in c.fields for c in view.calendars)]
+    head = "".join(f"<th>{_e(name)}</th>" for name in columns)
+    rows = "".join(
+        f"<tr data-calendar-id='{_e(c.calendar_id)}'>"
+        + "".join(f"<td>{_e(_cell(c.fields.get(name, '')))}</td>" for name in columns)
+        + f"<td><code>{_e(c.calendar_id)}</code></td></tr>"
+        for c in view.calendars
+    )
+    action = (
+        "<p class='note'>This user must sign in again through /oauth/start before anything syncs.</p>"
+        if u.reauth_required
+        else f"<form method='post' action='{_e(_user_href(u.open_id, ''))}/resync'>"
+        "<button type='submit' id='resync'>Resync now</button></form>"
+    )
+    body = (
+        "<p><a href='../status'>← all users</a></p>"
+        f"<h1>{_e(u.name or u.open_id)}</h1><p><code>{_e(u.open_id)}</code></p>"
+        + (f"<p class='flash' role='status'>{_e(flash)}</p>" if flash else "")
+        + "<dl>"
+        + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
+        + f"</dl>{action}<h2>Calendars ({len(view.calendars)} live)</h2>"
+        + f"<table id='calendars'><thead><tr>{head}<th>calendar_id</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+    return _document(f"{u.name or u.open_id} — calendar mirror", body)
+
+
+def render_message(title: str, message: str) -> str:
+    """A page with one sentence (errors)."""
+    return _document(title, f"<h1>{_e(title)}</h1><p>{_e(message)}</p><p><a href='/status'>All users</a></p>")

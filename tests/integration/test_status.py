@@ -1,0 +1,153 @@
+"""Operator status on DynamoDB Local: the health reads never return a token, pagination covers
+every user once, a user's page matches the mirror, and resync coalesces like a push."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from feishu_mirror.health import record_event_to_mirror_lag
+from feishu_mirror.models import SyncResult
+from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
+from feishu_mirror.store import UnknownUser
+from tests.integration.harness import Harness
+
+pytestmark = pytest.mark.integration
+
+SECRET_ATTRIBUTES = ("access_token", "refresh_token", "sync_token", "lease_owner", "union_id", "scope")
+
+
+def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusService:
+    return StatusService(
+        users=harness.users,
+        calendars=harness.calendars,
+        pings=pings or harness.pings,
+        stale_after_seconds=harness.settings.stale_after_seconds,
+    )
+
+
+class FailingInvoker:
+    """The Lambda API is down."""
+
+    def invoke(self, open_id: str, reason: str) -> None:
+        raise ConnectionError("no Lambda API")
+
+
+def test_health_reads_page_through_every_user_once_and_never_return_a_token(harness: Harness) -> None:
+    # GIVEN five synced users (tokens, sync tokens stored) and one mid-listing with a checkpoint
+    users = [harness.onboard(f"ou_page_{n}", extra_calendars=1) for n in range(5)]
+    for open_id in users:
+        assert harness.sync(open_id).outcome == "synced"
+    harness.set_user(users[0], checkpoint={"kind": "full", "page_token": "pt-secret", "seen_ids": [], "started_at": 1})
+    tokens = {harness.user(u)[name] for u in users for name in ("access_token", "refresh_token", "sync_token")}
+    # WHEN the health pages are read two at a time
+    seen: list[str] = []
+    start: str | None = None
+    pages = 0
+    while True:
+        items, start = harness.users.list_health(2, start)
+        pages += 1
+        seen += [item["open_id"] for item in items]
+        for item in items:
+            # THEN no secret attribute or value comes back, and the counters do
+            assert not set(item) & set(SECRET_ATTRIBUTES)
+            assert not {str(v) for v in item.values()} & tokens
+            assert "pt-secret" not in repr(item)
+            assert item["calendars_mirrored"] == 2  # the primary calendar and one more
+        if start is None:
+            break
+    assert sorted(seen) == sorted(users)
+    assert pages >= 3
+    resuming = harness.users.get_health(users[0])
+    assert resuming is not None
+    assert resuming["checkpoint"] == {"kind": "full", "started_at": 1}
+
+
+def test_the_user_view_matches_the_mirror_and_counts_tombstones_and_full_resyncs(harness: Harness) -> None:
+    # GIVEN a synced user, one of whose calendars was deleted, whose sync token then expired
+    open_id = harness.onboard("ou_view", extra_calendars=3)
+    harness.sync(open_id)
+    doomed = next(c["calendar_id"] for c in harness.sim.calendars(open_id) if c.get("summary") == "Calendar 1")
+    harness.sim.delete_calendar(open_id, doomed)
+    harness.sync(open_id)
+    harness.sim.expire_sync_tokens(open_id)
+    harness.sync(open_id)
+    # WHEN the operator opens the user's view
+    view = service(harness).user(open_id)
+    # THEN it shows exactly Feishu's live calendars, one tombstone and the health the sync recorded
+    truth = {c["calendar_id"] for c in harness.sim.calendars(open_id)}
+    assert {c.calendar_id for c in view.calendars} == truth
+    assert view.tombstones == 1
+    health = view.health
+    assert (health.calendars_mirrored, health.full_resync_count, health.state) == (len(truth), 1, "ok")
+    assert health.subscribed_at is not None
+    assert health.last_attempt_at is not None
+    assert not health.reauth_required
+    stored = harness.user(open_id)
+    for secret in (stored["access_token"], stored["refresh_token"], stored["sync_token"]):
+        assert secret not in repr(view.as_dict())
+
+
+def test_the_overview_puts_users_needing_attention_first(harness: Harness) -> None:
+    fine = harness.onboard("ou_fine")
+    harness.sync(fine)
+    broken = harness.onboard("ou_broken")
+    harness.set_user(broken, status="reauth_required", reauth_required_at=int(time.time()))
+    view = service(harness).overview(limit=10)
+    assert [u.open_id for u in view.users] == [broken, fine]
+    assert dict(view.states) == {"reauth_required": 1, "ok": 1}
+
+
+def test_resync_starts_one_sync_and_coalesces_a_second_request(harness: Harness) -> None:
+    # GIVEN a synced user with a change Feishu never pushed
+    open_id = harness.onboard("ou_resync")
+    harness.sync(open_id)
+    harness.sim.create_calendar(open_id, summary="never pushed")
+    status = service(harness)
+    # WHEN the operator asks twice before the sync runs
+    first = status.resync(open_id, requested_by="arn:aws:iam::1:user/ops")
+    second = status.resync(open_id)
+    # THEN one sync was started and the second request joined it
+    assert (first.outcome, second.outcome) == ("started", "coalesced")
+    assert harness.invoked == [open_id]
+    assert harness.user(open_id)["due_at"] <= int(time.time()) + 120
+    # AND the sync it started brings the change in
+    assert harness.sync(open_id).outcome == "synced"
+    harness.assert_mirror_matches(open_id)
+
+
+def test_resync_refuses_unknown_users_users_needing_consent_and_bad_ids(harness: Harness) -> None:
+    status = service(harness)
+    with pytest.raises(UnknownUser):
+        status.resync("ou_nobody")
+    gone = harness.onboard("ou_gone")
+    harness.set_user(gone, status="reauth_required")
+    with pytest.raises(ReauthorizationPending):
+        status.resync(gone)
+    with pytest.raises(StatusRequestInvalid):
+        status.resync("ou_a/../b")
+    assert harness.invoked == []
+
+
+def test_a_failed_invoke_is_reported_and_leaves_the_user_due(harness: Harness) -> None:
+    open_id = harness.onboard("ou_invoke_fails")
+    harness.sync(open_id)
+    pings = PingDispatcher(harness.users, FailingInvoker())
+    assert service(harness, pings).resync(open_id).outcome == "invoke_failed"
+    assert harness.user(open_id)["due_at"] <= int(time.time()) + 120  # the schedule starts it
+
+
+def test_the_lag_is_measured_from_the_stored_ping(harness: Harness) -> None:
+    # GIVEN a user whose last ping was stored 3 s ago
+    open_id = harness.onboard("ou_lag")
+    pinged = int(time.time()) - 3
+    harness.set_user(open_id, last_ping_at=pinged)
+    # WHEN a push-started sync that wrote a calendar finishes now
+    now = time.time()
+    lag = record_event_to_mirror_lag(
+        harness.users, SyncResult(open_id, "synced", upserted=1), reason="calendar_changed", now=now
+    )
+    # THEN the lag is the time since that ping
+    assert lag == pytest.approx(now - pinged)

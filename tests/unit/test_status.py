@@ -1,0 +1,202 @@
+"""Operator status: health derivation, content negotiation, HTML escaping, the lag metric."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+
+from feishu_mirror.health import LAG_METRIC, UserHealth, record_event_to_mirror_lag
+from feishu_mirror.models import SyncResult
+from feishu_mirror.observability import metrics
+from feishu_mirror.status import (
+    MirroredCalendar,
+    Overview,
+    StatusRequestInvalid,
+    UserDetail,
+    page_size,
+    render_overview,
+    render_user,
+    valid_open_id,
+    wants_json,
+)
+from feishu_mirror.store import UserStore
+
+NOW = 1_764_000_000
+STALE = 6 * 3600
+SECRETS = {
+    "access_token": "u-secret-access",
+    "refresh_token": "ur-secret-refresh",
+    "sync_token": "secret-sync-token",
+    "checkpoint": {"kind": "full", "page_token": "secret-page-token", "seen_ids": ["a"], "started_at": NOW},
+    "lease_owner": "request-id",
+}
+
+
+def health(**item: Any) -> UserHealth:
+    return UserHealth.from_item({"open_id": "ou_a", **item}, now=NOW, stale_after_seconds=STALE)
+
+
+@pytest.mark.parametrize(
+    ("accept", "fmt", "expected"),
+    [
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", None, False),  # a browser
+        ("*/*", None, False),  # curl
+        (None, None, False),
+        ("application/json", None, True),
+        ("application/json, text/html;q=0.5", None, True),
+        ("text/html, application/json;q=0.9", None, False),
+        ("APPLICATION/JSON", None, True),
+        ("application/json;q=oops", None, False),
+        ("text/html", "json", True),
+        ("application/json", "html", False),
+    ],
+)
+def test_json_is_served_only_when_preferred(accept: str | None, fmt: str | None, expected: bool) -> None:
+    assert wants_json(accept, fmt) is expected
+
+
+@pytest.mark.parametrize(
+    ("item", "state"),
+    [
+        ({"status": "reauth_required", "consecutive_failures": 3}, "reauth_required"),
+        ({"last_success_at": NOW - 10, "consecutive_failures": 2}, "failing"),
+        ({"last_success_at": NOW - 10, "held_sweep": {"count": 7, "first_seen_at": NOW - 60}}, "held_deletions"),
+        ({}, "never_synced"),
+        ({"lease_expires_at": NOW + 100}, "syncing"),
+        ({"last_success_at": NOW - STALE - 1}, "stale"),
+        ({"last_success_at": NOW - STALE - 1, "lease_expires_at": NOW + 100}, "syncing"),
+        ({"last_success_at": NOW - 10, "lease_expires_at": NOW - 1}, "ok"),
+    ],
+)
+def test_each_user_gets_the_worst_state_that_applies(item: dict[str, Any], state: str) -> None:
+    assert health(**item).state == state
+
+
+def test_health_carries_the_recorded_counters_and_never_a_token() -> None:
+    # GIVEN a users-table item with tokens, a sync token and a checkpoint beside the health attributes
+    item = {
+        **SECRETS,
+        "name": "Ada",
+        "status": "active",
+        "last_success_at": NOW - 5,
+        "last_attempt_at": NOW - 6,
+        "full_resync_count": 2,
+        "calendars_mirrored": 4,
+        "subscribed_at": NOW - 100,
+    }
+    # WHEN it becomes a health view
+    view = health(**item).as_dict()
+    # THEN the counters are there, the listing in progress shows, and no secret value appears anywhere
+    assert (view["full_resync_count"], view["calendars_mirrored"], view["subscribed_at"]) == (2, 4, NOW - 100)
+    assert (view["last_attempt_at"], view["reauth_required"], view["resuming_listing"]) == (NOW - 6, False, True)
+    text = repr(view)
+    for secret in ("u-secret-access", "ur-secret-refresh", "secret-sync-token", "secret-page-token", "request-id"):
+        assert secret not in text
+
+
+def test_reauth_required_is_spelled_out() -> None:
+    view = health(status="reauth_required", reauth_required_at=NOW - 60, last_error_code=20064)
+    assert view.reauth_required
+    assert view.as_dict()["reauth_required"] is True
+
+
+def test_pages_escape_everything_that_came_from_feishu_or_the_table() -> None:
+    # GIVEN a user and a calendar whose names are markup
+    user = health(name="<b>Ada</b>", last_error_message="<img src=x onerror=alert(1)>", consecutive_failures=1)
+    calendar = MirroredCalendar("cal'1", {"summary": "<script>alert(1)</script>", "color": 3})
+    # WHEN both pages are rendered
+    detail = render_user(UserDetail(user, (calendar,), tombstones=2, generated_at=NOW))
+    overview = render_overview(Overview((user,), None, 50, NOW, {"failing": 1}))
+    # THEN no markup from the data survives unescaped
+    for page in (detail, overview):
+        assert "<script>" not in page
+        assert "<img" not in page
+        assert "<b>Ada</b>" not in page
+        assert "&lt;b&gt;Ada&lt;/b&gt;" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+    assert "data-calendar-id='cal&#x27;1'" in detail
+
+
+def test_the_user_page_offers_a_resync_unless_the_user_must_consent_again() -> None:
+    active = render_user(UserDetail(health(last_success_at=NOW), (), 0, NOW))
+    reauth = render_user(UserDetail(health(status="reauth_required"), (), 0, NOW))
+    assert "action='ou_a/resync'" in active
+    assert "<form" not in reauth
+    assert "sign in again" in reauth
+
+
+def test_the_overview_links_to_the_next_page_relatively() -> None:
+    page = render_overview(Overview((health(),), "ou_next", 2, NOW))
+    assert "href='status?start=ou_next&amp;limit=2'" in page
+    assert "href='status/ou_a'" in page
+
+
+@pytest.mark.parametrize("raw", ["0", "201", "-1", "ten", "1e3"])
+def test_page_sizes_outside_the_range_are_refused(raw: str) -> None:
+    with pytest.raises(StatusRequestInvalid):
+        page_size(raw)
+
+
+def test_page_size_defaults_and_accepts_the_range() -> None:
+    assert (page_size(None), page_size(""), page_size("1"), page_size("200")) == (50, 50, 1, 200)
+
+
+@pytest.mark.parametrize("open_id", ["", "ou_a/b", "ou a", "x" * 129, "ou_\u00e9", "../etc"])
+def test_malformed_open_ids_are_refused(open_id: str) -> None:
+    with pytest.raises(StatusRequestInvalid):
+        valid_open_id(open_id)
+
+
+class FakeUsers:
+    """Answers ``get_health`` from a dict."""
+
+    def __init__(self, items: dict[str, dict[str, Any]]) -> None:
+        self.items = items
+        self.reads = 0
+
+    def get_health(self, open_id: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return self.items.get(open_id)
+
+
+@pytest.fixture
+def emitted() -> Any:
+    metrics.clear_metrics()
+    yield lambda: dict(metrics.metric_set)
+    metrics.clear_metrics()
+
+
+def test_a_push_started_sync_that_wrote_emits_the_lag_since_the_ping(emitted: Any) -> None:
+    # GIVEN a user pinged at NOW and a push-started sync that wrote one calendar
+    users = FakeUsers({"ou_a": {"open_id": "ou_a", "last_ping_at": NOW}})
+    result = SyncResult("ou_a", "synced", upserted=1)
+    # WHEN the lag is recorded 2.5 s later
+    lag = record_event_to_mirror_lag(cast(UserStore, users), result, reason="calendar_changed", now=NOW + 2.5)
+    # THEN it is 2.5 s, emitted as a Seconds metric
+    assert lag == 2.5
+    assert emitted()[LAG_METRIC]["Value"] == [2.5]
+    assert emitted()[LAG_METRIC]["Unit"] == "Seconds"
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        (SyncResult("ou_a", "synced", upserted=1), "resync"),  # not started by a push
+        (SyncResult("ou_a", "synced"), "calendar_changed"),  # nothing changed
+        (SyncResult("ou_a", "failed", upserted=1), "calendar_changed"),  # not committed
+        (SyncResult("ou_b", "synced", deleted=1), "calendar_changed"),  # never pinged
+    ],
+)
+def test_no_lag_is_emitted_unless_a_push_started_sync_committed_a_change(
+    emitted: Any, result: SyncResult, reason: str
+) -> None:
+    users = FakeUsers({"ou_a": {"open_id": "ou_a", "last_ping_at": NOW}, "ou_b": {"open_id": "ou_b"}})
+    assert record_event_to_mirror_lag(cast(UserStore, users), result, reason=reason, now=NOW + 1) is None
+    assert LAG_METRIC not in emitted()
+
+
+def test_the_lag_costs_no_read_for_syncs_that_wrote_nothing(emitted: Any) -> None:
+    users = FakeUsers({})
+    record_event_to_mirror_lag(cast(UserStore, users), SyncResult("ou_a", "synced"), reason="calendar_changed", now=1)
+    assert users.reads == 0

@@ -1,0 +1,142 @@
+"""The template's operator surface: IAM-only status routes, alarms for every function, a dashboard
+whose business metrics are ones the code emits, least privilege for the status function."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
+from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = ("CallbackFunction", "SyncFunction", "ResyncFunction", "OAuthFunction", "StatusFunction")
+
+
+@cache
+def template() -> dict[str, Any]:
+    parsed: dict[str, Any] = yaml_parse((ROOT / "template.yaml").read_text())
+    return parsed
+
+
+def resources(kind: str) -> dict[str, dict[str, Any]]:
+    return {lid: res for lid, res in template()["Resources"].items() if res["Type"] == kind}
+
+
+class _NoManagedPolicies:
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def test_only_the_status_routes_require_iam_and_all_of_them_do() -> None:
+    # GIVEN the template as SAM translates it for CloudFormation (code locations stubbed)
+    raw = yaml_parse((ROOT / "template.yaml").read_text())
+    for res in raw["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in res.get("Properties", {}):
+                res["Properties"][key] = "s3://bucket/key"
+    translated = transform(
+        raw, {"FeishuSecretArn": "arn:aws:secretsmanager:us-east-1:1:secret:x"}, _NoManagedPolicies()
+    )
+    paths = translated["Resources"]["HttpApi"]["Properties"]["Body"]["paths"]
+    # WHEN each route's security is read THEN /status… are SigV4 (IAM) and Feishu's and the user's are open
+    security = {
+        f"{method.upper()} {path}": op.get("security") for path, ops in paths.items() for method, op in ops.items()
+    }
+    assert security == {
+        "POST /feishu/events": None,
+        "GET /oauth/start": None,
+        "GET /oauth/callback": None,
+        "GET /status": [{"AWS_IAM": []}],
+        "GET /status/{open_id}": [{"AWS_IAM": []}],
+        "POST /status/{open_id}/resync": [{"AWS_IAM": []}],
+    }
+
+
+def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log_group() -> None:
+    props = template()["Resources"]["StatusFunction"]["Properties"]
+    assert props["Policies"] == [
+        {"DynamoDBReadPolicy": {"TableName": {"Ref": "UsersTable"}}},
+        {"DynamoDBReadPolicy": {"TableName": {"Ref": "CalendarsTable"}}},
+        {"DynamoDBWritePolicy": {"TableName": {"Ref": "UsersTable"}}},
+        {"LambdaInvokePolicy": {"FunctionName": {"Ref": "SyncFunction"}}},
+    ]
+    assert props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["FailureQueue", "Arn"]
+    }
+    groups = {json.dumps(res["Properties"].get("LogGroupName")) for res in resources("AWS::Logs::LogGroup").values()}
+    assert json.dumps({"Fn::Sub": "/aws/lambda/${StatusFunction}"}) in groups
+
+
+def _alarms() -> list[dict[str, Any]]:
+    return [res["Properties"] for res in resources("AWS::CloudWatch::Alarm").values()]
+
+
+def test_every_function_has_an_errors_and_a_throttles_alarm() -> None:
+    covered = {
+        (alarm["MetricName"], alarm["Dimensions"][0]["Value"]["Ref"])
+        for alarm in _alarms()
+        if alarm["Namespace"] == "AWS/Lambda"
+    }
+    assert covered == {(metric, fn) for fn in FUNCTIONS for metric in ("Errors", "Throttles")}
+
+
+def test_the_failure_queue_and_reauthorisations_alarm_at_the_first_occurrence() -> None:
+    by_metric = {alarm["MetricName"]: alarm for alarm in _alarms() if alarm["Namespace"] != "AWS/Lambda"}
+    queue = by_metric["ApproximateNumberOfMessagesVisible"]
+    assert queue["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailureQueue", "QueueName"]}}]
+    reauth = by_metric["UsersNeedingReauth"]
+    service = template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    namespace = template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    assert (reauth["Namespace"], reauth["Dimensions"]) == (namespace, [{"Name": "service", "Value": service}])
+    for alarm in (queue, reauth):
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+def test_alarm_actions_go_to_the_optional_topic_only() -> None:
+    assert template()["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    expected = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    for alarm in _alarms():
+        assert alarm["AlarmActions"] == expected
+        assert alarm["OKActions"] == expected
+
+
+def _emitted_metric_names() -> set[str]:
+    source = "".join(p.read_text() for p in [*(ROOT / "layers/shared/feishu_mirror").glob("*.py")])
+    source += "".join(p.read_text() for p in (ROOT / "functions").glob("*/app.py"))
+    names = {name for call in re.findall(r"\bcount\((.*)", source) for name in re.findall(r'"([A-Z]\w+)"', call)}
+    names |= set(re.findall(r'^LAG_METRIC = "(\w+)"', source, re.MULTILINE))
+    return names
+
+
+def test_the_dashboard_is_valid_json_and_shows_only_metrics_the_code_emits() -> None:
+    # GIVEN the dashboard body with its ${...} substitutions filled in
+    (dashboard,) = resources("AWS::CloudWatch::Dashboard").values()
+    body = re.sub(r"\$\{[\w:.]+\}", "x", dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    widgets = json.loads(body)["widgets"]
+    # WHEN its business metrics are collected
+    shown = {m[1] for w in widgets for m in w["properties"].get("metrics", []) if m[0] == "FeishuCalendarMirror"}
+    # THEN each of them is emitted somewhere, and the main ones are all there
+    assert shown <= _emitted_metric_names()
+    assert {
+        "EventsReceived",
+        "DuplicatesDropped",
+        "SyncsFull",
+        "SyncsIncremental",
+        "SyncsResumed",
+        "PagesFetched",
+        "CalendarsUpserted",
+        "CalendarsDeleted",
+        "SyncTokenResets",
+        "FeishuRateLimitWaits",
+        "TokenRefreshes",
+        "UsersNeedingReauth",
+        "EventToMirrorLag",
+    } <= shown
+
+
+def test_the_status_url_is_an_output() -> None:
+    assert template()["Outputs"]["StatusUrl"]["Value"]["Fn::Sub"].endswith("/status")
