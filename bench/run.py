@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.callback import cold_start, warm_handling
 from bench.common import Entry
+from bench.event_cost import event_cost
 from bench.scale import scale
 from bench.stack_latency import stack_latency
 from bench.sync_cost import sync_cost
@@ -24,6 +25,7 @@ SUITES: dict[str, Callable[[], list[Entry]]] = {
     "callback": warm_handling,
     "cold": cold_start,
     "sync": sync_cost,
+    "events": event_cost,
     "stack": stack_latency,
     "scale": scale,
 }

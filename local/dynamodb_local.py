@@ -133,6 +133,8 @@ def create_tables(client: DynamoDBClient, tables: dict[str, dict[str, Any]], nam
     """Create each template table (keys, indexes, billing) under its local name and enable its TTL."""
     for logical_id, properties in tables.items():
         request = {key: properties[key] for key in TABLE_KEYS if key in properties}
+        if "StreamSpecification" in request:  # CloudFormation implies StreamEnabled; the API wants it said
+            request["StreamSpecification"] = {**request["StreamSpecification"], "StreamEnabled": True}
         client.create_table(TableName=names[logical_id], **request)
         ttl = properties.get("TimeToLiveSpecification")
         if ttl and ttl.get("Enabled"):

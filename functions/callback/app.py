@@ -50,9 +50,14 @@ def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Ex
     persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=wiring.dynamodb())
 
     @idempotent_function(data_keyword_argument="event", config=config, persistence_store=persistence)
-    def dispatch(*, event: dict[str, Any], open_ids: tuple[str, ...]) -> dict[str, Any]:  # noqa: ARG001 - the key
+    def dispatch(*, event: dict[str, Any], request: CalendarChanged) -> dict[str, Any]:  # noqa: ARG001 - the key
         """Start syncs for the users of one event; runs once per ``header.event_id``."""
-        return wiring.pings(settings).dispatch(open_ids, reason="calendar_changed").as_dict()
+        reason = "event_changed" if request.calendar_id else "calendar_changed"
+        pings = wiring.pings(settings)
+        outcome = pings.dispatch(
+            request.open_ids, reason=reason, calendar_id=request.calendar_id, event_id=request.event_id
+        )
+        return outcome.as_dict()
 
     return dispatch, config, IdempotencyAlreadyInProgressError
 
@@ -62,7 +67,7 @@ def dispatch(request: CalendarChanged, context: LambdaContext) -> dict[str, Any]
     run, config, in_progress = deduplicated_dispatch()
     config.register_lambda_context(context)  # in-progress records expire with this invocation
     try:
-        return run(event=request.payload, open_ids=request.open_ids)
+        return run(event=request.payload, request=request)
     except in_progress:
         return {"duplicate": True, "in_progress": True}
 

@@ -35,6 +35,7 @@ def calendar_sync(credentials: FeishuCredentials) -> CalendarSync:
         calendars=wiring.calendars(settings),
         feishu=wiring.feishu(settings, credentials),
         settings=settings,
+        events=wiring.event_mirror(settings),
     )
 
 
@@ -58,6 +59,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"outcome": "invalid_request", "error": 'expected {"open_id": "ou_..."}'}
     reason = str(event.get("reason", ""))[:40]
     logger.append_keys(open_id=open_id, reason=reason)
+    if isinstance(event.get("event_id"), str):
+        logger.append_keys(event_id=event["event_id"][:128])
     remaining = context.get_remaining_time_in_millis() / 1000
     result = calendar_sync(load_credentials(settings)).run(
         open_id,

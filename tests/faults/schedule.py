@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from feishu_mirror.config import Settings
 from feishu_mirror.feishu import FeishuClient, RetryPolicy
-from feishu_mirror.models import CALENDAR_FIELDS, CalendarPage, Checkpoint, SyncResult, TokenGrant, UserIdentity
+from feishu_mirror.models import CALENDAR_FIELDS, Checkpoint, Page, SyncResult, TokenGrant, UserIdentity
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.resync import Resync
 from feishu_mirror.store import CalendarStore, DynamoRateGate, Fence, UserStore, attribute_values, plain
@@ -81,7 +81,7 @@ class SyncThreads:
         self.fail_next = 0
         self.errors: list[BaseException] = []
 
-    def invoke(self, open_id: str, reason: str) -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
         """Start a sync for the user (or fail to hand it over, when told to)."""
         if self.fail_next:
             self.fail_next -= 1
@@ -158,7 +158,7 @@ class Schedule:
         )
         original = client.list_calendars
 
-        def recorded(*args: Any, **kwargs: Any) -> CalendarPage:
+        def recorded(*args: Any, **kwargs: Any) -> Page[Any]:
             page = original(*args, **kwargs)
             if not page.has_more and page.sync_token:
                 with self._lock:
@@ -326,7 +326,7 @@ class Schedule:
         started: list[str] = []
 
         class Collect:
-            def invoke(self, open_id: str, reason: str) -> None:
+            def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
                 started.append(open_id)
 
         Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()

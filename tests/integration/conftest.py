@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 TABLE_SETTINGS = {
     "CalendarsTable": "CALENDARS_TABLE",
+    "EventsTable": "EVENTS_TABLE",
+    "EventListingsTable": "EVENT_LISTINGS_TABLE",
     "UsersTable": "USERS_TABLE",
     "OAuthStateTable": "OAUTH_STATE_TABLE",
     "IdempotencyTable": "IDEMPOTENCY_TABLE",

@@ -11,8 +11,17 @@ from feishu_mirror.config import Settings
 from feishu_mirror.feishu import FeishuClient, RetryPolicy
 from feishu_mirror.models import CALENDAR_FIELDS, SyncResult, TokenGrant, UserIdentity
 from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore, attribute_values, plain
-from feishu_mirror.sync import CalendarSync
+from feishu_mirror.store import (
+    CalendarStore,
+    DynamoRateGate,
+    EventListingStore,
+    EventStore,
+    UserStore,
+    attribute_values,
+    calendar_key,
+    plain,
+)
+from feishu_mirror.sync import CalendarSync, EventMirror
 from local.feishu_sim import FeishuSimulator
 
 if TYPE_CHECKING:
@@ -25,7 +34,7 @@ class RecordingInvoker:
     def __init__(self, invoked: list[str]) -> None:
         self.invoked = invoked
 
-    def invoke(self, open_id: str, reason: str) -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
         """Record the invocation."""
         self.invoked.append(open_id)
 
@@ -39,6 +48,10 @@ class Harness:
         self.sim = sim
         self.users = UserStore(client, settings.users_table)
         self.calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
+        self.events = EventMirror(
+            events=EventStore(client, settings.events_table, settings.users_table),
+            listings=EventListingStore(client, settings.event_listings_table, settings.users_table),
+        )
         self.invoked: list[str] = []
         self.invoker = RecordingInvoker(self.invoked)
         self.pings = PingDispatcher(self.users, self.invoker)
@@ -80,6 +93,7 @@ class Harness:
             calendars=self.calendars,
             feishu=self.feishu(),
             settings=settings,
+            events=self.events,
             clock=lambda: time.time() + clock_offset,
         )
         return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
@@ -94,6 +108,20 @@ class Harness:
             ConsistentRead=True,
         )
         return {item["calendar_id"]["S"]: plain(item) for page in pages for item in page["Items"]}
+
+    def event_items(self, open_id: str, calendar_id: str) -> dict[str, dict[str, Any]]:
+        """Every event item of one calendar of the user (tombstones included), by event id."""
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.settings.events_table,
+            KeyConditionExpression="calendar_key = :k",
+            ExpressionAttributeValues=attribute_values({":k": calendar_key(open_id, calendar_id)}),
+            ConsistentRead=True,
+        )
+        return {item["event_id"]["S"]: plain(item) for page in pages for item in page["Items"]}
+
+    def live_events(self, open_id: str, calendar_id: str) -> dict[str, dict[str, Any]]:
+        """Event items without ``deleted_at``."""
+        return {eid: item for eid, item in self.event_items(open_id, calendar_id).items() if "deleted_at" not in item}
 
     def live_items(self, open_id: str) -> dict[str, dict[str, Any]]:
         """Items without ``deleted_at``."""

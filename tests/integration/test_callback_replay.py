@@ -76,7 +76,11 @@ def test_a_replayed_delivery_within_the_window_starts_one_sync(
     # AND the work was done once: one dirty_seq bump, one asynchronous invoke, one idempotency record
     assert harness.user(open_id)["dirty_seq"] == 1
     assert recorder.invocations == [
-        ("/2015-03-31/functions/sync/invocations", "Event", {"open_id": open_id, "reason": "calendar_changed"})
+        (
+            "/2015-03-31/functions/sync/invocations",
+            "Event",
+            {"open_id": open_id, "reason": "calendar_changed", "event_id": "evt-replayed"},
+        )
     ]
     assert len(harness.client.scan(TableName=harness.settings.idempotency_table)["Items"]) == 1
 

@@ -82,7 +82,7 @@ def test_the_real_template_parses() -> None:
     assert routes[("POST", "/feishu/events")] == "CallbackFunction"
     assert routes[("GET", "/oauth/start")] == "OAuthFunction"
     assert routes[("GET", "/oauth/callback")] == "OAuthFunction"
-    assert len(template.tables) == 5
+    assert len(template.tables) == 7
     assert [(s.function, s.seconds) for s in template.schedules] == [("ResyncFunction", 900)]
     callback, sync = template.functions["CallbackFunction"], template.functions["SyncFunction"]
     assert callback.environment["SYNC_FUNCTION_NAME"] == "fcm-SyncFunction"

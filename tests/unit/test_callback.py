@@ -10,6 +10,7 @@ import pytest
 from feishu_mirror import crypto
 from feishu_mirror.callback import (
     CALENDAR_CHANGED,
+    EVENT_CHANGED,
     CalendarChanged,
     CallbackVerifier,
     Challenge,
@@ -66,6 +67,33 @@ def test_a_signed_encrypted_calendar_change_names_each_user_once() -> None:
     assert isinstance(result, CalendarChanged)
     assert result.event_id == "evt-1"
     assert result.open_ids == ("ou_1", "ou_2")
+
+
+def test_an_event_change_names_its_calendar_and_its_users() -> None:
+    # GIVEN a calendar.calendar.event.changed_v4 push (without the gray-release event fields)
+    payload = event(["ou_1"], event_type=EVENT_CHANGED)
+    payload["event"]["calendar_id"] = "feishu.cn_abc@group.calendar.feishu.cn"
+    headers, body = signed(payload)
+    # WHEN it is verified THEN it is a change of that calendar's events for that user
+    result = verifier().verify(headers, body)
+    assert isinstance(result, CalendarChanged)
+    assert (result.open_ids, result.calendar_id) == (("ou_1",), "feishu.cn_abc@group.calendar.feishu.cn")
+
+
+@pytest.mark.parametrize("calendar_id", [None, "", 7, "x" * 513, "bad\u0000id"])
+def test_an_event_change_without_a_usable_calendar_id_is_refused(calendar_id: Any) -> None:
+    payload = event(["ou_1"], event_type=EVENT_CHANGED)
+    payload["event"]["calendar_id"] = calendar_id
+    headers, body = signed(payload)
+    error = rejected(headers, body)
+    assert (error.status, error.reason) == (400, "event.calendar_id must be a non-empty string")
+
+
+def test_a_calendar_list_change_names_no_calendar() -> None:
+    headers, body = signed(event(["ou_1"]))
+    result = verifier().verify(headers, body)
+    assert isinstance(result, CalendarChanged)
+    assert result.calendar_id == ""
 
 
 def test_an_encrypted_url_verification_is_answered_without_signature_headers() -> None:

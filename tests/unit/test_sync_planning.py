@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any, cast
+
 import pytest
 
-from feishu_mirror.models import Calendar, StoredCalendar
+from feishu_mirror.models import Calendar, Checkpoint, Event, Stored, has_readable_events
+from feishu_mirror.store import MAX_CHECKPOINT_BYTES, EventListingStore, Fence, decode_ids, encode_ids
 from feishu_mirror.sync import failure_backoff, is_mass_deletion, plan_page
 
 
@@ -13,7 +17,7 @@ def cal(cid: str, summary: str = "s", **fields: str | int | bool) -> Calendar:
 
 
 def test_new_and_changed_calendars_are_upserted_and_unchanged_ones_are_not() -> None:
-    current = {"a": StoredCalendar(cal("a")), "b": StoredCalendar(cal("b"))}
+    current = {"a": Stored(cal("a")), "b": Stored(cal("b"))}
     plan = plan_page([(cal("a"), False), (cal("b", "renamed"), False), (cal("c"), False)], current)
     assert [c.calendar_id for c in plan.upserts] == ["b", "c"]
     assert plan.deletions == ()
@@ -22,12 +26,12 @@ def test_new_and_changed_calendars_are_upserted_and_unchanged_ones_are_not() -> 
 
 
 def test_a_field_that_disappears_is_a_change() -> None:
-    current = {"a": StoredCalendar(cal("a", color=5))}
+    current = {"a": Stored(cal("a", color=5))}
     assert [c.calendar_id for c in plan_page([(cal("a"), False)], current).upserts] == ["a"]
 
 
 def test_is_deleted_tombstones_live_calendars_only() -> None:
-    current = {"live": StoredCalendar(cal("live")), "gone": StoredCalendar(cal("gone"), deleted_at=1)}
+    current = {"live": Stored(cal("live")), "gone": Stored(cal("gone"), deleted_at=1)}
     plan = plan_page([(cal("live"), True), (cal("gone"), True), (cal("never"), True)], current)
     assert [c.calendar_id for c in plan.deletions] == ["live"]
     assert plan.upserts == ()
@@ -36,13 +40,13 @@ def test_is_deleted_tombstones_live_calendars_only() -> None:
 
 
 def test_a_deleted_entry_without_fields_keeps_the_stored_fields_on_the_tombstone() -> None:
-    current = {"a": StoredCalendar(cal("a", "kept"))}
+    current = {"a": Stored(cal("a", "kept"))}
     plan = plan_page([(Calendar("a", {}), True)], current)
     assert plan.deletions[0].fields == {"summary": "kept"}
 
 
 def test_a_tombstoned_calendar_that_comes_back_is_resurrected() -> None:
-    current = {"a": StoredCalendar(cal("a"), deleted_at=1)}
+    current = {"a": Stored(cal("a"), deleted_at=1)}
     plan = plan_page([(cal("a"), False)], current)
     assert [c.calendar_id for c in plan.upserts] == ["a"]
     assert plan.live_delta == 1
@@ -77,3 +81,75 @@ def test_mass_deletion_guard(live_before: int, missing: int, listed: int, suspic
 def test_failure_backoff_doubles_from_a_minute_and_caps_at_six_hours() -> None:
     assert [failure_backoff(n) for n in range(4)] == [60, 120, 240, 480]
     assert failure_backoff(50) == 6 * 3600
+
+
+# ------------------------------------------------------------------------------ events
+
+
+def test_an_event_entry_keeps_its_nested_fields_and_a_cancelled_one_is_a_deletion() -> None:
+    raw = {
+        "event_id": "e1_0",
+        "summary": "Review",
+        "start_time": {"timestamp": "1767225600", "timezone": "Asia/Shanghai"},
+        "reminders": [{"minutes": 5}],
+        "status": "confirmed",
+        "color": True,  # wrong type: dropped
+        "unknown": "ignored",
+    }
+    event, gone = Event.from_feishu(raw)
+    assert (event.key, gone) == ("e1_0", False)
+    assert dict(event.fields) == {
+        "summary": "Review",
+        "start_time": {"timestamp": "1767225600", "timezone": "Asia/Shanghai"},
+        "reminders": [{"minutes": 5}],
+        "status": "confirmed",
+    }
+    assert Event.from_feishu({**raw, "status": "cancelled"})[1] is True
+    with pytest.raises(ValueError, match="event_id"):
+        Event.from_feishu({"summary": "no id"})
+
+
+def test_events_plan_like_calendars_an_unchanged_nested_event_writes_nothing() -> None:
+    start = {"timestamp": "1", "timezone": "UTC"}
+    current = {"e": Stored(Event("e", {"start_time": start, "summary": "x"}))}
+    same = Event("e", {"start_time": dict(start), "summary": "x"})
+    moved = Event("e", {"start_time": {"timestamp": "2", "timezone": "UTC"}, "summary": "x"})
+    assert plan_page([(same, False)], current).upserts == ()
+    assert plan_page([(moved, False)], current).upserts == (moved,)
+    assert plan_page([(Event("e", {}), True)], current).deletions == (current["e"].item,)
+
+
+@pytest.mark.parametrize(
+    ("kind", "role", "readable"),
+    [
+        ("primary", "owner", True),
+        ("shared", "reader", True),
+        ("resource", "writer", True),
+        ("shared", "free_busy_reader", False),
+        ("google", "owner", False),
+        ("exchange", "reader", False),
+    ],
+)
+def test_only_primary_shared_and_resource_calendars_read_by_the_user_have_their_events_mirrored(
+    kind: str, role: str, readable: bool
+) -> None:
+    assert has_readable_events(Calendar("c", {"type": kind, "role": role})) is readable
+
+
+def test_checkpointed_ids_survive_compression_and_5000_fit_in_an_item() -> None:
+    ids = {f"{uuid.uuid4()}_0" for _ in range(5000)}
+    blob = encode_ids(ids)
+    assert decode_ids(blob) == ids
+    assert len(blob) < MAX_CHECKPOINT_BYTES
+    assert decode_ids(encode_ids(())) == frozenset()
+
+
+class _NoWrites:
+    def transact_write_items(self, **_: object) -> None:
+        raise AssertionError("nothing may be written")
+
+
+def test_a_checkpoint_too_big_for_an_item_is_skipped_not_written() -> None:
+    store = EventListingStore(cast("Any", _NoWrites()), "listings", "users")
+    huge = Checkpoint("full", "page-token", frozenset(f"{uuid.uuid4()}_0" for _ in range(12_000)), 1)
+    assert store.save_checkpoint(Fence("ou_1", "owner"), 1, "cal", huge) is False

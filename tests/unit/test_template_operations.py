@@ -109,6 +109,8 @@ def _emitted_metric_names() -> set[str]:
     source += "".join(p.read_text() for p in (ROOT / "functions").glob("*/app.py"))
     names = {name for call in re.findall(r"\bcount\((.*)", source) for name in re.findall(r'"([A-Z]\w+)"', call)}
     names |= set(re.findall(r'^LAG_METRIC = "(\w+)"', source, re.MULTILINE))
+    for block in re.findall(r"= MetricNames\((.*?)\n\)", source, re.DOTALL):  # the listings' metric names
+        names |= set(re.findall(r'="([A-Z]\w+)"', block))
     return names
 
 

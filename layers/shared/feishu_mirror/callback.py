@@ -20,8 +20,10 @@ from feishu_mirror import crypto
 from feishu_mirror.errors import CallbackRejected
 
 CALENDAR_CHANGED = "calendar.calendar.changed_v4"
+EVENT_CHANGED = "calendar.calendar.event.changed_v4"
 MAX_BODY_BYTES = 128 * 1024
 MAX_EVENT_ID_LENGTH = 128
+MAX_CALENDAR_ID_LENGTH = 512
 MAX_CHALLENGE_LENGTH = 1024
 MAX_USERS_PER_EVENT = 1000
 TIMESTAMP_HEADER = "x-lark-request-timestamp"
@@ -38,11 +40,13 @@ class Challenge:
 
 @dataclass(frozen=True, slots=True)
 class CalendarChanged:
-    """A verified ``calendar.calendar.changed_v4`` event: these users' calendar lists changed."""
+    """A verified change: these users' calendar lists changed (``calendar.calendar.changed_v4``), or
+    the events of ``calendar_id`` changed (``calendar.calendar.event.changed_v4``)."""
 
     event_id: str
     open_ids: tuple[str, ...]
     payload: dict[str, Any]
+    calendar_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +66,10 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _is_identifier(value: Any) -> TypeIs[str]:
+def _is_identifier(value: Any, limit: int = MAX_EVENT_ID_LENGTH) -> TypeIs[str]:
     """A non-empty, bounded, printable string: no NUL, control character or lone surrogate (from a JSON
     ``\\ud800`` escape), which would be refused by DynamoDB or break the JSON log line it lands in."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_EVENT_ID_LENGTH and value.isprintable()
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
 
 
 def _loggable(value: Any, limit: int) -> str:
@@ -187,12 +191,19 @@ class CallbackVerifier:
         event_type = header.get("event_type")
         if not isinstance(event_type, str):
             raise CallbackRejected(400, "header.event_type must be a string")
-        if event_type != CALENDAR_CHANGED:
+        if event_type not in (CALENDAR_CHANGED, EVENT_CHANGED):
             return IgnoredEvent(event_id, _loggable(event_type, 100))
-        open_ids = self._open_ids(_object(payload.get("event"), "event"))
+        event = _object(payload.get("event"), "event")
+        open_ids = self._open_ids(event)
+        calendar_id = ""
+        if event_type == EVENT_CHANGED:
+            raw_calendar_id = event.get("calendar_id")
+            if not _is_identifier(raw_calendar_id, MAX_CALENDAR_ID_LENGTH):
+                raise CallbackRejected(400, "event.calendar_id must be a non-empty string")
+            calendar_id = raw_calendar_id
         if not open_ids:
             return IgnoredEvent(event_id, event_type)
-        return CalendarChanged(event_id, open_ids, payload)
+        return CalendarChanged(event_id, open_ids, payload, calendar_id)
 
     @staticmethod
     def _open_ids(event: dict[str, Any]) -> tuple[str, ...]:

@@ -45,6 +45,8 @@ class Settings:
     secret_arn: str = ""
     users_table: str = ""
     calendars_table: str = ""
+    events_table: str = ""
+    event_listings_table: str = ""
     oauth_state_table: str = ""
     idempotency_table: str = ""
     rate_limit_table: str = ""
@@ -76,6 +78,8 @@ class Settings:
             secret_arn=env.get("FEISHU_SECRET_ARN", "").strip(),
             users_table=env.get("USERS_TABLE", ""),
             calendars_table=env.get("CALENDARS_TABLE", ""),
+            events_table=env.get("EVENTS_TABLE", ""),
+            event_listings_table=env.get("EVENT_LISTINGS_TABLE", ""),
             oauth_state_table=env.get("OAUTH_STATE_TABLE", ""),
             idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
             rate_limit_table=env.get("RATE_LIMIT_TABLE", ""),

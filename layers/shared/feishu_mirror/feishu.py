@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -27,11 +27,13 @@ from feishu_mirror.errors import (
     ReauthorizationRequired,
     SyncTokenExpired,
 )
-from feishu_mirror.models import Calendar, CalendarPage, TokenGrant, UserIdentity
+from feishu_mirror.models import Calendar, Event, Item, Page, TokenGrant, UserIdentity
 from feishu_mirror.observability import count, logger
 
 CALENDARS_PATH = "/open-apis/calendar/v4/calendars"
 SUBSCRIPTION_PATH = "/open-apis/calendar/v4/calendars/subscription"
+# Full event listings pass anchor_time: Feishu only returns a page_token when it is present.
+FULL_LISTING_ANCHOR_TIME = "0"
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"  # noqa: S105 - a URL path, not a secret
 USER_INFO_PATH = "/open-apis/authen/v1/user_info"
 AUTHORIZE_PATH = "/open-apis/authen/v1/authorize"
@@ -139,7 +141,7 @@ class FeishuClient:
         page_size: int = 1000,
         page_token: str | None = None,
         sync_token: str | None = None,
-    ) -> CalendarPage:
+    ) -> Page[Calendar]:
         """One page of the user's calendar list (full listing, or changes since ``sync_token``).
 
         A follow-up page is asked for with ``page_token`` alone. Raises ``SyncTokenExpired`` (190008),
@@ -152,26 +154,60 @@ class FeishuClient:
         elif sync_token:
             params["sync_token"] = sync_token
         reply = self._call("GET", CALENDARS_PATH, deadline=deadline, access_token=access_token, params=params)
+        return self._page(reply, "calendar_list", Calendar.from_feishu)
+
+    def list_events(
+        self,
+        access_token: str,
+        calendar_id: str,
+        *,
+        deadline: float,
+        page_size: int = 1000,
+        page_token: str | None = None,
+        sync_token: str | None = None,
+    ) -> Page[Event]:
+        """One page of a calendar's events (full listing, or changes since ``sync_token``).
+
+        A full listing passes ``anchor_time`` (Feishu pages only then); ``start_time``/``end_time``
+        are never sent, as they cannot be combined with tokens. Deleted events come back with
+        ``status: cancelled``. Raises as ``list_calendars``; 191xxx (calendar gone, no access, wrong
+        type) as ``FeishuError``.
+        """
+        params: dict[str, str] = {"page_size": str(page_size)}
+        if page_token:
+            params["page_token"] = page_token
+        elif sync_token:
+            params["sync_token"] = sync_token
+        else:
+            params["anchor_time"] = FULL_LISTING_ANCHOR_TIME
+        path = f"{CALENDARS_PATH}/{quote(calendar_id, safe='')}/events"
+        reply = self._call("GET", path, deadline=deadline, access_token=access_token, params=params)
+        return self._page(reply, "items", Event.from_feishu)
+
+    def _page[T: Item](
+        self, reply: _Reply, list_name: str, parse: Callable[[Mapping[str, Any]], tuple[T, bool]]
+    ) -> Page[T]:
+        """A listing response as a page; malformed entries are skipped and counted."""
         data = reply.body.get("data") or {}
         if not isinstance(data, dict):
-            raise FeishuError(-1, "calendar list without a data object", log_id=reply.log_id)
-        raw_list = data.get("calendar_list") or []
+            raise FeishuError(-1, "listing without a data object", log_id=reply.log_id)
+        raw_list = data.get(list_name) or []
         if not isinstance(raw_list, list):
-            raise FeishuError(-1, "calendar_list is not a list", log_id=reply.log_id)
-        entries: list[tuple[Calendar, bool]] = []
+            raise FeishuError(-1, f"{list_name} is not a list", log_id=reply.log_id)
+        entries: list[tuple[T, bool]] = []
         skipped = 0
         for raw in raw_list:
             try:
-                entries.append(Calendar.from_feishu(raw if isinstance(raw, dict) else {}))
+                entries.append(parse(raw if isinstance(raw, dict) else {}))
             except ValueError:
                 skipped += 1
         if skipped:
-            logger.warning("calendar_entries_skipped", extra={"skipped": skipped, "log_id": reply.log_id})
+            logger.warning("listing_entries_skipped", extra={"skipped": skipped, "log_id": reply.log_id})
         has_more = data.get("has_more") is True
         page_token_out = str(data.get("page_token") or "")
         if has_more and not page_token_out:
             raise FeishuError(-1, "has_more without a page_token", log_id=reply.log_id)
-        return CalendarPage(
+        return Page(
             entries=tuple(entries),
             has_more=has_more,
             page_token=page_token_out,
@@ -179,6 +215,11 @@ class FeishuClient:
             log_id=reply.log_id,
             skipped_entries=skipped,
         )
+
+    def subscribe_calendar_events(self, access_token: str, calendar_id: str, *, deadline: float) -> None:
+        """Subscribe the user to ``calendar.calendar.event.changed_v4`` for one calendar."""
+        path = f"{CALENDARS_PATH}/{quote(calendar_id, safe='')}/events/subscription"
+        self._call("POST", path, deadline=deadline, access_token=access_token, json_body={})
 
     def subscribe_calendar_changes(self, access_token: str, *, deadline: float) -> None:
         """Subscribe the user to ``calendar.calendar.changed_v4`` (idempotent on Feishu's side)."""
@@ -287,6 +328,7 @@ class FeishuClient:
             body = self._json(response)
             code = _code(body) if body is not None else -1
             if body is not None and code == 0 and response.status_code < 400:
+                logger.info("feishu_call", extra={"path": path, "status": response.status_code, "log_id": log_id})
                 return _Reply(body, log_id)
             message = _message(body or {}) or f"HTTP {response.status_code}"
             logger.info(

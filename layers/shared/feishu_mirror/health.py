@@ -5,7 +5,7 @@ the allow-listed attributes that ``UserStore.get_health`` / ``list_health`` retu
 ``UserHealth`` with one derived ``state`` an operator can sort by, and never carries a token.
 
 ``record_event_to_mirror_lag`` is called by the sync handler after a sync: when a sync started by a
-Feishu push (reason ``calendar_changed``) wrote a change, it emits ``EventToMirrorLag`` — the time
+Feishu push (reason ``calendar_changed`` or ``event_changed``) wrote a change, it emits ``EventToMirrorLag`` — the time
 from the ping (``last_ping_at``, stored by the callback in whole seconds, so the figure can be up
 to one second high) to the moment the change was committed.
 """
@@ -22,8 +22,8 @@ from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import logger, metrics
 from feishu_mirror.store import REAUTH_REQUIRED, UserStore
 
-# The reason the callback gives the sync it starts for a push (``functions/callback/app.py``).
-PING_REASON = "calendar_changed"
+# The reasons the callback gives the syncs it starts for pushes (``functions/callback/app.py``).
+PING_REASONS = frozenset({"calendar_changed", "event_changed"})
 LAG_METRIC = "EventToMirrorLag"
 
 HealthState = Literal["reauth_required", "syncing", "failing", "held_deletions", "never_synced", "stale", "ok"]
@@ -160,7 +160,7 @@ def record_event_to_mirror_lag(users: UserStore, result: SyncResult, *, reason: 
     Costs one GetItem, only after a sync that wrote something. Never raises: a metric is not worth
     failing a sync that already succeeded.
     """
-    if reason != PING_REASON or result.outcome != "synced" or not (result.upserted or result.deleted):
+    if reason not in PING_REASONS or result.outcome != "synced" or not result.wrote:
         return None
     try:
         health = users.get_health(result.open_id)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 class SyncInvoker(Protocol):
     """Something that starts a sync for one user in the background."""
 
-    def invoke(self, open_id: str, reason: str) -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
         """Start the sync; raises on failure to hand it over."""
 
 
@@ -23,7 +23,10 @@ class LambdaSyncInvoker:
         self._client = client
         self._function_name = function_name
 
-    def invoke(self, open_id: str, reason: str) -> None:
-        """Queue ``{"open_id": ..., "reason": ...}`` for the sync function."""
-        payload = json.dumps({"open_id": open_id, "reason": reason}).encode("utf-8")
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+        """Queue ``{"open_id": ..., "reason": ..., "event_id": ...}`` for the sync function."""
+        request = {"open_id": open_id, "reason": reason}
+        if event_id:
+            request["event_id"] = event_id
+        payload = json.dumps(request).encode("utf-8")
         self._client.invoke(FunctionName=self._function_name, InvocationType="Event", Payload=payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 # The Feishu calendar fields the mirror keeps, under their Feishu names, with their JSON types.
 CALENDAR_FIELDS: dict[str, type] = {
@@ -17,11 +17,58 @@ CALENDAR_FIELDS: dict[str, type] = {
     "is_third_party": bool,
     "role": str,
 }
+# The Feishu event (日程) fields the mirror keeps; nested objects and lists are kept as they come.
+EVENT_FIELDS: dict[str, type] = {
+    "organizer_calendar_id": str,
+    "summary": str,
+    "description": str,
+    "start_time": dict,
+    "end_time": dict,
+    "status": str,
+    "visibility": str,
+    "attendee_ability": str,
+    "free_busy_status": str,
+    "color": int,
+    "recurrence": str,
+    "is_exception": bool,
+    "recurring_event_id": str,
+    "location": dict,
+    "vchat": dict,
+    "reminders": list,
+    "schemas": list,
+    "event_organizer": dict,
+    "app_link": str,
+    "attachments": list,
+    "create_time": str,
+}
 MAX_CALENDAR_ID_LENGTH = 512
+MAX_EVENT_ID_LENGTH = 512
 
-FieldValue = str | int | bool
+FieldValue = Any  # str | int | bool, and for events also nested maps and lists of them
 SyncKind = Literal["full", "incremental"]
 SyncOutcome = Literal["synced", "busy", "failed", "interrupted", "reauth_required", "unknown_user"]
+
+
+def _known_fields(raw: Mapping[str, Any], names: Mapping[str, type]) -> dict[str, FieldValue]:
+    """The documented fields of a Feishu object that have their documented JSON type (bool is no int)."""
+    fields: dict[str, FieldValue] = {}
+    for name, expected in names.items():
+        value = raw.get(name)
+        if value is not None and type(value) is expected:
+            fields[name] = value
+    return fields
+
+
+class Item(Protocol):
+    """Something the mirror keeps: a Feishu id (``key``) and Feishu fields."""
+
+    @property
+    def key(self) -> str:
+        """The Feishu id."""
+
+    @property
+    def fields(self) -> Mapping[str, FieldValue]:
+        """The Feishu fields, by Feishu name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +77,11 @@ class Calendar:
 
     calendar_id: str
     fields: Mapping[str, FieldValue]
+
+    @property
+    def key(self) -> str:
+        """The calendar_id."""
+        return self.calendar_id
 
     @classmethod
     def from_feishu(cls, raw: Mapping[str, Any]) -> tuple[Calendar, bool]:
@@ -41,19 +93,40 @@ class Calendar:
         calendar_id = raw.get("calendar_id")
         if not isinstance(calendar_id, str) or not calendar_id or len(calendar_id) > MAX_CALENDAR_ID_LENGTH:
             raise ValueError("calendar entry without a valid calendar_id")
-        fields: dict[str, FieldValue] = {}
-        for name, expected in CALENDAR_FIELDS.items():
-            value = raw.get(name)
-            if isinstance(value, str | int) and type(value) is expected:  # bool is not an int here
-                fields[name] = value
-        return cls(calendar_id, fields), raw.get("is_deleted") is True
+        return cls(calendar_id, _known_fields(raw, CALENDAR_FIELDS)), raw.get("is_deleted") is True
 
 
 @dataclass(frozen=True, slots=True)
-class CalendarPage:
-    """One response of ``GET /open-apis/calendar/v4/calendars``."""
+class Event:
+    """One event (日程) of a calendar: its id and the Feishu fields that were present."""
 
-    entries: tuple[tuple[Calendar, bool], ...]
+    event_id: str
+    fields: Mapping[str, FieldValue]
+
+    @property
+    def key(self) -> str:
+        """The event_id."""
+        return self.event_id
+
+    @classmethod
+    def from_feishu(cls, raw: Mapping[str, Any]) -> tuple[Event, bool]:
+        """Parse one ``items`` entry of the event list; returns the event and whether it is gone.
+
+        ``status: cancelled`` (how a deleted event comes back in an incremental listing) counts as a
+        deletion. A missing or empty ``event_id`` raises ``ValueError``.
+        """
+        event_id = raw.get("event_id")
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
+            raise ValueError("event entry without a valid event_id")
+        fields = _known_fields(raw, EVENT_FIELDS)
+        return cls(event_id, fields), fields.get("status") == "cancelled" or raw.get("is_deleted") is True
+
+
+@dataclass(frozen=True, slots=True)
+class Page[T: Item]:
+    """One response of a Feishu listing: the calendar list, or a calendar's events."""
+
+    entries: tuple[tuple[T, bool], ...]
     has_more: bool
     page_token: str
     sync_token: str
@@ -62,16 +135,27 @@ class CalendarPage:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredCalendar:
-    """A calendar as the mirror holds it; ``deleted_at`` set means it is a tombstone."""
+class Stored[T: Item]:
+    """An item as the mirror holds it; ``deleted_at`` set means it is a tombstone."""
 
-    calendar: Calendar
+    item: T
     deleted_at: int | None = None
 
     @property
     def live(self) -> bool:
-        """True unless the calendar is a tombstone."""
+        """True unless the item is a tombstone."""
         return self.deleted_at is None
+
+
+# Calendars whose events Feishu lists (GET /calendars/:id/events), and the roles that may read them.
+EVENT_SYNCABLE_TYPES = frozenset({"primary", "shared", "resource"})
+EVENT_READER_ROLES = frozenset({"reader", "writer", "owner"})
+
+
+def has_readable_events(calendar: Calendar) -> bool:
+    """True when the user can list this calendar's events: a primary, shared or resource calendar
+    on which they are reader, writer or owner (free_busy_reader sees no events)."""
+    return calendar.fields.get("type") in EVENT_SYNCABLE_TYPES and calendar.fields.get("role") in EVENT_READER_ROLES
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +219,7 @@ class UserRecord:
     last_success_at: int | None = None
     consecutive_failures: int = 0
     calendars_mirrored: int = 0
+    dirty_calendars: frozenset[str] = frozenset()
 
     def lease_active(self, now: float) -> bool:
         """True while another (or this) sync holds the user's lease."""
@@ -154,7 +239,36 @@ class SyncResult:
     deleted: int = 0
     held_deletions: int = 0
     error_code: int | None = None
+    event_listings: int = 0
+    event_pages: int = 0
+    events_upserted: int = 0
+    events_deleted: int = 0
+
+    @property
+    def wrote(self) -> bool:
+        """True when the sync changed the mirror (calendars or events)."""
+        return bool(self.upserted or self.deleted or self.events_upserted or self.events_deleted)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form, returned by the sync function."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class ListingState:
+    """Where one collection's listing stands: the calendar list of a user, or a calendar's events."""
+
+    sync_token: str | None = None
+    checkpoint: Checkpoint | None = None
+    held_sweep: HeldSweep | None = None
+    mirrored: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventListing:
+    """The sync state of one calendar's events, kept per user and calendar."""
+
+    calendar_id: str
+    state: ListingState = ListingState()
+    synced_at: int | None = None
+    subscribed_at: int | None = None

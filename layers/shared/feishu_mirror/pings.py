@@ -55,20 +55,26 @@ class PingDispatcher:
         self._claim_seconds = claim_seconds
         self._clock = clock
 
-    def dispatch(self, open_ids: Iterable[str], reason: str) -> PingOutcome:
+    def dispatch(
+        self, open_ids: Iterable[str], reason: str, *, calendar_id: str = "", event_id: str = ""
+    ) -> PingOutcome:
         """Handle one ping for each user. Unknown or inactive users are ignored.
+
+        ``calendar_id`` names a calendar whose events changed: its events are listed by the sync.
+        ``event_id`` (the push's ``header.event_id``) travels with a started sync, for its logs.
 
         A failed invoke is logged and counted, not raised: the user stays due, so the scheduled
         resync starts the sync within one period.
         """
         outcome = PingOutcome()
+        dirty_calendars = frozenset({calendar_id}) if calendar_id else frozenset()
         for open_id in open_ids:
             now = int(self._clock())
             until = now + self._claim_seconds
-            if not self._users.ping_and_claim(open_id, now, until):
+            if not self._users.ping_and_claim(open_id, now, until, dirty_calendars):
                 # A sync runs or is pending (or the user is unknown): mark dirty so it loops, then
                 # claim anyway in case it released its lease between our two writes.
-                record = self._users.mark_dirty(open_id, now)
+                record = self._users.mark_dirty(open_id, now, dirty_calendars)
                 if record is None:
                     outcome.ignored.append(open_id)
                     continue
@@ -79,7 +85,7 @@ class PingDispatcher:
                     outcome.coalesced.append(open_id)
                     continue
             try:
-                self._invoker.invoke(open_id, reason)
+                self._invoker.invoke(open_id, reason, event_id=event_id)
             except Exception as exc:
                 logger.warning("sync_invoke_failed", extra={"open_id": open_id, "error": type(exc).__name__})
                 outcome.invoke_failed.append(open_id)

@@ -204,7 +204,7 @@ class StatusService:
             raise UnknownUser(open_id)
         stored = self._calendars.load_all(open_id)
         live = sorted(
-            (MirroredCalendar(c.calendar.calendar_id, dict(c.calendar.fields)) for c in stored.values() if c.live),
+            (MirroredCalendar(c.item.calendar_id, dict(c.item.fields)) for c in stored.values() if c.live),
             key=lambda c: (str(c.fields.get("summary", "")).lower(), c.calendar_id),
         )
         return UserDetail(

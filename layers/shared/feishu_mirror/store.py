@@ -1,8 +1,10 @@
-"""All DynamoDB access: calendars, users (tokens, sync state, lease, health), OAuth state, rate gate.
+"""All DynamoDB access: calendars, events, users (tokens, sync state, lease, health), event
+listings, OAuth state, rate gate.
 
-The only module that touches boto3's DynamoDB API. Calendar writes go in transactions that also
-check the user's lease (a fencing token), so a sync that lost its lease can never write; user-record
-writes made during a sync carry the same condition. Numbers are stored as integers (epoch seconds).
+The only module that touches boto3's DynamoDB API. Mirror writes (calendars and events) go in
+transactions that also check the user's lease (a fencing token), so a sync that lost its lease can
+never write; user-record and event-listing writes made during a sync carry the same condition.
+Numbers are stored as integers (epoch seconds).
 """
 
 from __future__ import annotations
@@ -21,24 +23,35 @@ from botocore.exceptions import ClientError
 from feishu_mirror.errors import DeadlineExceeded, LeaseLost
 from feishu_mirror.models import (
     CALENDAR_FIELDS,
+    EVENT_FIELDS,
     Calendar,
     Checkpoint,
+    Event,
+    EventListing,
     FieldValue,
     HeldSweep,
-    StoredCalendar,
+    ListingState,
+    Stored,
     TokenGrant,
     UserIdentity,
     UserRecord,
 )
+from feishu_mirror.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
-    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        DeleteTypeDef,
+        TransactWriteItemTypeDef,
+        UpdateTypeDef,
+    )
 
 DUE_INDEX = "due-index"
 DUE_SHARDS = 8
 TRANSACTION_ITEMS = 100  # DynamoDB's limit; one slot is the lease check
 BATCH_GET_KEYS = 100
+MAX_CHECKPOINT_BYTES = 200_000  # of compressed ids; DynamoDB items hold 400 KB
 ACTIVE = "active"
 REAUTH_REQUIRED = "reauth_required"
 
@@ -108,6 +121,7 @@ def _user(item: Mapping[str, Any]) -> UserRecord:
         last_success_at=raw.get("last_success_at"),
         consecutive_failures=raw.get("consecutive_failures", 0),
         calendars_mirrored=raw.get("calendars_mirrored", 0),
+        dirty_calendars=frozenset(str(c) for c in raw.get("dirty_calendars") or ()),
     )
 
 
@@ -221,12 +235,30 @@ class UserStore:
             names={"#status": "status", "#name": "name", "#scope": "scope"},
         )
 
-    def mark_dirty(self, open_id: str, now: int) -> UserRecord | None:
-        """Record a ping: bump ``dirty_seq`` and make the user due. None for unknown/inactive users."""
-        attributes = self._update(
-            open_id,
+    @staticmethod
+    def _dirty(expression: str, values: dict[str, Any], calendar_ids: frozenset[str]) -> tuple[str, dict[str, Any]]:
+        """Add ``calendar_ids`` (calendars whose events changed) to the user's ``dirty_calendars`` set."""
+        if not calendar_ids:
+            return expression, values
+        return expression.replace("ADD dirty_seq :one", "ADD dirty_seq :one, dirty_calendars :cals"), {
+            **values,
+            ":cals": set(calendar_ids),
+        }
+
+    def mark_dirty(self, open_id: str, now: int, calendar_ids: frozenset[str] = frozenset()) -> UserRecord | None:
+        """Record a ping: bump ``dirty_seq`` and make the user due. None for unknown/inactive users.
+
+        ``calendar_ids`` are calendars whose events changed: the next sync lists their events.
+        """
+        expression, values = self._dirty(
             "ADD dirty_seq :one SET due_at = :now, last_ping_at = :now",
             {":one": 1, ":now": now, ":active": ACTIVE},
+            calendar_ids,
+        )
+        attributes = self._update(
+            open_id,
+            expression,
+            values,
             condition="attribute_exists(open_id) AND #status = :active",
             names={"#status": "status"},
             return_new=True,
@@ -239,16 +271,21 @@ class UserStore:
         " AND (attribute_not_exists(lease_expires_at) OR lease_expires_at <= :now)"
     )
 
-    def ping_and_claim(self, open_id: str, now: int, until: int) -> bool:
+    def ping_and_claim(self, open_id: str, now: int, until: int, calendar_ids: frozenset[str] = frozenset()) -> bool:
         """The common case of a ping in one write: mark the user dirty and claim the invocation.
 
         False when a sync runs or is pending, or the user is unknown or inactive; the caller then
         falls back to ``mark_dirty`` so the running sync loops once more.
         """
-        claimed = self._update(
-            open_id,
+        expression, values = self._dirty(
             "ADD dirty_seq :one SET last_ping_at = :now, pending_invoke_until = :until, due_at = :until",
             {":one": 1, ":now": now, ":until": until, ":active": ACTIVE},
+            calendar_ids,
+        )
+        claimed = self._update(
+            open_id,
+            expression,
+            values,
             condition=self._CLAIMABLE,
             names={"#status": "status"},
         )
@@ -379,24 +416,42 @@ class UserStore:
         """Record that the calendar-change subscription was (re)asserted (harmless metadata, no fence)."""
         self._update(open_id, "SET subscribed_at = :now", {":now": now}, condition="attribute_exists(open_id)")
 
-    def release_after_success(self, fence: Fence, now: int, *, seen_dirty_seq: int, due_at: int) -> UserRecord | None:
+    def release_after_success(
+        self,
+        fence: Fence,
+        now: int,
+        *,
+        seen_dirty_seq: int,
+        due_at: int,
+        handled_calendars: frozenset[str] = frozenset(),
+    ) -> UserRecord | None:
         """Release the lease if no ping arrived since ``seen_dirty_seq``; else return the fresh record.
 
         The condition on ``dirty_seq`` is what makes coalescing safe: a ping that lands before this
         write makes it fail, and the running sync loops once more instead of missing the change.
+        ``handled_calendars`` (whose events this sync listed) leave ``dirty_calendars``.
         """
+        values: dict[str, Any] = {
+            ":now": now,
+            ":zero": 0,
+            ":due": due_at,
+            ":owner": fence.owner,
+            ":seen": seen_dirty_seq,
+        }
+        expression = (
+            "SET last_success_at = :now, consecutive_failures = :zero, due_at = :due"
+            " REMOVE lease_owner, lease_expires_at, last_error_code, last_error_message"
+        )
+        if handled_calendars:
+            expression += " DELETE dirty_calendars :handled"
+            values[":handled"] = set(handled_calendars)
         try:
             self._client.update_item(
                 TableName=self.table_name,
                 Key={"open_id": _av(fence.open_id)},
-                UpdateExpression=(
-                    "SET last_success_at = :now, consecutive_failures = :zero, due_at = :due"
-                    " REMOVE lease_owner, lease_expires_at, last_error_code, last_error_message"
-                ),
+                UpdateExpression=expression,
                 ConditionExpression="lease_owner = :owner AND dirty_seq = :seen",
-                ExpressionAttributeValues=attribute_values(
-                    {":now": now, ":zero": 0, ":due": due_at, ":owner": fence.owner, ":seen": seen_dirty_seq}
-                ),
+                ExpressionAttributeValues=attribute_values(values),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
@@ -544,15 +599,49 @@ class UserStore:
         return users, (plain(last)["open_id"] if last else None)
 
 
-# ------------------------------------------------------------------------------------ calendars
-def _stored(item: Mapping[str, Any]) -> StoredCalendar:
-    raw = plain(item)
-    fields: dict[str, FieldValue] = {name: raw[name] for name in CALENDAR_FIELDS if name in raw}
-    return StoredCalendar(Calendar(raw["calendar_id"], fields), raw.get("deleted_at"))
+# ------------------------------------------------------------------------------ mirror tables
+def _fence_check(users_table: str, fence: Fence, now: int) -> TransactWriteItemTypeDef:
+    """The transaction item that proves ``fence`` still holds the user's lease."""
+    return {
+        "ConditionCheck": {
+            "TableName": users_table,
+            "Key": {"open_id": _av(fence.open_id)},
+            "ConditionExpression": UserStore._FENCE,
+            "ExpressionAttributeValues": attribute_values({":owner": fence.owner, ":now": now}),
+        }
+    }
 
 
-class CalendarStore:
-    """The calendars table: partition ``open_id``, sort ``calendar_id``, Feishu fields by name."""
+def _transact(
+    client: DynamoDBClient, fence: Fence, items: list[TransactWriteItemTypeDef], sleep: Callable[[float], None]
+) -> None:
+    """One fenced transaction (its first item is the lease check), retried on conflicts and throttling."""
+    for attempt in range(6):
+        try:
+            client.transact_write_items(TransactItems=items)
+            return
+        except ClientError as exc:
+            error = exc.response.get("Error", {}).get("Code")
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if error == "TransactionCanceledException" and reasons and reasons[0] == "ConditionalCheckFailed":
+                raise LeaseLost(f"lease on {fence.open_id} lost") from exc
+            retryable = error in ("TransactionCanceledException", "TransactionConflictException", "ThrottlingException")
+            if not retryable or attempt == 5:
+                raise
+            sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311 - jitter
+
+
+class MirrorTable[T: (Calendar, Event)]:
+    """A table of mirrored Feishu items: one partition per collection, one item per Feishu id.
+
+    Subclasses say how a collection maps to a partition (``CalendarStore``: the user's calendars;
+    ``EventStore``: one calendar's events as that user sees them). Items hold the Feishu fields by
+    Feishu name, ``mirrored_at`` (ms) and, for tombstones, ``deleted_at`` and the TTL ``expires_at``.
+    """
+
+    partition_attribute: str
+    sort_attribute: str
+    field_types: Mapping[str, type]
 
     def __init__(
         self,
@@ -570,9 +659,216 @@ class CalendarStore:
         self._sleep = sleep
         self.write_requests = 0  # transactions sent, for benchmarks
 
-    def load_all(self, open_id: str) -> dict[str, StoredCalendar]:
+    def _make(self, key: str, fields: dict[str, FieldValue]) -> T:
+        raise NotImplementedError
+
+    def _stored(self, item: Mapping[str, Any]) -> Stored[T]:
+        raw = plain(item)
+        fields: dict[str, FieldValue] = {name: raw[name] for name in self.field_types if name in raw}
+        return Stored(self._make(str(raw[self.sort_attribute]), fields), raw.get("deleted_at"))
+
+    def _load_all(self, partition: str) -> dict[str, Stored[T]]:
+        found: dict[str, Stored[T]] = {}
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": self.partition_attribute},
+            "ExpressionAttributeValues": attribute_values({":p": partition}),
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._client.query(**request)
+            for item in page.get("Items", []):
+                stored = self._stored(item)
+                found[stored.item.key] = stored
+            if "LastEvaluatedKey" not in page:
+                return found
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _load_some(self, partition: str, keys: Iterable[str]) -> dict[str, Stored[T]]:
+        wanted = sorted(set(keys))
+        found: dict[str, Stored[T]] = {}
+        for start in range(0, len(wanted), BATCH_GET_KEYS):
+            batch = [
+                {self.partition_attribute: _av(partition), self.sort_attribute: _av(key)}
+                for key in wanted[start : start + BATCH_GET_KEYS]
+            ]
+            request: dict[str, Any] = {self.table_name: {"Keys": batch, "ConsistentRead": True}}
+            for attempt in range(8):
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    stored = self._stored(item)
+                    found[stored.item.key] = stored
+                request = dict(response.get("UnprocessedKeys") or {})
+                if not request:
+                    break
+                self._sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311 - jitter
+            else:
+                raise RuntimeError("BatchGetItem kept returning unprocessed keys")
+        return found
+
+    def _apply(
+        self,
+        fence: Fence,
+        now: int,
+        partition: str,
+        *,
+        extra: Mapping[str, Any],
+        upserts: Sequence[T],
+        deletions: Sequence[T],
+    ) -> int:
+        now_ms = int(now * 1000)
+        base = {**extra, self.partition_attribute: partition}
+        puts: list[dict[str, Any]] = [
+            {**item.fields, **base, self.sort_attribute: item.key, "mirrored_at": now_ms} for item in upserts
+        ]
+        puts += [
+            {
+                **item.fields,
+                **base,
+                self.sort_attribute: item.key,
+                "mirrored_at": now_ms,
+                "deleted_at": now,
+                "expires_at": now + self._tombstone_ttl,
+            }
+            for item in deletions
+        ]
+        chunk = TRANSACTION_ITEMS - 1
+        for start in range(0, len(puts), chunk):
+            items: list[TransactWriteItemTypeDef] = [_fence_check(self._users_table, fence, now)]
+            items += [
+                {"Put": {"TableName": self.table_name, "Item": attribute_values(put)}}
+                for put in puts[start : start + chunk]
+            ]
+            self.write_requests += 1
+            _transact(self._client, fence, items, self._sleep)
+        return len(puts)
+
+
+class CalendarStore(MirrorTable[Calendar]):
+    """The calendars table: partition ``open_id``, sort ``calendar_id``, Feishu fields by name."""
+
+    partition_attribute = "open_id"
+    sort_attribute = "calendar_id"
+    field_types = CALENDAR_FIELDS
+
+    def _make(self, key: str, fields: dict[str, FieldValue]) -> Calendar:
+        return Calendar(key, fields)
+
+    def load_all(self, open_id: str) -> dict[str, Stored[Calendar]]:
         """Every item of the user, tombstones included (strongly consistent)."""
-        found: dict[str, StoredCalendar] = {}
+        return self._load_all(open_id)
+
+    def load_some(self, open_id: str, calendar_ids: Iterable[str]) -> dict[str, Stored[Calendar]]:
+        """The items for these calendar ids that exist (BatchGetItem, strongly consistent)."""
+        return self._load_some(open_id, calendar_ids)
+
+    def apply(
+        self, fence: Fence, now: int, *, upserts: Sequence[Calendar] = (), deletions: Sequence[Calendar] = ()
+    ) -> int:
+        """Write changed calendars and tombstones, fenced by the user's lease; returns items written.
+
+        Each transaction holds up to 99 items plus a check that ``fence`` still owns the lease.
+        Raises ``LeaseLost`` when it does not.
+        """
+        return self._apply(fence, now, fence.open_id, extra={}, upserts=upserts, deletions=deletions)
+
+
+def calendar_key(open_id: str, calendar_id: str) -> str:
+    """The events table's partition key: one calendar's events as one user sees them."""
+    return f"{open_id}#{calendar_id}"
+
+
+class EventStore(MirrorTable[Event]):
+    """The events table: partition ``calendar_key`` (``<open_id>#<calendar_id>``), sort ``event_id``.
+
+    Items also carry plain ``open_id`` and ``calendar_id`` attributes for consumers.
+    """
+
+    partition_attribute = "calendar_key"
+    sort_attribute = "event_id"
+    field_types = EVENT_FIELDS
+
+    def _make(self, key: str, fields: dict[str, FieldValue]) -> Event:
+        return Event(key, fields)
+
+    def load_all(self, open_id: str, calendar_id: str) -> dict[str, Stored[Event]]:
+        """Every event item of the calendar, tombstones included (strongly consistent)."""
+        return self._load_all(calendar_key(open_id, calendar_id))
+
+    def load_some(self, open_id: str, calendar_id: str, event_ids: Iterable[str]) -> dict[str, Stored[Event]]:
+        """The items for these event ids that exist (BatchGetItem, strongly consistent)."""
+        return self._load_some(calendar_key(open_id, calendar_id), event_ids)
+
+    def apply(
+        self,
+        fence: Fence,
+        now: int,
+        calendar_id: str,
+        *,
+        upserts: Sequence[Event] = (),
+        deletions: Sequence[Event] = (),
+    ) -> int:
+        """Write changed events and tombstones of one calendar, fenced by the user's lease."""
+        extra = {"open_id": fence.open_id, "calendar_id": calendar_id}
+        return self._apply(
+            fence, now, calendar_key(fence.open_id, calendar_id), extra=extra, upserts=upserts, deletions=deletions
+        )
+
+
+# ------------------------------------------------------------------------------ event listings
+def encode_ids(ids: Iterable[str]) -> bytes:
+    """A set of ids, compressed (a checkpoint of a 5,000-event listing stays far below 400 KB)."""
+    return zlib.compress("\n".join(sorted(ids)).encode("utf-8"))
+
+
+def decode_ids(blob: bytes) -> frozenset[str]:
+    """The inverse of ``encode_ids``."""
+    text = zlib.decompress(blob).decode("utf-8")
+    return frozenset(text.split("\n")) if text else frozenset()
+
+
+def _listing(item: Mapping[str, Any]) -> EventListing:
+    raw = plain(item)
+    checkpoint = None
+    cp = raw.get("checkpoint")
+    if isinstance(cp, dict) and cp.get("kind") in ("full", "incremental"):
+        seen = cp.get("seen")
+        checkpoint = Checkpoint(
+            kind=cp["kind"],
+            page_token=str(cp.get("page_token", "")),
+            seen_ids=decode_ids(bytes(seen)) if seen is not None else frozenset(),
+            started_at=int(cp.get("started_at", 0)),
+        )
+    held = raw.get("held_sweep")
+    return EventListing(
+        calendar_id=str(raw["calendar_id"]),
+        state=ListingState(
+            sync_token=raw.get("sync_token"),
+            checkpoint=checkpoint,
+            held_sweep=HeldSweep(int(held["count"]), int(held["first_seen_at"])) if isinstance(held, dict) else None,
+            mirrored=int(raw.get("events_mirrored", 0)),
+        ),
+        synced_at=raw.get("synced_at"),
+        subscribed_at=raw.get("subscribed_at"),
+    )
+
+
+class EventListingStore:
+    """The event-listings table: partition ``open_id``, sort ``calendar_id``; each calendar's event
+    listing state. Every write is a transaction with the user's lease check."""
+
+    def __init__(
+        self, client: DynamoDBClient, table_name: str, users_table: str, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._client = client
+        self.table_name = table_name
+        self._users_table = users_table
+        self._sleep = sleep
+
+    def load_all(self, open_id: str) -> dict[str, EventListing]:
+        """Every calendar's event-listing state of the user (strongly consistent)."""
+        found: dict[str, EventListing] = {}
         request: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "open_id = :o",
@@ -582,107 +878,105 @@ class CalendarStore:
         while True:
             page = self._client.query(**request)
             for item in page.get("Items", []):
-                stored = _stored(item)
-                found[stored.calendar.calendar_id] = stored
+                listing = _listing(item)
+                found[listing.calendar_id] = listing
             if "LastEvaluatedKey" not in page:
                 return found
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def load_some(self, open_id: str, calendar_ids: Iterable[str]) -> dict[str, StoredCalendar]:
-        """The items for these calendar ids that exist (BatchGetItem, strongly consistent)."""
-        wanted = sorted(set(calendar_ids))
-        found: dict[str, StoredCalendar] = {}
-        for start in range(0, len(wanted), BATCH_GET_KEYS):
-            keys = [
-                {"open_id": _av(open_id), "calendar_id": _av(cid)} for cid in wanted[start : start + BATCH_GET_KEYS]
-            ]
-            request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
-            for attempt in range(8):
-                response = self._client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table_name, []):
-                    stored = _stored(item)
-                    found[stored.calendar.calendar_id] = stored
-                request = dict(response.get("UnprocessedKeys") or {})
-                if not request:
-                    break
-                self._sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311 - jitter
-            else:
-                raise RuntimeError("BatchGetItem kept returning unprocessed keys")
-        return found
+    def get(self, open_id: str, calendar_id: str) -> EventListing | None:
+        """One calendar's event-listing state (strongly consistent), or None."""
+        item = self._client.get_item(
+            TableName=self.table_name,
+            Key={"open_id": _av(open_id), "calendar_id": _av(calendar_id)},
+            ConsistentRead=True,
+        ).get("Item")
+        return _listing(item) if item else None
 
-    def apply(
+    def _fenced_update(
+        self, fence: Fence, now: int, calendar_id: str, expression: str, values: Mapping[str, Any]
+    ) -> None:
+        update: UpdateTypeDef = {
+            "TableName": self.table_name,
+            "Key": {"open_id": _av(fence.open_id), "calendar_id": _av(calendar_id)},
+            "UpdateExpression": expression,
+        }
+        if values:
+            update["ExpressionAttributeValues"] = attribute_values(values)
+        _transact(self._client, fence, [_fence_check(self._users_table, fence, now), {"Update": update}], self._sleep)
+
+    def save_checkpoint(self, fence: Fence, now: int, calendar_id: str, checkpoint: Checkpoint) -> bool:
+        """Remember how far the calendar's event listing got; False when it is too big to keep.
+
+        A full listing of a very large calendar (roughly 10,000 events and more) has seen more ids than
+        fit in an item; it then keeps no checkpoint and, if cut short, starts again from the top.
+        """
+        seen = encode_ids(checkpoint.seen_ids)
+        if len(seen) > MAX_CHECKPOINT_BYTES:
+            logger.warning("checkpoint_too_large", extra={"calendar_id": calendar_id, "bytes": len(seen)})
+            return False
+        self._fenced_update(
+            fence,
+            now,
+            calendar_id,
+            "SET checkpoint = :cp",
+            {
+                ":cp": {
+                    "kind": checkpoint.kind,
+                    "page_token": checkpoint.page_token,
+                    "seen": seen,
+                    "started_at": checkpoint.started_at,
+                }
+            },
+        )
+        return True
+
+    def commit_listing(
         self,
         fence: Fence,
         now: int,
+        calendar_id: str,
         *,
-        upserts: Sequence[Calendar] = (),
-        deletions: Sequence[Calendar] = (),
-    ) -> int:
-        """Write changed calendars and tombstones, fenced by the user's lease; returns items written.
+        sync_token: str | None,
+        mirrored: int,
+        kind: str,
+        held_sweep: HeldSweep | None,
+        reset: bool,
+    ) -> None:
+        """After the last page: store the new ``sync_token`` and drop the checkpoint."""
+        sets = ["events_mirrored = :n", "last_sync_kind = :kind", "synced_at = :now"]
+        removes = ["checkpoint"]
+        values: dict[str, Any] = {":n": mirrored, ":kind": kind, ":now": now}
+        if sync_token:
+            sets.append("sync_token = :st")
+            values[":st"] = sync_token
+        else:
+            removes.append("sync_token")
+        if held_sweep:
+            sets.append("held_sweep = :held")
+            values[":held"] = {"count": held_sweep.count, "first_seen_at": held_sweep.first_seen_at}
+        else:
+            removes.append("held_sweep")
+        if reset:
+            sets.append("full_resync_count = if_not_exists(full_resync_count, :zero) + :one")
+            values |= {":zero": 0, ":one": 1}
+        self._fenced_update(fence, now, calendar_id, f"SET {', '.join(sets)} REMOVE {', '.join(removes)}", values)
 
-        Each transaction holds up to 99 items plus a check that ``fence`` still owns the lease.
-        Raises ``LeaseLost`` when it does not.
-        """
-        now_ms = int(now * 1000)
-        puts: list[dict[str, Any]] = []
-        for calendar in upserts:
-            puts.append(
-                {
-                    **calendar.fields,
-                    "open_id": fence.open_id,
-                    "calendar_id": calendar.calendar_id,
-                    "mirrored_at": now_ms,
-                }
-            )
-        for calendar in deletions:
-            puts.append(
-                {
-                    **calendar.fields,
-                    "open_id": fence.open_id,
-                    "calendar_id": calendar.calendar_id,
-                    "mirrored_at": now_ms,
-                    "deleted_at": now,
-                    "expires_at": now + self._tombstone_ttl,
-                }
-            )
-        chunk = TRANSACTION_ITEMS - 1
-        for start in range(0, len(puts), chunk):
-            items: list[TransactWriteItemTypeDef] = [
-                {
-                    "ConditionCheck": {
-                        "TableName": self._users_table,
-                        "Key": {"open_id": _av(fence.open_id)},
-                        "ConditionExpression": UserStore._FENCE,
-                        "ExpressionAttributeValues": attribute_values({":owner": fence.owner, ":now": now}),
-                    }
-                }
-            ]
-            items += [
-                {"Put": {"TableName": self.table_name, "Item": attribute_values(put)}}
-                for put in puts[start : start + chunk]
-            ]
-            self._transact(fence, items)
-        return len(puts)
+    def discard_sync_state(self, fence: Fence, now: int, calendar_id: str) -> None:
+        """Forget the calendar's events sync token and checkpoint (after 190008)."""
+        self._fenced_update(fence, now, calendar_id, "REMOVE sync_token, checkpoint", {})
 
-    def _transact(self, fence: Fence, items: list[TransactWriteItemTypeDef]) -> None:
-        for attempt in range(6):
-            try:
-                self.write_requests += 1
-                self._client.transact_write_items(TransactItems=items)
-                return
-            except ClientError as exc:
-                error = exc.response.get("Error", {}).get("Code")
-                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-                if error == "TransactionCanceledException" and reasons and reasons[0] == "ConditionalCheckFailed":
-                    raise LeaseLost(f"lease on {fence.open_id} lost") from exc
-                retryable = error in (
-                    "TransactionCanceledException",
-                    "TransactionConflictException",
-                    "ThrottlingException",
-                )
-                if not retryable or attempt == 5:
-                    raise
-                self._sleep(random.uniform(0, 0.05 * 2**attempt))  # noqa: S311 - jitter
+    def mark_subscribed(self, fence: Fence, now: int, calendar_id: str) -> None:
+        """Record that the calendar's event-change subscription was (re)asserted."""
+        self._fenced_update(fence, now, calendar_id, "SET subscribed_at = :now", {":now": now})
+
+    def delete(self, fence: Fence, now: int, calendar_id: str) -> None:
+        """Forget a calendar that left the user's list (after its events were tombstoned)."""
+        delete: DeleteTypeDef = {
+            "TableName": self.table_name,
+            "Key": {"open_id": _av(fence.open_id), "calendar_id": _av(calendar_id)},
+        }
+        _transact(self._client, fence, [_fence_check(self._users_table, fence, now), {"Delete": delete}], self._sleep)
 
 
 # ----------------------------------------------------------------------------------- OAuth state

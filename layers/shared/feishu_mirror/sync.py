@@ -1,18 +1,20 @@
-"""The sync algorithm: one user's calendar list from Feishu into the calendars table.
+"""The sync of one user: the calendar list, then the events (日程) of each readable calendar.
 
-Under the user's lease: pick the listing (resume a checkpoint, incremental with the stored
-``sync_token``, or full), fetch page by page, write only what changed, checkpoint after each page
-that has a successor, and commit the new ``sync_token`` only after the last page. 190008 restarts as
-a full listing whose end sweeps away calendars it no longer contains — unless that looks like a mass
-deletion, which is held until a later full listing confirms it. Pings that arrive meanwhile make the
-sync loop again before it releases the lease. The planning functions are pure and unit-tested.
+Under the user's lease, one ``ListingEngine`` (``feishu_mirror.listing``) runs every listing: first
+the user's calendar list (state on the user item), then, for each calendar the user can read events
+of, that calendar's events (state in the event-listings table) when it is new, was pushed as changed
+(``dirty_calendars``), is still unfinished, or was last listed longer ago than the resync period.
+Calendars that left the list (or became unreadable) take their events with them as tombstones.
+Token refresh, deadlines, the lease and coalescing are handled here once for all listings: pings that
+arrive meanwhile make the sync loop again before it releases the lease.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from feishu_mirror.config import Settings
 from feishu_mirror.errors import (
@@ -21,84 +23,65 @@ from feishu_mirror.errors import (
     FeishuError,
     LeaseLost,
     ReauthorizationRequired,
-    SyncTokenExpired,
 )
 from feishu_mirror.feishu import FeishuClient
+from feishu_mirror.listing import ListingEngine, MetricNames, Tally, is_mass_deletion, plan_page
 from feishu_mirror.models import (
     Calendar,
-    CalendarPage,
     Checkpoint,
+    Event,
+    EventListing,
     HeldSweep,
-    StoredCalendar,
-    SyncKind,
+    ListingState,
+    Page,
+    Stored,
     SyncOutcome,
     SyncResult,
     UserRecord,
+    has_readable_events,
 )
 from feishu_mirror.observability import count, logger
-from feishu_mirror.store import ACTIVE, CalendarStore, Fence, UnknownUser, UserStore
+from feishu_mirror.store import (
+    ACTIVE,
+    CalendarStore,
+    EventListingStore,
+    EventStore,
+    Fence,
+    UnknownUser,
+    UserStore,
+)
+
+__all__ = ["CalendarSync", "EventMirror", "failure_backoff", "is_mass_deletion", "plan_page"]
 
 MAX_PASSES = 5
 REFRESH_MARGIN_SECONDS = 300
-MASS_DELETE_MIN = 5
-MASS_DELETE_FRACTION = 0.5
 MAX_FAILURE_BACKOFF = 6 * 3600
+# Feishu's answers for a calendar whose events this user cannot list (gone, no access, wrong type).
+EVENTS_UNAVAILABLE_CODES = frozenset({191000, 191001, 191002, 191003, 191004})
 
-
-# ------------------------------------------------------------------------------ pure planning
-@dataclass(frozen=True, slots=True)
-class PagePlan:
-    """What one page changes in the mirror."""
-
-    upserts: tuple[Calendar, ...]
-    deletions: tuple[Calendar, ...]
-    live_delta: int
-    listed_ids: frozenset[str]
-
-
-def plan_page(entries: Iterable[tuple[Calendar, bool]], current: Mapping[str, StoredCalendar]) -> PagePlan:
-    """Compare a page with what the mirror holds: new or changed calendars, and deletions.
-
-    An entry identical to the stored live item writes nothing. ``is_deleted`` entries tombstone a
-    live item (keeping the latest known fields) and are ignored when nothing live is stored.
-    """
-    view = dict(current)
-    changes: dict[str, tuple[Calendar, bool]] = {}
-    live_delta = 0
-    listed: set[str] = set()
-    for calendar, is_deleted in entries:
-        cid = calendar.calendar_id
-        stored = view.get(cid)
-        was_live = stored is not None and stored.live
-        if is_deleted:
-            listed.discard(cid)
-            if was_live:
-                assert stored is not None
-                tomb = calendar if calendar.fields else stored.calendar
-                changes[cid] = (tomb, True)
-                view[cid] = StoredCalendar(tomb, deleted_at=0)
-                live_delta -= 1
-            continue
-        listed.add(cid)
-        if was_live and stored is not None and dict(stored.calendar.fields) == dict(calendar.fields):
-            continue
-        changes[cid] = (calendar, False)
-        view[cid] = StoredCalendar(calendar)
-        if not was_live:
-            live_delta += 1
-    return PagePlan(
-        upserts=tuple(c for c, deleted in changes.values() if not deleted),
-        deletions=tuple(c for c, deleted in changes.values() if deleted),
-        live_delta=live_delta,
-        listed_ids=frozenset(listed),
-    )
-
-
-def is_mass_deletion(*, live_before: int, missing: int, listed: int) -> bool:
-    """A full listing that empties or drastically shrinks a user's mirror is not trusted at once."""
-    if missing == 0 or live_before == 0:
-        return False
-    return listed == 0 or (missing >= MASS_DELETE_MIN and missing > MASS_DELETE_FRACTION * live_before)
+CALENDAR_METRICS = MetricNames(
+    full="SyncsFull",
+    incremental="SyncsIncremental",
+    resumed="SyncsResumed",
+    pages="PagesFetched",
+    upserted="CalendarsUpserted",
+    deleted="CalendarsDeleted",
+    resets="SyncTokenResets",
+    held="MassDeletionsHeld",
+    confirmed="MassDeletionsConfirmed",
+)
+EVENT_METRICS = MetricNames(
+    full="EventListingsFull",
+    incremental="EventListingsIncremental",
+    resumed="EventListingsResumed",
+    pages="EventPagesFetched",
+    upserted="EventsUpserted",
+    deleted="EventsDeleted",
+    resets="EventSyncTokenResets",
+    held="EventMassDeletionsHeld",
+    confirmed="EventMassDeletionsConfirmed",
+)
+R = TypeVar("R")
 
 
 def failure_backoff(consecutive_failures: int) -> int:
@@ -122,13 +105,19 @@ class _Run:
     fence: Fence
     deadline: float
     tokens: _Tokens
-    kind: str = ""
     passes: int = 0
-    pages: int = 0
-    upserted: int = 0
-    deleted: int = 0
-    held: int = 0
+    calendars: Tally = field(default_factory=Tally)
+    events: Tally = field(default_factory=Tally)
+    handled_calendars: set[str] = field(default_factory=set)
     subscription_checked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventMirror:
+    """Where events and their listing state live; without it a sync mirrors calendars only."""
+
+    events: EventStore
+    listings: EventListingStore
 
 
 class CalendarSync:
@@ -141,13 +130,16 @@ class CalendarSync:
         calendars: CalendarStore,
         feishu: FeishuClient,
         settings: Settings,
+        events: EventMirror | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
         self._calendars = calendars
+        self._events = events
         self._feishu = feishu
         self._settings = settings
         self._clock = clock
+        self._engine = ListingEngine(mass_delete_confirm_seconds=settings.mass_delete_confirm_seconds, clock=clock)
 
     def _now(self) -> int:
         return int(self._clock())
@@ -190,7 +182,7 @@ class CalendarSync:
             return self._result(run, "reauth_required", exc.code)
         except DeadlineExceeded:
             count("SyncsInterrupted")
-            logger.warning("sync_interrupted", extra={"pages": run.pages})
+            logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
             self._users.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
             return self._result(run, "interrupted")
         except LeaseLost:
@@ -216,22 +208,27 @@ class CalendarSync:
             logger.exception("lease_release_failed")
 
     def _result(self, run: _Run, outcome: SyncOutcome, code: int | None = None) -> SyncResult:
+        calendars, events = run.calendars, run.events
         return SyncResult(
             run.fence.open_id,
             outcome,
-            kind=run.kind,
+            kind=calendars.kind,
             passes=run.passes,
-            pages=run.pages,
-            upserted=run.upserted,
-            deleted=run.deleted,
-            held_deletions=run.held,
+            pages=calendars.pages,
+            upserted=calendars.upserted,
+            deleted=calendars.deleted,
+            held_deletions=calendars.held + events.held,
             error_code=code,
+            event_listings=events.listings,
+            event_pages=events.pages,
+            events_upserted=events.upserted,
+            events_deleted=events.deleted,
         )
 
     def _loop(self, user: UserRecord, run: _Run) -> SyncResult:
         for _ in range(MAX_PASSES):
             run.passes += 1
-            held = self._one_pass(user, run)
+            held = self._engine.run(self._calendar_list(run), _calendar_state(user), run.calendars) is not None
             if user.checkpoint is not None and not held:
                 # The resumed listing began in an earlier invocation, possibly before the changes that
                 # started this one: follow it with an incremental pass from the token it just committed.
@@ -240,20 +237,31 @@ class CalendarSync:
                 if fresh_user is not None:
                     user = fresh_user
                     continue
+            held = self._sync_events(user, run) or held
             self._assert_subscription(user, run)
             now = self._now()
             due = now + (self._settings.mass_delete_confirm_seconds if held else self._settings.stale_after_seconds)
-            fresh = self._users.release_after_success(run.fence, now, seen_dirty_seq=user.dirty_seq, due_at=due)
+            fresh = self._users.release_after_success(
+                run.fence,
+                now,
+                seen_dirty_seq=user.dirty_seq,
+                due_at=due,
+                handled_calendars=frozenset(run.handled_calendars & user.dirty_calendars),
+            )
             if fresh is None:
                 count("SyncsCompleted")
+                calendars, events = run.calendars, run.events
                 logger.info(
                     "sync_completed",
                     extra={
-                        "kind": run.kind,
+                        "kind": calendars.kind,
                         "passes": run.passes,
-                        "pages": run.pages,
-                        "upserted": run.upserted,
-                        "deleted": run.deleted,
+                        "pages": calendars.pages,
+                        "upserted": calendars.upserted,
+                        "deleted": calendars.deleted,
+                        "event_listings": events.listings,
+                        "events_upserted": events.upserted,
+                        "events_deleted": events.deleted,
                     },
                 )
                 return self._result(run, "synced")
@@ -263,139 +271,107 @@ class CalendarSync:
         self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
         return self._result(run, "synced")
 
-    # -------------------------------------------------------------------------- one listing
-    def _one_pass(self, user: UserRecord, run: _Run) -> bool:
-        """Run one listing to its end and commit it; returns True when deletions were held back."""
-        open_id = run.fence.open_id
+    # -------------------------------------------------------------------------- the collections
+    def _calendar_list(self, run: _Run) -> _CalendarList:
+        return _CalendarList(self, run)
+
+    def _sync_events(self, user: UserRecord, run: _Run) -> bool:
+        """List the events of each calendar that needs it; returns True when deletions were held back."""
+        mirror = self._events
+        if mirror is None:
+            return False
         now = self._now()
-        kind, page_token, seen, started_at = self._choose_listing(user, now)
-        if user.checkpoint:
-            run.kind = run.kind or "resume"
-        run.kind = run.kind or kind
-        count("SyncsResumed" if user.checkpoint else ("SyncsFull" if kind == "full" else "SyncsIncremental"))
-        reset = False
-        existing = self._calendars.load_all(open_id) if kind == "full" else {}
-        live_before = sum(1 for c in existing.values() if c.live)
-        mirrored = user.calendars_mirrored
-        while True:
+        calendars = self._calendars.load_all(run.fence.open_id)
+        readable = {cid for cid, stored in calendars.items() if stored.live and has_readable_events(stored.item)}
+        listings = mirror.listings.load_all(run.fence.open_id)
+        for calendar_id in sorted(listings.keys() - readable):
+            self._retire_events(mirror, run, calendar_id)
+        held = False
+        for calendar_id in sorted(readable):
+            listing = listings.get(calendar_id)
+            if not self._events_due(listing, calendar_id, user, run, now):
+                continue
             try:
-                page = self._list(
-                    run, page_token=page_token, sync_token=user.sync_token if kind == "incremental" else None
-                )
-            except SyncTokenExpired:
-                if reset:
+                held = self._list_events(mirror, run, calendar_id, listing) or held
+            except FeishuError as exc:
+                if exc.code not in EVENTS_UNAVAILABLE_CODES:
                     raise
-                count("SyncTokenResets")
-                logger.info("sync_token_expired", extra={"kind": kind})
-                reset, kind, page_token, seen, started_at = True, "full", "", set(), self._now()
-                run.kind = "full"
-                self._users.discard_sync_state(run.fence, self._now())
-                existing = self._calendars.load_all(open_id)
-                live_before = sum(1 for c in existing.values() if c.live)
+                # The calendar list and this calendar disagree for a moment (just deleted, access just
+                # revoked): skip it; the next calendar listing settles which one is right.
+                count("EventListingsUnavailable")
+                logger.info("events_unavailable", extra={"calendar_id": calendar_id, "code": exc.code})
                 continue
-            run.pages += 1
-            count("PagesFetched")
-            current = (
-                existing
-                if kind == "full"
-                else self._calendars.load_some(open_id, (c.calendar_id for c, _ in page.entries))
-            )
-            plan = plan_page(page.entries, current)
-            self._write(run, plan.upserts, plan.deletions)
-            mirrored += plan.live_delta
-            if kind == "full":
-                seen |= plan.listed_ids
-                seen -= {c.calendar_id for c in plan.deletions}
-                self._remember(existing, plan)
-            if page.has_more:
-                page_token = page.page_token
-                self._users.save_checkpoint(
-                    run.fence,
-                    self._now(),
-                    Checkpoint(kind, page_token, frozenset(seen), started_at),
-                )
-                continue
-            break
-        held: HeldSweep | None = None
-        if kind == "full":
-            held, mirrored = self._sweep(user, run, existing, seen, live_before)
-        sync_token = page.sync_token or (user.sync_token if kind == "incremental" else None)
-        self._users.commit_listing(
-            run.fence,
-            self._now(),
-            sync_token=None if held else sync_token,
-            calendars_mirrored=max(0, mirrored),
-            kind=kind,
-            held_sweep=held,
-            reset=reset,
-        )
-        return held is not None
+            run.handled_calendars.add(calendar_id)
+            self._assert_event_subscription(mirror, run, calendar_id, listing)
+        return held
 
-    @staticmethod
-    def _choose_listing(user: UserRecord, now: int) -> tuple[SyncKind, str, set[str], int]:
-        """Resume a checkpoint, else incremental with the sync_token, else a full listing."""
-        checkpoint = user.checkpoint
-        if checkpoint:
-            return checkpoint.kind, checkpoint.page_token, set(checkpoint.seen_ids), checkpoint.started_at
-        if user.sync_token:
-            return "incremental", "", set(), now
-        # First sync, after 190008, or while deletions are held (those listings keep no sync_token).
-        return "full", "", set(), now
+    def _list_events(self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None) -> bool:
+        """One calendar's event listing; a resumed one is followed by an incremental catch-up."""
+        collection = _CalendarEvents(self, run, mirror, calendar_id)
+        state = listing.state if listing else ListingState()
+        while True:
+            held = self._engine.run(collection, state, run.events) is not None
+            if state.checkpoint is None or held:
+                return held
+            # The resumed listing began in an earlier invocation, possibly before the change that
+            # started this one: follow it with an incremental pass from the token it just committed.
+            count("EventListingResumedThenIncremental")
+            fresh = mirror.listings.get(run.fence.open_id, calendar_id)
+            if fresh is None:
+                return held
+            state = fresh.state
 
-    def _sweep(
-        self, user: UserRecord, run: _Run, existing: dict[str, StoredCalendar], seen: set[str], live_before: int
-    ) -> tuple[HeldSweep | None, int]:
-        """End of a full listing: tombstone live calendars it did not contain, unless suspicious.
+    def _events_due(
+        self, listing: EventListing | None, calendar_id: str, user: UserRecord, run: _Run, now: int
+    ) -> bool:
+        """New calendar, pushed as changed, unfinished, held, or not listed for a resync period."""
+        if calendar_id in run.handled_calendars:  # listed in an earlier pass: again only if pushed
+            return calendar_id in user.dirty_calendars
+        if listing is None or calendar_id in user.dirty_calendars:
+            return True
+        state = listing.state
+        if state.checkpoint or state.held_sweep or not state.sync_token or listing.synced_at is None:
+            return True
+        return now - listing.synced_at >= self._settings.stale_after_seconds - EVENTS_STALE_MARGIN_SECONDS
 
-        Returns the held sweep (if any) and the number of live calendars the mirror now holds.
-        """
+    def _retire_events(self, mirror: EventMirror, run: _Run, calendar_id: str) -> None:
+        """A calendar left the list or became unreadable: tombstone its events and forget its listing."""
+        stored = mirror.events.load_all(run.fence.open_id, calendar_id)
+        live = tuple(s.item for s in stored.values() if s.live)
+        if live:
+            mirror.events.apply(run.fence, self._now(), calendar_id, deletions=live)
+            run.events.deleted += len(live)
+            count(EVENT_METRICS.deleted, len(live))
+        mirror.listings.delete(run.fence, self._now(), calendar_id)
+        count("EventListingsRetired")
+        logger.info("events_retired", extra={"calendar_id": calendar_id, "deleted": len(live)})
+
+    def _assert_event_subscription(
+        self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
+    ) -> None:
+        """Subscribe to the calendar's event changes when never done or due again; never fatal."""
         now = self._now()
-        live = [c.calendar for c in existing.values() if c.live]
-        missing = [c for c in live if c.calendar_id not in seen]
-        listed = len(live) - len(missing)
-        if is_mass_deletion(live_before=max(live_before, len(missing)), missing=len(missing), listed=listed):
-            held = user.held_sweep
-            confirmed = held is not None and now - held.first_seen_at >= self._settings.mass_delete_confirm_seconds
-            if not confirmed:
-                count("MassDeletionsHeld")
-                logger.warning("mass_deletion_held", extra={"missing": len(missing), "live": len(live)})
-                run.held = len(missing)
-                return HeldSweep(len(missing), held.first_seen_at if held else now), len(live)
-            count("MassDeletionsConfirmed")
-            logger.warning("mass_deletion_confirmed", extra={"missing": len(missing), "live": len(live)})
-        if missing:
-            self._write(run, (), tuple(missing))
-        return None, listed
-
-    def _write(self, run: _Run, upserts: tuple[Calendar, ...], deletions: tuple[Calendar, ...]) -> None:
-        if not upserts and not deletions:
+        subscribed_at = listing.subscribed_at if listing else None
+        if subscribed_at and now - subscribed_at < self._settings.subscription_refresh_seconds:
             return
-        self._calendars.apply(run.fence, self._now(), upserts=upserts, deletions=deletions)
-        run.upserted += len(upserts)
-        run.deleted += len(deletions)
-        count("CalendarsUpserted", len(upserts))
-        count("CalendarsDeleted", len(deletions))
-
-    @staticmethod
-    def _remember(existing: dict[str, StoredCalendar], plan: PagePlan) -> None:
-        for calendar in plan.upserts:
-            existing[calendar.calendar_id] = StoredCalendar(calendar)
-        for calendar in plan.deletions:
-            existing[calendar.calendar_id] = StoredCalendar(calendar, deleted_at=0)
+        try:
+            self._with_token(
+                run, lambda token: self._feishu.subscribe_calendar_events(token, calendar_id, deadline=run.deadline)
+            )
+        except ReauthorizationRequired:
+            raise
+        except (FeishuError, DeadlineExceeded) as exc:
+            count("EventSubscriptionFailures")
+            logger.warning(
+                "event_subscription_failed", extra={"calendar_id": calendar_id, "code": getattr(exc, "code", None)}
+            )
+            return
+        mirror.listings.mark_subscribed(run.fence, now, calendar_id)
+        count("EventSubscriptionsAsserted")
 
     # -------------------------------------------------------------------------- Feishu calls
-    def _list(self, run: _Run, *, page_token: str, sync_token: str | None) -> CalendarPage:
-        """One listing call, refreshing the access token once if Feishu says it expired."""
-
-        def call(token: str) -> CalendarPage:
-            return self._feishu.list_calendars(
-                token,
-                deadline=run.deadline,
-                page_size=self._settings.page_size,
-                page_token=page_token or None,
-                sync_token=None if page_token else sync_token,
-            )
-
+    def _with_token(self, run: _Run, call: Callable[[str], R]) -> R:
+        """One Feishu call with the user's access token, refreshing it once if Feishu says it expired."""
         try:
             return call(self._access_token(run))
         except AccessTokenRejected:
@@ -436,3 +412,117 @@ class CalendarSync:
             return
         self._users.mark_subscribed(run.fence.open_id, now)
         count("SubscriptionsAsserted")
+
+
+EVENTS_STALE_MARGIN_SECONDS = 300
+
+
+def _calendar_state(user: UserRecord) -> ListingState:
+    return ListingState(user.sync_token, user.checkpoint, user.held_sweep, user.calendars_mirrored)
+
+
+class _CalendarList:
+    """The user's calendar list as a ``Collection``: items in the calendars table, state on the user."""
+
+    name = "calendars"
+    metrics = CALENDAR_METRICS
+
+    def __init__(self, sync: CalendarSync, run: _Run) -> None:
+        self._sync, self._run = sync, run
+        self._fence = run.fence
+
+    def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Calendar]:
+        sync, run = self._sync, self._run
+        return sync._with_token(
+            run,
+            lambda token: sync._feishu.list_calendars(
+                token,
+                deadline=run.deadline,
+                page_size=sync._settings.page_size,
+                page_token=page_token or None,
+                sync_token=None if page_token else sync_token,
+            ),
+        )
+
+    def load_all(self) -> dict[str, Stored[Calendar]]:
+        return self._sync._calendars.load_all(self._fence.open_id)
+
+    def load_some(self, keys: Iterable[str]) -> dict[str, Stored[Calendar]]:
+        return self._sync._calendars.load_some(self._fence.open_id, keys)
+
+    def apply(self, now: int, upserts: tuple[Calendar, ...], deletions: tuple[Calendar, ...]) -> None:
+        self._sync._calendars.apply(self._fence, now, upserts=upserts, deletions=deletions)
+
+    def save_checkpoint(self, now: int, checkpoint: Checkpoint) -> None:
+        self._sync._users.save_checkpoint(self._fence, now, checkpoint)
+
+    def discard_sync_state(self, now: int) -> None:
+        self._sync._users.discard_sync_state(self._fence, now)
+
+    def commit(
+        self, now: int, *, sync_token: str | None, mirrored: int, kind: str, held_sweep: HeldSweep | None, reset: bool
+    ) -> None:
+        self._sync._users.commit_listing(
+            self._fence,
+            now,
+            sync_token=sync_token,
+            calendars_mirrored=mirrored,
+            kind=kind,
+            held_sweep=held_sweep,
+            reset=reset,
+        )
+
+
+class _CalendarEvents:
+    """One calendar's events as a ``Collection``: items in the events table, state in event listings."""
+
+    name = "events"
+    metrics = EVENT_METRICS
+
+    def __init__(self, sync: CalendarSync, run: _Run, mirror: EventMirror, calendar_id: str) -> None:
+        self._sync, self._run, self._mirror = sync, run, mirror
+        self._fence = run.fence
+        self._calendar_id = calendar_id
+
+    def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Event]:
+        sync, run = self._sync, self._run
+        return sync._with_token(
+            run,
+            lambda token: sync._feishu.list_events(
+                token,
+                self._calendar_id,
+                deadline=run.deadline,
+                page_size=sync._settings.page_size,
+                page_token=page_token or None,
+                sync_token=None if page_token else sync_token,
+            ),
+        )
+
+    def load_all(self) -> dict[str, Stored[Event]]:
+        return self._mirror.events.load_all(self._fence.open_id, self._calendar_id)
+
+    def load_some(self, keys: Iterable[str]) -> dict[str, Stored[Event]]:
+        return self._mirror.events.load_some(self._fence.open_id, self._calendar_id, keys)
+
+    def apply(self, now: int, upserts: tuple[Event, ...], deletions: tuple[Event, ...]) -> None:
+        self._mirror.events.apply(self._fence, now, self._calendar_id, upserts=upserts, deletions=deletions)
+
+    def save_checkpoint(self, now: int, checkpoint: Checkpoint) -> None:
+        self._mirror.listings.save_checkpoint(self._fence, now, self._calendar_id, checkpoint)
+
+    def discard_sync_state(self, now: int) -> None:
+        self._mirror.listings.discard_sync_state(self._fence, now, self._calendar_id)
+
+    def commit(
+        self, now: int, *, sync_token: str | None, mirrored: int, kind: str, held_sweep: HeldSweep | None, reset: bool
+    ) -> None:
+        self._mirror.listings.commit_listing(
+            self._fence,
+            now,
+            self._calendar_id,
+            sync_token=sync_token,
+            mirrored=mirrored,
+            kind=kind,
+            held_sweep=held_sweep,
+            reset=reset,
+        )

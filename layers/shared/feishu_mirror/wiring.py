@@ -16,10 +16,11 @@ from botocore.config import Config
 from feishu_mirror.config import FeishuCredentials, Settings
 from feishu_mirror.invoker import LambdaSyncInvoker
 from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore
+from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
 
 if TYPE_CHECKING:
     from feishu_mirror.feishu import FeishuClient
+    from feishu_mirror.sync import EventMirror
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -51,6 +52,24 @@ def calendars(settings: Settings) -> CalendarStore:
     """The calendars table."""
     return CalendarStore(
         dynamodb(), settings.calendars_table, settings.users_table, tombstone_ttl_seconds=settings.tombstone_ttl_seconds
+    )
+
+
+@cache
+def event_mirror(settings: Settings) -> EventMirror | None:
+    """The events table and its listing state, or None when events are not mirrored (no tables set)."""
+    from feishu_mirror.sync import EventMirror  # noqa: PLC0415 - keeps the sync engine off other handlers' paths
+
+    if not (settings.events_table and settings.event_listings_table):
+        return None
+    return EventMirror(
+        events=EventStore(
+            dynamodb(),
+            settings.events_table,
+            settings.users_table,
+            tombstone_ttl_seconds=settings.tombstone_ttl_seconds,
+        ),
+        listings=EventListingStore(dynamodb(), settings.event_listings_table, settings.users_table),
     )
 
 

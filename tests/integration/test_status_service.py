@@ -31,7 +31,7 @@ def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusServ
 class FailingInvoker:
     """The Lambda API is down."""
 
-    def invoke(self, open_id: str, reason: str) -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
         raise ConnectionError("no Lambda API")
 
 

@@ -1,0 +1,128 @@
+"""Event sync cost for a calendar with 5,000 events: listing calls, writes, items and wall time.
+
+Runs the real sync engine (calendar list, then the calendar's events) against DynamoDB Local and the
+Feishu simulator over HTTP. A full listing should need ceil(5000 / 1000) calls and ceil(5000 / 99)
+transactions; an increment of k changed events one call and k items; a quiet resync no write.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import Entry
+from feishu_mirror.config import Settings
+from feishu_mirror.feishu import FeishuClient
+from feishu_mirror.models import TokenGrant, UserIdentity
+from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
+from feishu_mirror.sync import CalendarSync, EventMirror
+from local.dynamodb_local import DynamoDBLocal, create_tables
+from local.feishu_sim import FeishuSimulator
+from local.template import load
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = 5000
+PAGE_SIZE = 1000
+TRANSACTION_ITEMS = 99
+
+
+def event_cost() -> list[Entry]:
+    """Full listing of 5,000 events, increments of k = 1, 10, 100 changed events, a quiet resync."""
+    entries: list[Entry] = []
+    with DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb, FeishuSimulator(app_id="cli_bench_events") as sim:
+        client = dynamodb.client()
+        template = load(ROOT, prefix=f"e{uuid.uuid4().hex[:6]}-")
+        create_tables(client, template.tables, template.table_names)
+        names = template.table_names
+        settings = Settings(
+            users_table=names["UsersTable"],
+            calendars_table=names["CalendarsTable"],
+            events_table=names["EventsTable"],
+            event_listings_table=names["EventListingsTable"],
+            rate_limit_table=names["RateLimitTable"],
+            page_size=PAGE_SIZE,
+        )
+        users = UserStore(client, settings.users_table)
+        events = EventStore(client, settings.events_table, settings.users_table)
+        mirror = EventMirror(events, EventListingStore(client, settings.event_listings_table, settings.users_table))
+        feishu = FeishuClient(
+            base_url=sim.url,
+            accounts_url=sim.url,
+            app_id=sim.app_id,
+            app_secret=sim.app_secret,
+            rate_gate=DynamoRateGate(client, settings.rate_limit_table, "bench"),
+        )
+        engine = CalendarSync(
+            users=users,
+            calendars=CalendarStore(client, settings.calendars_table, settings.users_table),
+            feishu=feishu,
+            settings=settings,
+            events=mirror,
+        )
+        open_id = "ou_bench_events"
+        sim.add_user(open_id, "Bench")
+        (calendar_id,) = (c["calendar_id"] for c in sim.calendars(open_id))
+        ids = [sim.create_event(open_id, calendar_id, summary=f"Event {n}") for n in range(EVENTS)]
+        body = sim.issue_user_tokens(open_id)
+        now = int(time.time())
+        grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
+        users.save_authorization(UserIdentity(open_id, "Bench"), grant, now)
+        path = f"/open-apis/calendar/v4/calendars/{calendar_id}/events"
+
+        def listing_calls() -> int:
+            return sum(1 for r in sim.requests_log if r.method == "GET" and r.path == path)
+
+        def run(label: str, *, pushed: bool) -> tuple[int, int, int, float]:
+            if pushed:
+                users.mark_dirty(open_id, int(time.time()), frozenset({calendar_id}))
+            calls_before, writes_before = listing_calls(), events.write_requests
+            started = time.perf_counter()
+            result = engine.run(open_id, owner=label, deadline=time.monotonic() + 240, lease_seconds=300)
+            elapsed = time.perf_counter() - started
+            assert result.outcome == "synced", result
+            return (
+                listing_calls() - calls_before,
+                events.write_requests - writes_before,
+                result.events_upserted + result.events_deleted,
+                elapsed,
+            )
+
+        calls, writes, items, seconds = run("full", pushed=False)
+        entries += [
+            Entry(
+                "events_full_5000_listing_calls",
+                calls,
+                "calls",
+                target=math.ceil(EVENTS / PAGE_SIZE),
+                floor=math.ceil(EVENTS / PAGE_SIZE),
+            ),
+            Entry(
+                "events_full_5000_dynamodb_write_requests",
+                writes,
+                "requests",
+                target=math.ceil(EVENTS / 25),
+                floor=math.ceil(EVENTS / TRANSACTION_ITEMS),
+            ),
+            Entry("events_full_5000_items_written", items, "items", target=EVENTS, floor=EVENTS),
+            Entry("events_full_5000_wall_time", seconds * 1000, "ms"),
+        ]
+        changed = 0
+        for k in (1, 10, 100):
+            for event_id in ids[changed : changed + k - 1]:
+                sim.update_event(open_id, calendar_id, event_id, summary=f"changed {k}")
+            sim.delete_event(open_id, calendar_id, ids[changed + k - 1])
+            changed += k
+            calls, _, items, seconds = run(f"incr-{k}", pushed=True)
+            entries += [
+                Entry(f"events_increment_{k}_listing_calls", calls, "calls", target=1, floor=1),
+                Entry(f"events_increment_{k}_items_written", items, "items", target=k, floor=k),
+                Entry(f"events_increment_{k}_wall_time", seconds * 1000, "ms"),
+            ]
+        calls, _, items, seconds = run("quiet", pushed=False)
+        entries += [
+            Entry("events_no_change_listing_calls", calls, "calls", target=0, floor=0),
+            Entry("events_no_change_items_written", items, "items", target=0, floor=0),
+        ]
+    return entries

@@ -1,0 +1,227 @@
+"""Events (日程) through the one listing engine: against DynamoDB Local and the Feishu simulator."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from feishu_mirror.models import EVENT_FIELDS
+from local.feishu_sim import FeishuSimulator, delay, feishu_error, http_error
+from tests.integration.harness import Harness
+
+pytestmark = pytest.mark.integration
+
+
+def truth(sim: FeishuSimulator, open_id: str, calendar_id: str) -> dict[str, dict[str, object]]:
+    """The calendar's live events in Feishu, reduced to the fields the mirror keeps."""
+    return {
+        e["event_id"]: {name: e[name] for name in EVENT_FIELDS if name in e} for e in sim.events(open_id, calendar_id)
+    }
+
+
+def mirrored(harness: Harness, open_id: str, calendar_id: str) -> dict[str, dict[str, object]]:
+    """The live events the mirror holds, reduced the same way."""
+    return {
+        eid: {name: item[name] for name in EVENT_FIELDS if name in item}
+        for eid, item in harness.live_events(open_id, calendar_id).items()
+    }
+
+
+def event_listing_calls(sim: FeishuSimulator, calendar_id: str) -> list[dict[str, str]]:
+    """The queries of every event-list request for one calendar, in order."""
+    path = f"/open-apis/calendar/v4/calendars/{calendar_id}/events"
+    return [r.query for r in sim.requests_log if r.method == "GET" and r.path == path]
+
+
+def primary(sim: FeishuSimulator, open_id: str) -> str:
+    """The user's primary calendar id."""
+    return str(next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary"))
+
+
+def test_the_first_sync_mirrors_the_events_of_every_readable_calendar_and_subscribes(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user with events on the primary calendar, a shared calendar they read, and calendars
+    # whose events they cannot list (free/busy only; a third-party calendar)
+    open_id = harness.onboard("ou_events_first")
+    own = primary(sim, open_id)
+    shared = sim.create_calendar(open_id, summary="Team", role="reader")
+    busy_only = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
+    google = sim.create_calendar(open_id, summary="Google", type="google", role="owner", is_third_party=True)
+    for n in range(3):
+        sim.create_event(open_id, own, summary=f"Mine {n}", location={"name": f"Room {n}"})
+    sim.create_event(open_id, shared, summary="Standup", recurrence="FREQ=DAILY")
+    # WHEN it syncs
+    result = harness.sync(open_id)
+    # THEN both readable calendars' events are mirrored field by field, and nothing else was listed
+    assert (result.outcome, result.event_listings, result.events_upserted) == ("synced", 2, 4)
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    assert mirrored(harness, open_id, shared) == truth(sim, open_id, shared)
+    assert event_listing_calls(sim, busy_only) == []
+    assert event_listing_calls(sim, google) == []
+    # AND each full listing asked with anchor_time (Feishu pages only then), never with start/end
+    (first,) = event_listing_calls(sim, own)
+    assert first.get("anchor_time") == "0"
+    assert not {"start_time", "end_time", "sync_token"} & set(first)
+    # AND the user is subscribed to each readable calendar's event changes
+    assert sim.is_subscribed_to_events(open_id, own)
+    assert sim.is_subscribed_to_events(open_id, shared)
+    item = next(iter(harness.live_events(open_id, own).values()))
+    assert (item["open_id"], item["calendar_id"]) == (open_id, own)
+
+
+def test_a_pushed_event_change_lists_only_that_calendar_and_writes_only_what_changed(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a mirrored user with two readable calendars full of events
+    open_id = harness.onboard("ou_events_push")
+    own = primary(sim, open_id)
+    shared = sim.create_calendar(open_id, summary="Team", role="writer")
+    ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(6)]
+    sim.create_event(open_id, shared, summary="Other")
+    harness.sync(open_id)
+    calls_before = len(event_listing_calls(sim, shared))
+    # WHEN one event changes, one is deleted and one is created, and Feishu pushes the calendar's change
+    sim.update_event(open_id, own, ids[0], summary="Renamed", start_time={"date": "2026-12-01"})
+    sim.delete_event(open_id, own, ids[1])
+    created = sim.create_event(open_id, own, summary="New")
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    result = harness.sync(open_id)
+    # THEN one incremental listing of that calendar wrote exactly the three changes
+    assert (result.event_listings, result.events_upserted, result.events_deleted) == (1, 2, 1)
+    assert event_listing_calls(sim, own)[-1].get("sync_token")
+    assert len(event_listing_calls(sim, shared)) == calls_before
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    items = harness.event_items(open_id, own)
+    assert items[ids[1]]["deleted_at"]
+    assert items[ids[1]]["expires_at"] > time.time()
+    assert items[ids[0]]["start_time"] == {"date": "2026-12-01"}
+    assert created in items
+    # AND the calendar is no longer marked dirty
+    assert not harness.user(open_id).get("dirty_calendars")
+
+
+def test_an_expired_event_sync_token_relists_that_calendar_and_sweeps_what_is_gone(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a mirrored calendar with events, one of them deleted while the sync token expired
+    open_id = harness.onboard("ou_events_190008")
+    own = primary(sim, open_id)
+    ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(8)]
+    harness.sync(open_id)
+    sim.expire_sync_tokens(open_id)
+    sim.delete_event(open_id, own, ids[3])
+    # WHEN its events are pushed as changed and it syncs
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    result = harness.sync(open_id)
+    # THEN the calendar was listed in full again and the deleted event is a tombstone
+    assert result.outcome == "synced"
+    assert result.events_deleted == 1
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    listing = harness.client.get_item(
+        TableName=harness.settings.event_listings_table,
+        Key={"open_id": {"S": open_id}, "calendar_id": {"S": own}},
+        ConsistentRead=True,
+    )["Item"]
+    assert listing["full_resync_count"]["N"] == "1"
+    assert listing["sync_token"]["S"]
+
+
+def test_a_large_calendar_is_listed_in_the_fewest_pages(harness: Harness, sim: FeishuSimulator) -> None:
+    # GIVEN a calendar with 230 events
+    open_id = harness.onboard("ou_events_paged")
+    own = primary(sim, open_id)
+    for n in range(230):
+        sim.create_event(open_id, own, summary=f"Event {n}")
+    # WHEN it syncs with a page size of 50
+    result = harness.sync(open_id, page_size=50)
+    # THEN five pages (the floor: ceil(230 / 50)) mirrored every event, and a second sync lists once
+    assert (result.event_pages, result.events_upserted) == (5, 230)
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    again = harness.sync(open_id, page_size=50)
+    assert (again.event_pages, again.events_upserted, again.events_deleted) == (1, 0, 0)
+
+
+def test_an_event_listing_cut_short_resumes_from_its_checkpoint_then_catches_up(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a calendar with 120 events, and Feishu failing the third page of its event listing
+    open_id = harness.onboard("ou_events_resume")
+    own = primary(sim, open_id)
+    for n in range(120):
+        sim.create_event(open_id, own, summary=f"Event {n}")
+    path = f"/open-apis/calendar/v4/calendars/{own}/events"
+    sim.inject(path, delay(0), delay(0), *[http_error(500)] * 4)
+    # WHEN it syncs with a page size of 50
+    first = harness.sync(open_id, page_size=50)
+    # THEN the sync failed after two pages, which are mirrored and checkpointed
+    assert (first.outcome, first.event_pages) == ("failed", 2)
+    assert len(harness.live_events(open_id, own)) == 100
+    listing = harness.client.get_item(
+        TableName=harness.settings.event_listings_table,
+        Key={"open_id": {"S": open_id}, "calendar_id": {"S": own}},
+        ConsistentRead=True,
+    )["Item"]
+    assert "checkpoint" in listing
+    assert "sync_token" not in listing
+    # WHEN an event changes meanwhile and the next sync runs
+    created = sim.create_event(open_id, own, summary="Late")
+    second = harness.sync(open_id, page_size=50)
+    # THEN it resumed at the third page, then caught up incrementally; the mirror equals Feishu
+    calls = event_listing_calls(sim, own)
+    assert calls[-2].get("page_token")
+    assert calls[-1].get("sync_token")
+    assert second.outcome == "synced"
+    assert second.event_pages == 2
+    assert created in harness.live_events(open_id, own)
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+
+
+def test_a_calendar_that_leaves_the_list_takes_its_events_and_a_new_one_brings_its_own(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a mirrored shared calendar with events
+    open_id = harness.onboard("ou_events_gone")
+    shared = sim.create_calendar(open_id, summary="Project", role="reader")
+    ids = [sim.create_event(open_id, shared, summary=f"Event {n}") for n in range(3)]
+    harness.sync(open_id)
+    assert set(harness.live_events(open_id, shared)) == set(ids)
+    # WHEN the calendar is deleted and another one appears, and Feishu pushes the calendar change
+    sim.delete_calendar(open_id, shared)
+    fresh = sim.create_calendar(open_id, summary="Launch", role="owner")
+    sim.create_event(open_id, fresh, summary="Kick-off")
+    harness.pings.dispatch([open_id], reason="calendar_changed")
+    result = harness.sync(open_id)
+    # THEN the gone calendar's events are tombstones and its listing state is forgotten
+    assert harness.live_events(open_id, shared) == {}
+    assert set(harness.event_items(open_id, shared)) == set(ids)
+    listings = harness.client.query(
+        TableName=harness.settings.event_listings_table,
+        KeyConditionExpression="open_id = :o",
+        ExpressionAttributeValues={":o": {"S": open_id}},
+        ConsistentRead=True,
+    )["Items"]
+    assert shared not in {i["calendar_id"]["S"] for i in listings}
+    # AND the new calendar's events are mirrored in the same sync
+    assert result.events_deleted == 3
+    assert mirrored(harness, open_id, fresh) == truth(sim, open_id, fresh)
+
+
+def test_losing_access_to_a_calendar_between_two_listings_skips_it_without_failing_the_sync(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user whose shared calendar answers the event listing with 191002 (no access) once
+    open_id = harness.onboard("ou_events_191002")
+    shared = sim.create_calendar(open_id, summary="Locked", role="reader")
+    sim.inject(f"/open-apis/calendar/v4/calendars/{shared}/events", feishu_error(191002, 403))
+    # WHEN it syncs
+    result = harness.sync(open_id)
+    # THEN the sync succeeds, the primary calendar's listing is done, the locked one stays due
+    assert result.outcome == "synced"
+    user = harness.user(open_id)
+    assert "last_error_code" not in user
+    second = harness.sync(open_id)
+    assert second.event_listings >= 1
+    assert mirrored(harness, open_id, shared) == truth(sim, open_id, shared)
