@@ -225,3 +225,21 @@ def test_losing_access_to_a_calendar_between_two_listings_skips_it_without_faili
     second = harness.sync(open_id)
     assert second.event_listings >= 1
     assert mirrored(harness, open_id, shared) == truth(sim, open_id, shared)
+
+
+def test_a_user_is_due_again_when_the_oldest_calendar_events_are_due_not_later(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user whose events were listed at t0
+    open_id = harness.onboard("ou_events_due")
+    sim.create_event(open_id, primary(sim, open_id), summary="Standing meeting")
+    harness.sync(open_id)
+    listed_at = int(time.time())
+    stale = harness.settings.stale_after_seconds
+    # WHEN a calendar-list push makes it sync three hours later (events not pushed, so not listed)
+    sim.create_calendar(open_id, summary="Unreadable", role="free_busy_reader")
+    harness.pings.dispatch([open_id], reason="calendar_changed")
+    later = harness.sync(open_id, clock_offset=3 * 3600)
+    # THEN the user is due when the events listed at t0 become stale, not a full period after the push
+    assert later.event_listings == 0
+    assert listed_at + stale - 5 <= harness.user(open_id)["due_at"] <= listed_at + stale + 5

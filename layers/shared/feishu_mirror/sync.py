@@ -109,6 +109,7 @@ class _Run:
     calendars: Tally = field(default_factory=Tally)
     events: Tally = field(default_factory=Tally)
     handled_calendars: set[str] = field(default_factory=set)
+    events_due_at: int | None = None  # when the earliest calendar not listed now is due
     subscription_checked: bool = False
 
 
@@ -241,6 +242,8 @@ class CalendarSync:
             self._assert_subscription(user, run)
             now = self._now()
             due = now + (self._settings.mass_delete_confirm_seconds if held else self._settings.stale_after_seconds)
+            if run.events_due_at is not None:
+                due = max(now, min(due, run.events_due_at))
             fresh = self._users.release_after_success(
                 run.fence,
                 now,
@@ -290,6 +293,10 @@ class CalendarSync:
         for calendar_id in sorted(readable):
             listing = listings.get(calendar_id)
             if not self._events_due(listing, calendar_id, user, run, now):
+                if listing is not None and listing.synced_at is not None:
+                    # Come back when this calendar's events are due, even if the user is not yet.
+                    due = listing.synced_at + self._settings.stale_after_seconds
+                    run.events_due_at = min(run.events_due_at or due, due)
                 continue
             try:
                 held = self._list_events(mirror, run, calendar_id, listing) or held
