@@ -43,6 +43,7 @@ def service() -> status.StatusService:
         calendars=wiring.calendars(settings),
         pings=wiring.pings(settings),
         stale_after_seconds=settings.stale_after_seconds,
+        event_listings=wiring.event_listings(settings),
     )
 
 

@@ -25,6 +25,7 @@ def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusServ
         calendars=harness.calendars,
         pings=pings or harness.pings,
         stale_after_seconds=harness.settings.stale_after_seconds,
+        event_listings=harness.events.listings,
     )
 
 
@@ -151,3 +152,27 @@ def test_the_lag_is_measured_from_the_stored_ping(harness: Harness) -> None:
     )
     # THEN the lag is the time since that ping
     assert lag == pytest.approx(now - pinged)
+
+
+def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_token(harness: Harness) -> None:
+    # GIVEN a synced user with two events on the primary calendar and a calendar they only see free/busy of
+    open_id = harness.onboard("ou_view_events")
+    sim = harness.sim
+    primary = next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary")
+    busy = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
+    sim.create_event(open_id, primary, summary="One")
+    sim.create_event(open_id, primary, summary="Two")
+    harness.sync(open_id)
+    sync_token = harness.client.get_item(
+        TableName=harness.settings.event_listings_table,
+        Key={"open_id": {"S": open_id}, "calendar_id": {"S": primary}},
+    )["Item"]["sync_token"]["S"]
+    # WHEN the operator opens the user's view
+    view = service(harness).user(open_id).as_dict()
+    # THEN the primary calendar shows its two events and when they were listed; the other shows none
+    calendars = {c["calendar_id"]: c for c in view["calendars"]}
+    assert calendars[primary]["events"]["events_mirrored"] == 2
+    assert calendars[primary]["events"]["synced_at"] >= int(time.time()) - 60
+    assert calendars[busy]["events"] is None
+    assert sync_token not in repr(view)
+    assert "sync_token" not in repr(view)

@@ -1,7 +1,8 @@
 """The operator's view: every user's health, one user's calendars, and "resync this user now".
 
 ``StatusService`` reads through ``store.UserStore`` (an allow-listed projection: never a token, a
-sync token or a page token) and ``store.CalendarStore``, and starts syncs through the same
+sync token or a page token), ``store.CalendarStore`` and ``store.EventListingStore`` (projected
+too: event counts and times, never a sync token), and starts syncs through the same
 ``pings.PingDispatcher`` the callback uses, so an operator's resync coalesces with running syncs
 exactly like a push does. The ``render_*`` functions turn the views into small self-contained HTML
 pages (every value escaped, no script); ``wants_json`` decides between HTML and JSON from ``Accept``.
@@ -24,7 +25,7 @@ from feishu_mirror.health import STATE_ORDER, UserHealth
 from feishu_mirror.models import CALENDAR_FIELDS
 from feishu_mirror.observability import count, logger
 from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import CalendarStore, UnknownUser, UserStore
+from feishu_mirror.store import CalendarStore, EventListingStore, UnknownUser, UserStore
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -118,10 +119,11 @@ class MirroredCalendar:
 
     calendar_id: str
     fields: Mapping[str, Any]
+    events: Mapping[str, Any] | None = None  # events_mirrored, synced_at, subscribed_at, held_sweep
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {"calendar_id": self.calendar_id, **self.fields}
+        """JSON-friendly form; ``events`` is null for a calendar whose events are not mirrored (yet)."""
+        return {"calendar_id": self.calendar_id, **self.fields, "events": dict(self.events) if self.events else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +173,12 @@ class StatusService:
         calendars: CalendarStore,
         pings: PingDispatcher,
         stale_after_seconds: int,
+        event_listings: EventListingStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
         self._calendars = calendars
+        self._event_listings = event_listings
         self._pings = pings
         self._stale_after = stale_after_seconds
         self._clock = clock
@@ -203,8 +207,13 @@ class StatusService:
         if item is None:
             raise UnknownUser(open_id)
         stored = self._calendars.load_all(open_id)
+        events = self._event_listings.summaries(open_id) if self._event_listings else {}
         live = sorted(
-            (MirroredCalendar(c.item.calendar_id, dict(c.item.fields)) for c in stored.values() if c.live),
+            (
+                MirroredCalendar(c.item.calendar_id, dict(c.item.fields), events.get(c.item.calendar_id))
+                for c in stored.values()
+                if c.live
+            ),
             key=lambda c: (str(c.fields.get("summary", "")).lower(), c.calendar_id),
         )
         return UserDetail(
@@ -342,6 +351,17 @@ def render_overview(view: Overview) -> str:
     return _document("Calendar mirror status", body)
 
 
+def _events_cells(events: Mapping[str, Any] | None, now: int) -> str:
+    """The events count (with held deletions) and when they were last listed; dashes when not mirrored."""
+    if not events:
+        return "<td class='events'>—</td><td>—</td>"
+    held = events.get("held_sweep")
+    count = str(events.get("events_mirrored", 0))
+    if isinstance(held, Mapping) and held.get("count"):
+        count += f" ({held['count']} deletions held)"
+    return f"<td class='events'>{_e(count)}</td><td>{_e(_when(events.get('synced_at'), now))}</td>"
+
+
 def render_user(view: UserDetail, *, flash: str = "") -> str:
     """One user's page: health, a resync button, and the live calendars of the mirror."""
     u, now = view.health, view.generated_at
@@ -369,10 +389,11 @@ def render_user(view: UserDetail, *, flash: str = "") -> str:
         ("Tombstones kept", str(view.tombstones)),
     )
     columns = [name for name in CALENDAR_FIELDS if any(name in c.fields for c in view.calendars)]
-    head = "".join(f"<th>{_e(name)}</th>" for name in columns)
+    head = "".join(f"<th>{_e(name)}</th>" for name in columns) + "<th>events</th><th>events listed</th>"
     rows = "".join(
         f"<tr data-calendar-id='{_e(c.calendar_id)}'>"
         + "".join(f"<td>{_e(_cell(c.fields.get(name, '')))}</td>" for name in columns)
+        + _events_cells(c.events, now)
         + f"<td><code>{_e(c.calendar_id)}</code></td></tr>"
         for c in view.calendars
     )

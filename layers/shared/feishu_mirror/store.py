@@ -884,6 +884,36 @@ class EventListingStore:
                 return found
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    SUMMARY_ATTRIBUTES = (
+        "calendar_id",
+        "events_mirrored",
+        "synced_at",
+        "subscribed_at",
+        "held_sweep",
+        "last_sync_kind",
+    )
+
+    def summaries(self, open_id: str) -> dict[str, dict[str, Any]]:
+        """For operators: each calendar's event counts and times, by calendar id. A projected read,
+        so sync tokens and checkpoints never leave DynamoDB on this path."""
+        names = {f"#a{n}": name for n, name in enumerate(self.SUMMARY_ATTRIBUTES)}
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "open_id = :o",
+            "ProjectionExpression": ", ".join(names),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": attribute_values({":o": open_id}),
+        }
+        found: dict[str, dict[str, Any]] = {}
+        while True:
+            page = self._client.query(**request)
+            for item in page.get("Items", []):
+                summary = plain(item)
+                found[str(summary.pop("calendar_id"))] = summary
+            if "LastEvaluatedKey" not in page:
+                return found
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def get(self, open_id: str, calendar_id: str) -> EventListing | None:
         """One calendar's event-listing state (strongly consistent), or None."""
         item = self._client.get_item(

@@ -56,6 +56,14 @@ def calendars(settings: Settings) -> CalendarStore:
 
 
 @cache
+def event_listings(settings: Settings) -> EventListingStore | None:
+    """The event-listings table, or None when events are not mirrored."""
+    if not settings.event_listings_table:
+        return None
+    return EventListingStore(dynamodb(), settings.event_listings_table, settings.users_table)
+
+
+@cache
 def event_mirror(settings: Settings) -> EventMirror | None:
     """The events table and its listing state, or None when events are not mirrored (no tables set)."""
     from feishu_mirror.sync import EventMirror  # noqa: PLC0415 - keeps the sync engine off other handlers' paths
