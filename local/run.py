@@ -22,8 +22,8 @@ from typing import Any
 
 import requests
 
-from feishu_mirror.models import CALENDAR_FIELDS
-from feishu_mirror.store import attribute_values, plain
+from feishu_mirror.models import CALENDAR_FIELDS, EVENT_FIELDS
+from feishu_mirror.store import attribute_values, calendar_key, plain
 from local.feishu_sim import FeishuSimulator
 from local.stack import LocalStack
 
@@ -105,6 +105,33 @@ class Demo:
             say(f"      Feishu: {sorted(truth)}")
             say(f"      mirror: {sorted(mirrored)}")
 
+    def check_events(self, open_id: str, calendar_ids: list[str], step: str) -> None:
+        """Print each calendar's mirrored events and whether they equal Feishu's, field by field."""
+        for calendar_id in calendar_ids:
+            truth = {
+                e["event_id"]: {k: v for k, v in e.items() if k in EVENT_FIELDS}
+                for e in self.sim.events(open_id, calendar_id)
+            }
+            items = self.stack.client().query(
+                TableName=self.stack.template.table_names["EventsTable"],
+                KeyConditionExpression="calendar_key = :k",
+                ExpressionAttributeValues=attribute_values({":k": calendar_key(open_id, calendar_id)}),
+                ConsistentRead=True,
+            )["Items"]
+            mirrored = {
+                item["event_id"]: {k: v for k, v in item.items() if k in EVENT_FIELDS}
+                for item in map(plain, items)
+                if "deleted_at" not in item
+            }
+            for fields in sorted(mirrored.values(), key=lambda f: str(f.get("summary"))):
+                when = fields.get("start_time", {})
+                say(f"    {fields.get('summary', '')!s:<28} {when.get('date') or when.get('timestamp', '')!s:<12}")
+            if mirrored == truth:
+                say(f"  ✓ {step}: the events mirror matches Feishu ({len(truth)} events, {calendar_id[:24]}…)")
+            else:
+                self.mismatches += 1
+                say(f"  ✗ {step}: the events of {calendar_id} differ from Feishu")
+
     def settle(self) -> None:
         """Wait until Feishu's pushes were answered and every sync has finished."""
         self.sim.wait_for_pushes(30)
@@ -140,7 +167,25 @@ class Demo:
         say(f"  pushes answered: {answered}")
         self.check(DEMO_USER, "incremental sync")
 
-        say("\n4. The sync token expires (190008) while a calendar disappears: full listing and sweep:")
+        say("\n4. Ada's events (日程) change; Feishu pushes calendar.calendar.event.changed_v4 for each:")
+        primary = next(c["calendar_id"] for c in self.sim.calendars(DEMO_USER) if c["type"] == "primary")
+        notes = self.sim.create_event(
+            DEMO_USER, primary, summary="Analytical Engine notes", location={"name": "London"}
+        )
+        self.sim.create_event(DEMO_USER, ids["Team standup"], summary="Standup", recurrence="FREQ=DAILY")
+        tea = self.sim.create_event(DEMO_USER, primary, summary="Tea with Babbage")
+        self.settle()
+        self.sim.update_event(
+            DEMO_USER, primary, notes, start_time={"date": "2026-12-10"}, end_time={"date": "2026-12-11"}
+        )
+        self.sim.delete_event(DEMO_USER, primary, tea)
+        self.settle()
+        answered = [d.status for d in self.sim.deliveries if d.event_type == "calendar.calendar.event.changed_v4"]
+        say(f"  pushes answered: {answered}")
+        self.mismatches += not answered or set(answered) != {200}
+        self.check_events(DEMO_USER, [primary, ids["Team standup"]], "event pushes")
+
+        say("\n5. The sync token expires (190008) while a calendar disappears: full listing and sweep:")
         self.sim.expire_sync_tokens(DEMO_USER)
         self.sim.delete_calendar(DEMO_USER, ids["Holidays"])
         self.settle()
@@ -149,7 +194,7 @@ class Demo:
         self.mismatches += resets < 1
         self.check(DEMO_USER, "full resync after 190008")
 
-        say("\n5. The scheduled resync finds nothing due and writes nothing:")
+        say("\n6. The scheduled resync finds nothing due and writes nothing:")
         before = self.mirror(DEMO_USER)
         self.stack.run_schedule("ResyncFunction")
         self.stack.wait_idle(60)
