@@ -243,3 +243,19 @@ def test_a_user_is_due_again_when_the_oldest_calendar_events_are_due_not_later(
     # THEN the user is due when the events listed at t0 become stale, not a full period after the push
     assert later.event_listings == 0
     assert listed_at + stale - 5 <= harness.user(open_id)["due_at"] <= listed_at + stale + 5
+
+
+def test_a_push_for_a_calendar_whose_events_are_not_mirrored_is_forgotten(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user with a calendar they only see free/busy of, pushed as having changed events
+    open_id = harness.onboard("ou_events_unreadable")
+    busy = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
+    harness.sync(open_id)
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=busy)
+    assert harness.user(open_id)["dirty_calendars"] == {busy}
+    # WHEN it syncs THEN nothing is listed for it and it leaves the dirty set
+    result = harness.sync(open_id)
+    assert event_listing_calls(sim, busy) == []
+    assert result.event_listings == 0
+    assert not harness.user(open_id).get("dirty_calendars")

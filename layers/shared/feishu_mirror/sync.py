@@ -289,6 +289,8 @@ class CalendarSync:
         listings = mirror.listings.load_all(run.fence.open_id)
         for calendar_id in sorted(listings.keys() - readable):
             self._retire_events(mirror, run, calendar_id)
+        # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
+        run.handled_calendars |= user.dirty_calendars - readable
         held = False
         for calendar_id in sorted(readable):
             listing = listings.get(calendar_id)
