@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,7 @@ DEMO_USER = "ou_demo_ada"
 WARM_EVENTS = {
     "CallbackFunction": {"headers": {}, "body": ""},
     "SyncFunction": {},
+    "PublisherFunction": {"Records": []},
     "OAuthFunction": {
         "version": "2.0",
         "rawPath": "/warm-up",
@@ -201,6 +203,9 @@ class Demo:
         unchanged = self.mirror(DEMO_USER) == before
         say(f"  {'✓' if unchanged else '✗'} mirror untouched")
         self.mismatches += not unchanged
+        published = Counter(event["detail-type"] for event in self.stack.published_changes())
+        kinds = ", ".join(f"{kind} ×{n}" for kind, n in sorted(published.items())) or "none"
+        say(f"\nChange events on the bus for consumers (DynamoDB Streams → publisher λ → EventBridge): {kinds}")
         failures = len(self.stack.failures)
         say(f"\n{'✓' if not failures else '✗'} failed asynchronous invocations: {failures}")
         return self.mismatches == 0 and failures == 0

@@ -99,6 +99,42 @@ def iam_signed(event: dict[str, Any], route_key: str, path_parameters: dict[str,
     return event
 
 
+def calendar_renamed_record() -> dict[str, Any]:
+    """A calendars-table stream record as Lambda delivers it: a calendar renamed by a sync."""
+    key = {"open_id": {"S": "ou_sample_user"}, "calendar_id": {"S": "feishu.cn_sample@group.calendar.feishu.cn"}}
+    fields = {
+        "description": {"S": ""},
+        "permissions": {"S": "private"},
+        "color": {"N": "-1"},
+        "type": {"S": "shared"},
+        "summary_alias": {"S": ""},
+        "is_third_party": {"BOOL": False},
+        "role": {"S": "reader"},
+    }
+    return {
+        "eventID": "c81e728d9d4c2f636f067f89cc14862c",
+        "eventName": "MODIFY",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": int(TIMESTAMP),
+            "Keys": key,
+            "OldImage": {**key, **fields, "summary": {"S": "Team standup"}, "mirrored_at": {"N": "1763990000000"}},
+            "NewImage": {
+                **key,
+                **fields,
+                "summary": {"S": "Team standup (daily)"},
+                "mirrored_at": {"N": "1764000000000"},
+            },
+            "SequenceNumber": "4200000000012345678901",
+            "SizeBytes": 412,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/Calendars/stream/2025-11-24T16:00:00.000",
+    }
+
+
 def samples() -> dict[str, Any]:
     """Every sample file's name and content."""
     calendar_changed = {
@@ -131,6 +167,7 @@ def samples() -> dict[str, Any]:
             "POST /status/{open_id}/resync",
             {"open_id": "ou_sample_user"},
         ),
+        "publisher-calendar-renamed.json": {"Records": [calendar_renamed_record()]},
         "resync-schedule.json": {
             "version": "0",
             "id": "sample-schedule-event",

@@ -1,5 +1,7 @@
 """The whole app on a laptop, from ``template.yaml`` alone: DynamoDB Local, the functions under the
-Lambda runtime interface emulator, a local Lambda Invoke API, the schedule, and the HTTP front.
+Lambda runtime interface emulator, a local Lambda Invoke API, the schedule, the HTTP front, the
+tables' DynamoDB Streams feeding their functions (``local.streams``) and a local EventBridge
+(``local.eventbridge``).
 
 ``LocalStack`` is used by ``make run`` / ``make demo`` and by the end-to-end tests. Feishu is
 whatever ``FEISHU_BASE_URL`` / ``FEISHU_ACCOUNTS_URL`` in ``env`` point at (the simulator, locally).
@@ -16,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
+from feishu_mirror.changes import SOURCE as CHANGE_SOURCE
 from local.api_gateway import INTEGRATION_TIMEOUT_SECONDS, ApiGateway
 from local.dynamodb_local import DynamoDBLocal, create_tables
+from local.eventbridge import LocalEventBridge
 from local.lambdas import FunctionHost, Invocation, LambdaApi, build_runtime, stop_quietly
+from local.streams import StreamMappings
 from local.template import REGION, Template, load
 
 if TYPE_CHECKING:
@@ -41,6 +46,7 @@ class LocalStack:
         state: Path | None = None,
         prefix: str = "fcm-",
         integration_timeout: float = INTEGRATION_TIMEOUT_SECONDS,
+        streams: bool = True,
     ) -> None:
         self.root = root
         self.state = state or root / ".local"
@@ -54,6 +60,9 @@ class LocalStack:
         self.host: FunctionHost | None = None
         self.lambda_api: LambdaApi | None = None
         self.api: ApiGateway | None = None
+        self._streams_enabled = streams
+        self.event_bridge: LocalEventBridge | None = None
+        self.streams: StreamMappings | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalStack:
@@ -63,8 +72,11 @@ class LocalStack:
         python, layer_dirs = build_runtime(self.template, self.state)
         self.dynamodb.wait_until_ready()
         create_tables(self.dynamodb.client(), self.template.tables, self.template.table_names)
+        self.event_bridge = LocalEventBridge()
         lambda_port_env = {
             "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb.endpoint,
+            # boto3's override for the "EventBridge" service id (there is no AWS_ENDPOINT_URL_EVENTS)
+            "AWS_ENDPOINT_URL_EVENTBRIDGE": self.event_bridge.endpoint,
         }
         # The Lambda API needs the host and the host's functions need the API's endpoint: start the
         # API on a reserved port first, then the emulators with that endpoint in their environment.
@@ -75,6 +87,20 @@ class LocalStack:
             self.template, python=python, layer_dirs=layer_dirs, env_overrides=env, logs=self.state / "logs"
         )
         api_host.bind(self.host)
+        if self._streams_enabled and self.template.stream_sources:
+            self.streams = StreamMappings(
+                self.template,
+                dynamodb=self.dynamodb.client(),
+                streams=boto3.client(
+                    "dynamodbstreams",
+                    endpoint_url=self.dynamodb.endpoint,
+                    region_name=REGION,
+                    aws_access_key_id="local",
+                    aws_secret_access_key="local",
+                ),
+                invoke=self.host.invoke,
+                failures_file=self.state / "stream-failures.jsonl",
+            ).start()
         self.api = ApiGateway(
             self.template.routes, self.host.invoke, self._api_port, integration_timeout=self._integration_timeout
         ).start()
@@ -88,8 +114,9 @@ class LocalStack:
     def stop(self) -> None:
         """Stop everything; safe to call twice."""
         self._stopping.set()
-        stop_quietly(self.api, self.lambda_api, self.host, self.dynamodb)
+        stop_quietly(self.streams, self.api, self.lambda_api, self.host, self.event_bridge, self.dynamodb)
         self.api = self.lambda_api = self.host = self.dynamodb = None
+        self.streams, self.event_bridge = None, None
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -162,14 +189,32 @@ class LocalStack:
         return self.lambda_api.invoke_async(logical_id, scheduled_event())
 
     def wait_idle(self, timeout: float = 60) -> bool:
-        """Wait until no asynchronous invocation is queued or running."""
+        """Wait until no asynchronous invocation is queued or running and every stream is drained."""
         assert self.lambda_api is not None, "stack not started"
-        return self.lambda_api.wait_idle(timeout)
+        deadline = time.monotonic() + timeout
+        while self.lambda_api.wait_idle(max(0.0, deadline - time.monotonic())):
+            if self.streams is None:
+                return True
+            if not self.streams.wait_drained(max(0.0, deadline - time.monotonic())):
+                return False
+            if self.lambda_api.wait_idle(0):  # nothing the stream's functions did started more work
+                return True
+        return False
 
     @property
     def failures(self) -> list[dict[str, Any]]:
-        """On-failure destination records of asynchronous invocations that ran out of retries."""
-        return self.lambda_api.failures if self.lambda_api else []
+        """On-failure destination records: asynchronous invocations, then stream batches, that ran out of retries."""
+        return (self.lambda_api.failures if self.lambda_api else []) + (self.streams.failures if self.streams else [])
+
+    def published_events(self, *bus_logical_ids: str) -> list[dict[str, Any]]:
+        """Events put on the template's event buses (or on the named ones), in the order they arrived."""
+        assert self.event_bridge is not None, "stack not started"
+        buses = self.template.event_buses
+        return self.event_bridge.events(*(buses[lid] for lid in bus_logical_ids or buses))
+
+    def published_changes(self) -> list[dict[str, Any]]:
+        """The mirror's change events (``source`` feishu-calendar-mirror) on the template's buses."""
+        return [event for event in self.published_events() if event["source"] == CHANGE_SOURCE]
 
     def _tick(self, logical_id: str, seconds: int) -> None:
         while not self._stopping.wait(seconds):

@@ -80,6 +80,20 @@ class Function:
 
 
 @dataclass(frozen=True)
+class StreamSource:
+    """A ``DynamoDB`` event source: a table's stream feeding a function (an event source mapping)."""
+
+    function: str
+    table: str
+    starting_position: str = "TRIM_HORIZON"
+    batch_size: int = 100
+    bisect_on_error: bool = False
+    max_retry_attempts: int = -1  # -1: until the records expire, as Lambda's default
+    report_batch_item_failures: bool = False
+    on_failure: str | None = None
+
+
+@dataclass(frozen=True)
 class Schedule:
     """A scheduled trigger (``rate(...)`` expressions only)."""
 
@@ -98,6 +112,8 @@ class Template:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     table_names: dict[str, str] = field(default_factory=dict)
     layers: dict[str, Path] = field(default_factory=dict)
+    stream_sources: list[StreamSource] = field(default_factory=list)
+    event_buses: dict[str, str] = field(default_factory=dict)  # local name by logical id
 
     def function_by_name(self, name: str) -> Function | None:
         """Look a function up by its local name, logical id or ARN."""
@@ -183,7 +199,8 @@ def load(
     names = {
         lid: prefix + lid
         for lid, res in resources.items()
-        if res["Type"] in ("AWS::Serverless::Function", "AWS::DynamoDB::Table", "AWS::Lambda::Function")
+        if res["Type"]
+        in ("AWS::Serverless::Function", "AWS::DynamoDB::Table", "AWS::Lambda::Function", "AWS::Events::EventBus")
     }
     resolver = _Resolver(raw, names, parameters or {})
     out = Template(root=root)
@@ -198,6 +215,8 @@ def load(
         if res["Type"] == "AWS::DynamoDB::Table":
             out.tables[lid] = resolver.value(props)
             out.table_names[lid] = names[lid]
+        elif res["Type"] == "AWS::Events::EventBus":
+            out.event_buses[lid] = names[lid]
         elif res["Type"] == "AWS::Serverless::LayerVersion":
             out.layers[lid] = root / props["ContentUri"]
         elif res["Type"] == "AWS::Serverless::Function":
@@ -233,4 +252,24 @@ def load(
                 elif event["Type"] in ("ScheduleV2", "Schedule"):
                     expression = resolver.value(event_props.get("ScheduleExpression") or event_props.get("Schedule"))
                     out.schedules.append(Schedule(lid, rate_seconds(str(expression))))
+                elif event["Type"] == "DynamoDB":
+                    out.stream_sources.append(_stream_source(lid, event_props, resolver))
     return out
+
+
+def _stream_source(function: str, props: Mapping[str, Any], resolver: _Resolver) -> StreamSource:
+    """A ``DynamoDB`` event of a function; its ``Stream`` must be ``!GetAtt <table>.StreamArn``."""
+    stream = props.get("Stream")
+    if not (isinstance(stream, dict) and "Fn::GetAtt" in stream and stream["Fn::GetAtt"][1] == "StreamArn"):
+        raise ValueError(f"{function}: only Stream: !GetAtt <table>.StreamArn is supported locally")
+    on_failure = ((props.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    return StreamSource(
+        function=function,
+        table=str(stream["Fn::GetAtt"][0]),
+        starting_position=str(resolver.value(props.get("StartingPosition", "TRIM_HORIZON"))),
+        batch_size=int(resolver.value(props.get("BatchSize", 100))),
+        bisect_on_error=bool(resolver.value(props.get("BisectBatchOnFunctionError", False))),
+        max_retry_attempts=int(resolver.value(props.get("MaximumRetryAttempts", -1))),
+        report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+        on_failure=str(resolver.value(on_failure)) if on_failure else None,
+    )

@@ -111,3 +111,42 @@ def test_a_deleted_calendar_takes_its_events_with_it(
     assert stack.wait_idle(60)
     # THEN its events are tombstones in the mirror
     assert mirror(stack, calendars["shared"]) == {}
+
+
+def test_event_changes_reach_consumers_as_calendar_event_domain_events(
+    stack: LocalStack, sim: FeishuSimulator, calendars: dict[str, str]
+) -> None:
+    # GIVEN the mirrored primary calendar and what consumers have seen so far
+    primary = calendars["primary"]
+
+    def published() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in stack.published_changes()
+            if e["detail-type"].startswith("CalendarEvent") and e["detail"]["calendar_id"] == primary
+        ]
+
+    seen = len(published())
+    # WHEN an event is created, then renamed, then deleted in Feishu (each change pushed)
+    created = sim.create_event(USER, primary, summary="Bug found")
+    assert sim.wait_for_pushes(30)
+    assert stack.wait_idle(60)
+    sim.update_event(USER, primary, created, summary="First actual bug")
+    assert sim.wait_for_pushes(30)
+    assert stack.wait_idle(60)
+    sim.delete_event(USER, primary, created)
+    assert sim.wait_for_pushes(30)
+    assert stack.wait_idle(60)
+    # THEN consumers got exactly Created, Updated and Deleted for it, in order, with before and after
+    changes = [e for e in published()[seen:] if e["detail"]["event_id"] == created]
+    assert [e["detail-type"] for e in changes] == [
+        "CalendarEventCreated",
+        "CalendarEventUpdated",
+        "CalendarEventDeleted",
+    ]
+    assert changes[0]["detail"]["after"]["summary"] == "Bug found"
+    assert changes[1]["detail"]["changed"] == ["summary"]
+    assert changes[1]["detail"]["after"]["summary"] == "First actual bug"
+    assert changes[2]["detail"]["after"] is None
+    assert changes[2]["detail"]["open_id"] == USER
+    assert stack.failures == []
