@@ -54,9 +54,13 @@ def median(values: list[float]) -> float:
 
 @contextmanager
 def simulated_stack(**sim_options: Any) -> Iterator[tuple[LocalStack, FeishuSimulator]]:
-    """The local stack, warmed, talking to a fresh simulator (pushes off unless asked)."""
+    """The local stack, warmed, talking to a fresh simulator (pushes off unless asked).
+
+    The change stream is off: in the cloud the publisher runs beside the path measured here, while on
+    a 2-core machine it would compete with it for the same CPU.
+    """
     with FeishuSimulator(app_id="cli_bench", **sim_options) as sim:
         env = {**sim.app_environment(), "POWERTOOLS_LOG_LEVEL": "WARNING"}
-        with LocalStack(env, prefix="bench-") as stack:
+        with LocalStack(env, prefix="bench-", streams=False) as stack:
             stack.warm(WARM_EVENTS)
             yield stack, sim
