@@ -27,8 +27,13 @@ def dynamodb_client() -> Iterator[DynamoDBClient]:
 
 @pytest.fixture(scope="session")
 def fault_totals() -> Iterator[dict[str, Counter[str]]]:
-    """Faults injected and sync outcomes over every schedule of the session, written to a report."""
-    totals: dict[str, Counter[str]] = {"faults": Counter(), "syncs": Counter(), "schedules": Counter()}
+    """Faults injected, actions taken (changes, pushes, extra syncs) and sync outcomes over every schedule of the session, written to a report."""
+    totals: dict[str, Counter[str]] = {
+        "faults": Counter(),
+        "actions": Counter(),
+        "syncs": Counter(),
+        "schedules": Counter(),
+    }
     yield totals
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps({name: dict(counter) for name, counter in totals.items()}, indent=2) + "\n")

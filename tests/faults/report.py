@@ -13,25 +13,37 @@ from local.stack import ROOT
 REPORT = ROOT / ".local" / "fault-report.json"
 README = ROOT / "README.md"
 START, END = "<!-- faults:start -->", "<!-- faults:end -->"
+EVENT_PREFIX = "event "  # fault kinds aimed at event listings (schedule.py names them so)
+
+
+def table(header: str, counts: dict[str, int]) -> list[str]:
+    """A two-column markdown table, most frequent first (nothing when there is nothing to show)."""
+    if not counts:
+        return []
+    rows = [f"| {kind} | {n} |" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return ["", f"| {header} | times |", "|---|---:|", *rows]
 
 
 def markdown(report: dict[str, dict[str, int]]) -> str:
-    """The README paragraph and table."""
+    """The README paragraph and tables: faults on the calendar API and on event listings, actions, sync outcomes."""
     converged = report.get("schedules", {}).get("converged", 0)
     faults = report.get("faults", {})
+    actions = report.get("actions", {})
     syncs = report.get("syncs", {})
+    event_faults = {kind.removeprefix(EVENT_PREFIX): n for kind, n in faults.items() if kind.startswith(EVENT_PREFIX)}
+    other_faults = {kind: n for kind, n in faults.items() if not kind.startswith(EVENT_PREFIX)}
     lines = [
-        f"{converged} seeded schedules ran, injected {sum(faults.values())} faults and ran "
-        f"{sum(syncs.values())} syncs; every schedule converged: the mirror equalled Feishu field by field, "
-        "no refresh token was presented twice, no sync token was committed before its last page, and "
-        "Feishu's per-second and per-minute limits were never exceeded.",
-        "",
-        "| fault injected | times |",
-        "|---|---:|",
+        f"{converged} seeded schedules took {sum(actions.values())} actions (changes, pushes, extra syncs), injected {sum(faults.values())} faults and "
+        f"ran {sum(syncs.values())} syncs; every schedule converged: the mirror's calendars, and the events of "
+        "every calendar whose events the user can read, equalled Feishu field by field; every event of a calendar "
+        "that was gone or unreadable was a tombstone; no refresh token was presented twice; no sync token (of a "
+        "calendar list or of a calendar's events) was committed before its last page; and Feishu's per-second "
+        "and per-minute limits were never exceeded."
     ]
-    lines += [f"| {kind} | {n} |" for kind, n in sorted(faults.items(), key=lambda kv: -kv[1])]
-    lines += ["", "| sync outcome during the schedules | times |", "|---|---:|"]
-    lines += [f"| {kind} | {n} |" for kind, n in sorted(syncs.items(), key=lambda kv: -kv[1])]
+    lines += table("fault injected (calendar API, token endpoint)", other_faults)
+    lines += table("fault injected into event listings", event_faults)
+    lines += table("action", actions)
+    lines += table("sync outcome during the schedules", syncs)
     return "\n".join(lines)
 
 

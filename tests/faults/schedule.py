@@ -1,15 +1,23 @@
-"""Seeded, reproducible fault schedules against the real sync machinery.
+"""Seeded, reproducible fault schedules against the real sync machinery (calendar list and events).
 
-A schedule onboards a few users, then interleaves calendar changes, pings (which start syncs on
-threads, as async invokes would), duplicate and concurrent syncs, and faults: 429 with a reset,
+A schedule onboards a few users whose calendars hold events (日程) — some calendars readable (primary,
+shared, resource as reader/writer/owner), others not (free/busy only, third-party) — then interleaves
+calendar and event changes, calendar and event pings (which start syncs on threads, as async invokes
+would), access granted and revoked, duplicate and concurrent syncs, and faults: 429 with a reset,
 5xx, slow answers past the client's timeout, dropped connections, empty pages with ``has_more``,
-190008 on sync and page tokens, expired access tokens (so refresh tokens rotate), syncs killed after
-some pages (a Lambda timeout: no cleanup, the lease stays), and failing async invokes. Then it
-quiesces, runs one scheduled resync (and, for held mass deletions, the confirming one) and checks:
+190008 on sync and page tokens, 191002/191000 on event listings, expired access tokens (so refresh
+tokens rotate, also in the middle of event listings), syncs killed after some pages of the calendar
+list or of an event listing (a Lambda timeout: no cleanup, the lease stays), and failing async
+invokes. Then it quiesces, runs one scheduled resync (and, for held mass deletions, the confirming
+one) and checks:
 
-* the mirror equals Feishu's truth field by field, for every user;
+* the calendar mirror equals Feishu's truth field by field, for every user;
+* the live events of every readable calendar equal Feishu's, field by field; every event of a
+  calendar that is gone or unreadable is a tombstone; every readable calendar's event listing is
+  finished (a sync token, no checkpoint) and no calendar is left marked dirty;
 * no refresh token was ever presented twice;
-* every committed ``sync_token`` came from the last page of a listing the same sync applied;
+* every committed ``sync_token`` (calendar list or a calendar's events) came from the last page of a
+  listing of the same collection that the same sync applied;
 * Feishu never saw more requests in any 1 s / 60 s window than its limits.
 
 Time is scaled: the simulator's limits and the rate gate are 10× Feishu's, and the client's waits
@@ -19,23 +27,55 @@ Time is scaled: the simulator's limits and the rate gate are 10× Feishu's, and 
 
 from __future__ import annotations
 
+import datetime
+import functools
 import random
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from feishu_mirror.config import Settings
 from feishu_mirror.feishu import FeishuClient, RetryPolicy
-from feishu_mirror.models import CALENDAR_FIELDS, Checkpoint, Page, SyncResult, TokenGrant, UserIdentity
+from feishu_mirror.models import (
+    CALENDAR_FIELDS,
+    EVENT_FIELDS,
+    Checkpoint,
+    Event,
+    HeldSweep,
+    Page,
+    SyncResult,
+    TokenGrant,
+    UserIdentity,
+)
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.resync import Resync
-from feishu_mirror.store import CalendarStore, DynamoRateGate, Fence, UserStore, attribute_values, plain
-from feishu_mirror.sync import CalendarSync
+from feishu_mirror.store import (
+    CalendarStore,
+    DynamoRateGate,
+    EventListingStore,
+    EventStore,
+    Fence,
+    UserStore,
+    attribute_values,
+    plain,
+)
+from feishu_mirror.sync import CalendarSync, EventMirror
 from local.dynamodb_local import create_tables
-from local.feishu_sim import FeishuSimulator, delay, drop, empty_page, feishu_error, http_error, rate_limited
+from local.feishu_sim import (
+    EVENT_SYNCABLE_TYPES,
+    Fault,
+    FeishuSimulator,
+    delay,
+    drop,
+    empty_page,
+    feishu_error,
+    http_error,
+    rate_limited,
+)
 from local.stack import ROOT
 from local.template import load
 
@@ -46,13 +86,70 @@ TIME_SCALE = 20
 RATE_SCALE = 10
 LIMIT_PER_SECOND, LIMIT_PER_MINUTE = 50 * RATE_SCALE, 1000 * RATE_SCALE
 LEASE_SECONDS = 30
-LATER = 7 * 3600  # past every backoff, lease and staleness: "the next scheduled run"
+LATER = 7 * 3600  # past every backoff, lease and staleness (of users and of event listings): "the next scheduled run"
+PAGE_SIZE = 50  # Feishu's minimum: calendars of more than 50 events list in several pages
 CALENDARS_PATH = "/open-apis/calendar/v4/calendars"
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"
+READER_ROLES = frozenset({"reader", "writer", "owner"})  # the simulator lists events for these roles only
+EXPIRED = "page_token or sync_token expired"
+TABLES = ("UsersTable", "CalendarsTable", "EventsTable", "EventListingsTable", "RateLimitTable")
+
+
+@functools.cache
+def template_tables() -> dict[str, dict[str, Any]]:
+    """The template's definitions of the tables a sync uses (read once: parsing the template is slow).
+
+    Without their change streams: no schedule reads them, and DynamoDB Local's transactions slow down
+    with every stream-enabled table it has ever held (deleted or not), so a long session would crawl.
+    """
+    tables = load(ROOT).tables
+    return {
+        logical_id: {key: value for key, value in tables[logical_id].items() if key != "StreamSpecification"}
+        for logical_id in TABLES
+    }
+
+
+def events_path(calendar_id: str) -> str:
+    """The event-list path of a calendar (faults injected on it also hit its event subscription)."""
+    return f"{CALENDARS_PATH}/{calendar_id}/events"
+
+
+def is_readable(calendar: dict[str, Any]) -> bool:
+    """Whether Feishu (the simulator) lists this calendar's events to its user."""
+    return calendar["type"] in EVENT_SYNCABLE_TYPES and calendar["role"] in READER_ROLES
+
+
+def event_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """An event (from Feishu or the mirror) reduced to the fields the mirror keeps."""
+    return {name: event[name] for name in EVENT_FIELDS if name in event}
+
+
+def difference(mirror: dict[str, dict[str, Any]], truth: dict[str, dict[str, Any]]) -> str:
+    """What differs between two collections of events, by id (for failure messages)."""
+    missing, extra = sorted(truth.keys() - mirror.keys()), sorted(mirror.keys() - truth.keys())
+    changed = {
+        key: {name for name in mirror[key].keys() | truth[key].keys() if mirror[key].get(name) != truth[key].get(name)}
+        for key in sorted(mirror.keys() & truth.keys())
+        if mirror[key] != truth[key]
+    }
+    return f"missing {missing[:3]} (of {len(missing)}), extra {extra[:3]} (of {len(extra)}), changed {changed}"
 
 
 class LambdaKilled(BaseException):
     """The invocation died (timeout, OOM): nothing after this point runs, not even cleanup."""
+
+
+@dataclass(frozen=True)
+class Trap:
+    """A fault for the next event-list request of a user that matches ``trigger``, counted when it hits.
+
+    ``fault`` is injected on that calendar's event path just before the request; without one the
+    user's access tokens expire instead (so the listing refreshes and rotates the refresh token).
+    """
+
+    kind: str
+    trigger: Literal["any", "page_token", "sync_token"]
+    fault: Fault | None
 
 
 @dataclass
@@ -62,6 +159,7 @@ class Report:
     seed: int
     steps: list[str] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
     syncs: Counter[str] = field(default_factory=Counter)
 
     def note(self, text: str) -> None:
@@ -115,18 +213,23 @@ class Schedule:
         self.rng = random.Random(seed)
         self.report = Report(seed)
         self.client = client
-        template = load(ROOT, prefix=f"f{uuid.uuid4().hex[:8]}-")
-        create_tables(client, template.tables, template.table_names)
-        names = template.table_names
+        prefix = f"f{uuid.uuid4().hex[:8]}-"
+        names = {logical_id: prefix + logical_id for logical_id in TABLES}
+        create_tables(client, template_tables(), names)
+        self.table_names = tuple(names.values())
         self.settings = Settings(
             users_table=names["UsersTable"],
             calendars_table=names["CalendarsTable"],
+            events_table=names["EventsTable"],
+            event_listings_table=names["EventListingsTable"],
             rate_limit_table=names["RateLimitTable"],
-            page_size=50,
+            page_size=PAGE_SIZE,
             feishu_requests_per_minute=950 * RATE_SCALE,
         )
         self.users = UserStore(client, self.settings.users_table)
         self.calendars = CalendarStore(client, self.settings.calendars_table, self.settings.users_table)
+        self.events = EventStore(client, self.settings.events_table, self.settings.users_table)
+        self.listings = EventListingStore(client, self.settings.event_listings_table, self.settings.users_table)
         self.sim = FeishuSimulator(
             app_id=f"cli_{seed}", rate_per_second=LIMIT_PER_SECOND, rate_per_minute=LIMIT_PER_MINUTE
         ).start()
@@ -137,16 +240,21 @@ class Schedule:
             requests_per_minute=self.settings.feishu_requests_per_minute,
         )
         self.kill_after_pages: dict[str, int] = {}
+        self.kill_events_after_pages: dict[str, int] = {}
+        self.event_traps: dict[str, list[Trap]] = {}
         self.final_pages: dict[int, set[str]] = {}
+        self.event_final_pages: dict[tuple[int, str], set[str]] = {}
         self.bad_commits: list[str] = []
         self.syncs = SyncThreads(self.sync)
         self.pings = PingDispatcher(self.users, self.syncs)
         self.open_ids: list[str] = []
+        self.labels: dict[str, str] = {}  # calendar_id → a short name for the printed schedule
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the machinery under test
-    def feishu(self) -> FeishuClient:
-        """A client whose every page is recorded, so commits can be checked against last pages."""
+    def feishu(self, open_id: str, clock_offset: int = 0) -> FeishuClient:
+        """A client whose every page is recorded (so commits can be checked against last pages) and
+        whose event listings spring the user's armed traps. Its clock is the sync's (token expiry times)."""
         client = FeishuClient(
             base_url=self.sim.url,
             accounts_url=self.sim.url,
@@ -155,27 +263,52 @@ class Schedule:
             rate_gate=self.gate,
             retry=RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=2.0, read_timeout=0.5),
             sleep=lambda seconds: time.sleep(seconds / TIME_SCALE),
+            clock=lambda: time.time() + clock_offset,
         )
-        original = client.list_calendars
+        list_calendars, list_events = client.list_calendars, client.list_events
 
         def recorded(*args: Any, **kwargs: Any) -> Page[Any]:
-            page = original(*args, **kwargs)
+            page = list_calendars(*args, **kwargs)
             if not page.has_more and page.sync_token:
                 with self._lock:
                     self.final_pages.setdefault(threading.get_ident(), set()).add(page.sync_token)
             return page
 
+        def recorded_events(access_token: str, calendar_id: str, **kwargs: Any) -> Page[Event]:
+            self._spring_trap(open_id, calendar_id, kwargs)
+            page = list_events(access_token, calendar_id, **kwargs)
+            if not page.has_more and page.sync_token:
+                with self._lock:
+                    self.event_final_pages.setdefault((threading.get_ident(), calendar_id), set()).add(page.sync_token)
+            return page
+
         client.list_calendars = recorded  # type: ignore[method-assign]
+        client.list_events = recorded_events  # type: ignore[method-assign]
         return client
 
+    def _spring_trap(self, open_id: str, calendar_id: str, request: dict[str, Any]) -> None:
+        """Before an event-list request: the first armed trap of the user that matches it goes off."""
+        with self._lock:
+            traps = self.event_traps.get(open_id, [])
+            trap = next((t for t in traps if t.trigger == "any" or request.get(t.trigger)), None)
+            if trap is None:
+                return
+            traps.remove(trap)
+            self.report.faults[trap.kind] += 1
+        if trap.fault is None:
+            self.sim.expire_access_tokens(open_id)
+        else:
+            self.sim.inject(events_path(calendar_id), trap.fault)
+
     def sync(self, open_id: str, clock_offset: int = 0) -> SyncResult:
-        """One sync invocation, with the schedule's kill switch and commit checks wired in."""
+        """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks."""
         users = _ScheduleUsers(self, open_id)
         engine = CalendarSync(
             users=users,  # type: ignore[arg-type]
             calendars=self.calendars,
-            feishu=self.feishu(),
+            feishu=self.feishu(open_id, clock_offset),
             settings=self.settings,
+            events=EventMirror(events=self.events, listings=_ScheduleEventListings(self, open_id)),
             clock=lambda: time.time() + clock_offset,
         )
         result = engine.run(
@@ -197,85 +330,320 @@ class Schedule:
             self._quiesce_and_check()
         finally:
             self.sim.stop()
+            for name in self.table_names:  # DynamoDB Local slows down as it accumulates tables and items
+                self.client.delete_table(TableName=name)
 
     def _onboard(self, open_id: str, calendars: int) -> None:
+        rng = self.rng
         self.sim.add_user(open_id, open_id)
+        primary = str(self.sim.calendars(open_id)[0]["calendar_id"])
+        self.labels[primary] = f"{open_id}/primary"
+        readable = [primary]
+        unreadable: list[str] = []
+        extra_readable = rng.choice([0, 0, 0, 1, 1, 2])
         for n in range(calendars - 1):
-            self.sim.create_calendar(open_id, summary=f"c{n}", color=n)
+            cid = self._new_calendar(open_id, f"c{n}", readable=n < extra_readable, color=n)
+            (readable if n < extra_readable else unreadable).append(cid)
+        for cid in readable:
+            self._add_events(open_id, cid, rng.choice([0, 1, 2, 5, 10, 20]))
+        if rng.random() < 0.15:  # a calendar whose event listings page
+            self._add_events(open_id, rng.choice(readable), rng.randint(PAGE_SIZE + 1, 2 * PAGE_SIZE + 10))
+        for cid in unreadable[:2]:  # events the user cannot list: never mirrored
+            self._add_events(open_id, cid, rng.randint(0, 5))
         body = self.sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
         self.users.save_authorization(UserIdentity(open_id, open_id), grant, now)
         self.open_ids.append(open_id)
-        self.report.note(f"onboard {open_id} with {calendars} calendars")
+        events = sum(len(self.sim.events(open_id, cid)) for cid in readable)
+        self.report.note(
+            f"onboard {open_id} with {calendars} calendars ({len(readable)} readable, {events} events on them)"
+        )
 
     def _step(self) -> None:
-        rng, open_id = self.rng, self.rng.choice(self.open_ids)
-        action = rng.choices(
-            [
-                "change",
-                "ping",
-                "duplicate_sync",
-                "fault",
-                "expire_sync",
-                "expire_access",
-                "kill",
-                "invoke_fails",
-                "pause",
-            ],
-            weights=[30, 25, 8, 20, 5, 5, 3, 3, 6],
-        )[0]
-        if action == "change":
-            self._change(open_id)
-        elif action == "ping":
-            copies = rng.choice([1, 1, 2, 3])  # duplicate and retried deliveries
-            for _ in range(copies):
-                self.pings.dispatch([open_id], "calendar_changed")
-            self.report.note(f"ping {open_id} ×{copies}")
-        elif action == "duplicate_sync":
-            self.syncs.start(open_id, "duplicate")
-            self.report.note(f"extra concurrent sync {open_id}")
-        elif action == "fault":
-            self._fault()
-        elif action == "expire_sync":
-            self.sim.expire_sync_tokens(open_id if rng.random() < 0.7 else None)
-            self._count("190008")
-            self.report.note(f"expire sync and page tokens ({open_id})")
-        elif action == "expire_access":
-            self.sim.expire_access_tokens(open_id)
-            self._count("access token expired (99991677)")
-            self.report.note(f"expire access token {open_id}")
-        elif action == "kill":
-            pages = rng.randint(1, 2)
-            self.kill_after_pages[open_id] = pages
-            self._count("sync killed mid-listing")
-            self.report.note(f"kill {open_id}'s next sync after {pages} page(s)")
-        elif action == "invoke_fails":
-            self.syncs.fail_next += 1
-            self._count("async invoke failed")
-            self.report.note("next async invoke fails")
+        steps: dict[str, tuple[int, Callable[[str], None]]] = {
+            "change": (24, self._change),
+            "ping": (20, self._ping),
+            "duplicate_sync": (7, self._duplicate_sync),
+            "fault": (16, self._fault),
+            "expire_sync": (4, self._expire_sync),
+            "expire_access": (4, self._expire_access),
+            "kill": (3, self._kill),
+            "invoke_fails": (3, self._invoke_fails),
+            "pause": (5, self._pause),
+            "event_change": (26, self._event_change),
+            "event_ping": (12, self._event_ping),
+            "event_fault": (18, self._event_fault),
+            "access": (6, self._access),
+            "event_kill": (4, self._event_kill),
+        }
+        open_id = self.rng.choice(self.open_ids)
+        _, run = self.rng.choices(list(steps.values()), weights=[weight for weight, _ in steps.values()])[0]
+        run(open_id)
+
+    def _ping(self, open_id: str) -> None:
+        copies = self.rng.choice([1, 1, 2, 3])  # duplicate and retried deliveries
+        for _ in range(copies):
+            self.pings.dispatch([open_id], "calendar_changed")
+        self._act("calendar ping")
+        self.report.note(f"ping {open_id} ×{copies}")
+
+    def _duplicate_sync(self, open_id: str) -> None:
+        self.syncs.start(open_id, "duplicate")
+        self._act("extra concurrent sync")
+        self.report.note(f"extra concurrent sync {open_id}")
+
+    def _expire_sync(self, open_id: str) -> None:
+        self.sim.expire_sync_tokens(open_id if self.rng.random() < 0.7 else None)
+        self._count("190008")
+        self.report.note(f"expire sync and page tokens, calendar list and events ({open_id})")
+
+    def _expire_access(self, open_id: str) -> None:
+        self.sim.expire_access_tokens(open_id)
+        self._count("access token expired (99991677)")
+        self.report.note(f"expire access token {open_id}")
+
+    def _kill(self, open_id: str) -> None:
+        pages = self.rng.randint(1, 2)
+        self.kill_after_pages[open_id] = pages
+        self._count("sync killed mid-listing")
+        self.report.note(f"kill {open_id}'s next sync after {pages} page(s)")
+
+    def _invoke_fails(self, open_id: str) -> None:
+        self.syncs.fail_next += 1
+        self._count("async invoke failed")
+        self.report.note("next async invoke fails")
+
+    def _pause(self, open_id: str) -> None:
+        self._act("pause")
+        time.sleep(self.rng.uniform(0, 0.05))
+
+    # ------------------------------------------------------------------ calendars
+    def _new_calendar(self, open_id: str, summary: str, *, readable: bool, **extra: Any) -> str:
+        """A calendar whose events the user can list (``readable``) or cannot (free/busy only, third party)."""
+        rng = self.rng
+        kind: dict[str, Any]
+        if readable:
+            kind = {"role": rng.choice(["owner", "writer", "reader"]), "type": rng.choice(["shared", "resource"])}
         else:
-            time.sleep(rng.uniform(0, 0.05))
+            kind = rng.choice(
+                [
+                    {"role": "free_busy_reader"},
+                    {"role": "free_busy_reader", "type": "resource"},
+                    {"type": "google", "is_third_party": True},
+                    {"type": "exchange", "is_third_party": True},
+                ]
+            )
+        calendar_id = self.sim.create_calendar(open_id, summary=summary, **kind, **extra)
+        self.labels[calendar_id] = f"{open_id}/{summary}"
+        return calendar_id
 
     def _change(self, open_id: str) -> None:
         rng = self.rng
         live = [c["calendar_id"] for c in self.sim.calendars(open_id) if c["type"] != "primary"]
         kind = rng.choice(["create", "update", "delete"] if live else ["create"])
+        touched: list[str] = []
         for _ in range(rng.choice([1, 1, 2, 5, 20])):
             live = [c["calendar_id"] for c in self.sim.calendars(open_id) if c["type"] != "primary"]
             if kind == "create" or not live:
-                self.sim.create_calendar(
-                    open_id, summary=f"new {rng.random():.6f}", role=rng.choice(["owner", "reader"])
-                )
+                readable = rng.random() < 0.2
+                calendar_id = self._new_calendar(open_id, f"new {rng.random():.6f}", readable=readable)
+                if readable:
+                    self._add_events(open_id, calendar_id, rng.choice([0, 1, 3, 10]))
             elif kind == "update":
+                calendar_id = rng.choice(live)
                 self.sim.update_calendar(
-                    open_id, rng.choice(live), summary=f"upd {rng.random():.6f}", color=rng.randint(-9, 9)
+                    open_id, calendar_id, summary=f"upd {rng.random():.6f}", color=rng.randint(-9, 9)
                 )
-            else:
-                self.sim.delete_calendar(open_id, rng.choice(live))
-        self.report.note(f"{kind} calendars of {open_id}")
+            else:  # half the time a calendar that has events
+                with_events = [cid for cid in live if self.sim.events(open_id, cid)]
+                calendar_id = rng.choice(with_events if with_events and rng.random() < 0.5 else live)
+                self.sim.delete_calendar(open_id, calendar_id)
+            touched.append(f"{self.label(calendar_id)} ({len(self.sim.events(open_id, calendar_id))} events)")
+        self._act(f"calendar {kind}", len(touched))
+        self.report.note(f"{kind} calendars of {open_id}: {', '.join(touched)}")
 
-    def _fault(self) -> None:
+    def _access(self, open_id: str) -> None:
+        """The user loses (free/busy only) or gains (reader, writer) access to a calendar's events."""
+        rng = self.rng
+        candidates = [
+            c for c in self.sim.calendars(open_id) if c["type"] in EVENT_SYNCABLE_TYPES and c["type"] != "primary"
+        ]
+        readable = [c for c in candidates if is_readable(c)]
+        if not candidates:
+            self.report.note(f"no calendar of {open_id} to change access to")
+            return
+        revoke = bool(readable) and (len(readable) == len(candidates) or rng.random() < 0.6)
+        calendar = rng.choice(readable if revoke else [c for c in candidates if not is_readable(c)])
+        calendar_id = calendar["calendar_id"]
+        if revoke:
+            self.sim.update_calendar(open_id, calendar_id, role="free_busy_reader")
+            kind = "revoked"
+        else:
+            self.sim.update_calendar(open_id, calendar_id, role=rng.choice(["reader", "writer"]))
+            kind = "granted"
+        pushed = rng.random() < 0.7  # Feishu pushes the calendar change; otherwise the resync finds it
+        if pushed:
+            self.pings.dispatch([open_id], "calendar_changed")
+        self._act(f"calendar access {kind}")
+        events = len(self.sim.events(open_id, calendar_id))
+        self.report.note(f"access {kind}: {self.label(calendar_id)} ({events} events){', pushed' if pushed else ''}")
+
+    # ------------------------------------------------------------------ events
+    def _add_events(self, open_id: str, calendar_id: str, count: int) -> None:
+        for _ in range(count):
+            self.sim.create_event(open_id, calendar_id, **self._event_fields())
+
+    def _times(self) -> dict[str, Any]:
+        rng = self.rng
+        if rng.random() < 0.2:  # an all-day event
+            day = datetime.date(2026, 1, 1) + datetime.timedelta(days=rng.randint(0, 365))
+            return {
+                "start_time": {"date": day.isoformat()},
+                "end_time": {"date": (day + datetime.timedelta(days=rng.randint(1, 3))).isoformat()},
+            }
+        start = 1_767_225_600 + rng.randint(0, 365 * 24) * 1800
+        timezone = rng.choice(["Asia/Shanghai", "UTC", "America/Los_Angeles"])
+        return {
+            "start_time": {"timestamp": str(start), "timezone": timezone},
+            "end_time": {"timestamp": str(start + rng.choice([900, 1800, 3600, 5400])), "timezone": timezone},
+        }
+
+    def _location(self) -> dict[str, Any]:
+        rng = self.rng
+        location = {"name": rng.choice(["会议室 A", "Room 42", "Café", ""])}
+        if rng.random() < 0.5:
+            location["address"] = f"{rng.randint(1, 999)} 中山路"
+        return location
+
+    def _event_fields(self) -> dict[str, Any]:
+        rng = self.rng
+        fields: dict[str, Any] = {"summary": f"{rng.choice(['周会', '1:1', 'Review'])} {rng.random():.6f}"}
+        fields |= self._times()
+        if rng.random() < 0.5:
+            fields["location"] = self._location()
+        if rng.random() < 0.3:
+            fields["description"] = f"agenda {rng.random():.6f}"
+        if rng.random() < 0.2:
+            fields["recurrence"] = "FREQ=WEEKLY;INTERVAL=1;COUNT=4"
+        return fields
+
+    def _event_update(self) -> dict[str, Any]:
+        """One to three changes of an event's fields, nested ones (times, location) included."""
+        rng = self.rng
+        changes: dict[str, Any] = {}
+        for name in rng.sample(
+            ["summary", "description", "times", "location", "color", "visibility", "free_busy_status", "recurrence"],
+            rng.randint(1, 3),
+        ):
+            if name == "times":
+                changes |= self._times()
+            elif name == "location":
+                changes["location"] = self._location()
+            elif name == "color":
+                changes["color"] = rng.randint(-16777216, -1)
+            elif name == "visibility":
+                changes["visibility"] = rng.choice(["default", "public", "private"])
+            elif name == "free_busy_status":
+                changes["free_busy_status"] = rng.choice(["busy", "free"])
+            elif name == "recurrence":
+                changes["recurrence"] = rng.choice(["", "FREQ=DAILY;COUNT=3", "FREQ=WEEKLY;BYDAY=MO"])
+            else:
+                changes[name] = f"{name} {rng.random():.6f}"
+        return changes
+
+    def _pick_calendar(self, open_id: str, readable_share: float = 0.85) -> str:
+        """A live calendar of the user: mostly one whose events are mirrored (the primary always is)."""
+        calendars = self.sim.calendars(open_id)
+        readable: list[str] = [c["calendar_id"] for c in calendars if is_readable(c)]
+        others: list[str] = [c["calendar_id"] for c in calendars if not is_readable(c)]
+        return self.rng.choice(readable if not others or self.rng.random() < readable_share else others)
+
+    def _push(self, open_id: str, calendar_id: str, copies: int = 1) -> None:
+        """Feishu's calendar.calendar.event.changed_v4 for one calendar (``copies``: retried deliveries)."""
+        for _ in range(copies):
+            self.pings.dispatch([open_id], "event_changed", calendar_id=calendar_id)
+
+    def _event_change(self, open_id: str) -> None:
+        rng = self.rng
+        calendar_id = self._pick_calendar(open_id)
+        kind = rng.choice(["create", "update", "delete"] if self.sim.events(open_id, calendar_id) else ["create"])
+        changed = 0
+        for _ in range(rng.choice([1, 1, 2, 5, 20])):
+            events = [e["event_id"] for e in self.sim.events(open_id, calendar_id)]
+            if kind == "create" or not events:
+                self.sim.create_event(open_id, calendar_id, **self._event_fields())
+            elif kind == "update":
+                self.sim.update_event(open_id, calendar_id, rng.choice(events), **self._event_update())
+            else:
+                self.sim.delete_event(open_id, calendar_id, rng.choice(events))
+            changed += 1
+        pushed = rng.random() < 0.7  # Feishu pushes the change; otherwise a later listing finds it
+        if pushed:
+            self._push(open_id, calendar_id)
+        self._act(f"event {kind}", changed)
+        self.report.note(
+            f"{kind} {changed} event(s) of {self.label(calendar_id)}"
+            f" (now {len(self.sim.events(open_id, calendar_id))}){', pushed' if pushed else ''}"
+        )
+
+    def _event_ping(self, open_id: str) -> None:
+        """A push for a calendar's events: mostly a readable one, sometimes one that is not or is gone."""
+        rng = self.rng
+        gone = [cid for cid, label in self.labels.items() if label.startswith(f"{open_id}/")]
+        live = {c["calendar_id"] for c in self.sim.calendars(open_id)}
+        gone = [cid for cid in gone if cid not in live]
+        calendar_id = rng.choice(gone) if gone and rng.random() < 0.1 else self._pick_calendar(open_id, 0.8)
+        copies = rng.choice([1, 1, 2, 3])
+        self._push(open_id, calendar_id, copies)
+        self._act("event ping")
+        self.report.note(f"event ping {self.label(calendar_id)} ×{copies}")
+
+    def _event_fault(self, open_id: str) -> None:
+        """Arm a trap for the user's next matching event-list request, and push an event change so one comes."""
+        rng = self.rng
+        trap = rng.choice(
+            [
+                Trap("event 429 with reset", "any", rate_limited(rng.randint(1, 3))),
+                Trap("event 5xx", "any", http_error(rng.choice([500, 502, 503]))),
+                Trap("event 5xx with code 190003", "any", http_error(500, code=190003)),
+                Trap("event slow answer / timeout", "any", delay(rng.choice([0.05, 0.7]))),
+                Trap("event dropped connection", "any", drop()),
+                Trap("event 190008 on the sync token", "sync_token", feishu_error(190008, 400, EXPIRED)),
+                Trap("event 190008 on a page token", "page_token", feishu_error(190008, 400, EXPIRED)),
+                Trap("event 191002 (no access)", "any", feishu_error(191002, 403, "no calendar access_role")),
+                Trap("event 191000 (calendar not found)", "any", feishu_error(191000, 404, "calendar not found")),
+                Trap("event access token expired mid-listing (99991677)", "any", None),
+            ]
+        )
+        self.event_traps.setdefault(open_id, []).append(trap)
+        calendar_id = self._pick_calendar(open_id, 1.0)
+        grown = ""
+        if trap.trigger == "page_token":  # make sure some listing pages: more changes than a page holds
+            before = len(self.sim.events(open_id, calendar_id))
+            if before <= PAGE_SIZE:
+                self._add_events(open_id, calendar_id, PAGE_SIZE + 1 - before + rng.randint(0, 10))
+                grown = f", {self.label(calendar_id)} grown to {len(self.sim.events(open_id, calendar_id))} events"
+        pushed = rng.random() < 0.7 or bool(grown)
+        if pushed:
+            self._push(open_id, calendar_id)
+        self.report.note(
+            f"trap: {trap.kind} on {open_id}'s next event listing"
+            + (f" ({trap.trigger})" if trap.trigger != "any" else "")
+            + grown
+            + (f", pushed {self.label(calendar_id)}" if pushed else "")
+        )
+
+    def _event_kill(self, open_id: str) -> None:
+        """The user's next sync that lists events dies at its n-th event-listing write (checkpoint or commit)."""
+        pages = self.rng.randint(1, 3)
+        self.kill_events_after_pages[open_id] = pages
+        calendar_id = self._pick_calendar(open_id, 1.0)
+        self._push(open_id, calendar_id)
+        self.report.note(f"kill {open_id}'s next event listing at its page {pages}; pushed {self.label(calendar_id)}")
+
+    def _fault(self, open_id: str) -> None:
+        """A fault for the next request under the calendar API: the calendar list, an event list or a subscription."""
         rng = self.rng
         kind, path, fault = rng.choice(
             [
@@ -285,7 +653,7 @@ class Schedule:
                 ("slow answer / timeout", CALENDARS_PATH, delay(rng.choice([0.05, 0.7]))),
                 ("dropped connection", CALENDARS_PATH, drop()),
                 ("empty page with has_more", CALENDARS_PATH, empty_page()),
-                ("190008 on a page", CALENDARS_PATH, feishu_error(190008, 400, "page_token or sync_token expired")),
+                ("190008 on a page", CALENDARS_PATH, feishu_error(190008, 400, EXPIRED)),
                 ("token endpoint 5xx", TOKEN_PATH, http_error(503)),
                 ("token endpoint 20050", TOKEN_PATH, feishu_error(20050, 500, "server error")),
             ]
@@ -295,18 +663,29 @@ class Schedule:
         self.report.note(f"fault: {kind}")
 
     def _count(self, kind: str) -> None:
-        self.report.faults[kind] += 1
+        with self._lock:
+            self.report.faults[kind] += 1
+
+    def _act(self, kind: str, times: int = 1) -> None:
+        self.report.actions[kind] += times
+
+    def label(self, calendar_id: str) -> str:
+        """A calendar's short name in the printed schedule."""
+        return self.labels.get(calendar_id, calendar_id[:20])
 
     # ------------------------------------------------------------------ convergence
     def _quiesce_and_check(self) -> None:
         self.sim.clear_faults()
         self.kill_after_pages.clear()
+        self.kill_events_after_pages.clear()
+        self.event_traps.clear()
         self.syncs.fail_next = 0
         assert not self.syncs.errors, f"a sync raised {self.syncs.errors[0]!r}\n{self.report}"
         self._scheduled_resync(LATER)
-        if any("held_sweep" in self.user(o) for o in self.open_ids):
+        if self._held():
             self.report.note("held mass deletion: the confirming resync")
             self._scheduled_resync(LATER + self.settings.mass_delete_confirm_seconds + 1)
+        stored_events = self.event_items()
         for open_id in self.open_ids:
             truth = {
                 c["calendar_id"]: {k: c[k] for k in CALENDAR_FIELDS if k in c} for c in self.sim.calendars(open_id)
@@ -316,11 +695,52 @@ class Schedule:
             }
             assert mirror == truth, f"{open_id}: mirror {sorted(mirror)} != Feishu {sorted(truth)}\n{self.report}"
             assert self.user(open_id)["status"] == "active", f"{open_id} needs reauth\n{self.report}"
+            self._check_events(open_id, stored_events)
         assert self.sim.refresh_token_reuse_count == 0, f"a refresh token was presented twice\n{self.report}"
         assert not self.bad_commits, f"sync_token committed without its last page: {self.bad_commits}\n{self.report}"
         per_second, per_minute = self.sim.peak_rates()
         assert per_second <= LIMIT_PER_SECOND, f"{per_second} requests in 1 s\n{self.report}"
         assert per_minute <= LIMIT_PER_MINUTE, f"{per_minute} requests in 60 s\n{self.report}"
+
+    def _check_events(self, open_id: str, stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        """Readable calendars: live events equal Feishu's; every other calendar's events are tombstones."""
+        readable = {c["calendar_id"] for c in self.sim.calendars(open_id) if is_readable(c)}
+        for calendar_id in sorted(readable):
+            truth = {e["event_id"]: event_fields(e) for e in self.sim.events(open_id, calendar_id)}
+            items = stored.get((open_id, calendar_id), {})
+            live = {eid: event_fields(item) for eid, item in items.items() if "deleted_at" not in item}
+            assert live == truth, (
+                f"{open_id} {self.label(calendar_id)}: events differ from Feishu: {difference(live, truth)}\n{self.report}"
+            )
+        for (owner, calendar_id), items in sorted(stored.items()):
+            if owner != open_id or calendar_id in readable:
+                continue
+            live_ids = [eid for eid, item in items.items() if "deleted_at" not in item]
+            assert not live_ids, (
+                f"{open_id} {self.label(calendar_id)}: {len(live_ids)} live event(s) of a calendar that is gone or"
+                f" unreadable\n{self.report}"
+            )
+        listings = self.listings.load_all(open_id)
+        assert set(listings) == readable, (
+            f"{open_id}: event listings of {sorted(map(self.label, listings))}"
+            f" != readable calendars {sorted(map(self.label, readable))}\n{self.report}"
+        )
+        unfinished = sorted(
+            self.label(cid)
+            for cid, listing in listings.items()
+            if listing.state.checkpoint or not listing.state.sync_token
+        )
+        assert not unfinished, f"{open_id}: event listings left unfinished: {unfinished}\n{self.report}"
+        dirty = sorted(map(self.label, self.user(open_id).get("dirty_calendars") or ()))
+        assert not dirty, f"{open_id}: calendars left marked dirty: {dirty}\n{self.report}"
+
+    def _held(self) -> bool:
+        """Whether a mass deletion is held back, of calendars or of a calendar's events."""
+        return any(
+            "held_sweep" in self.user(o)
+            or any(listing.state.held_sweep for listing in self.listings.load_all(o).values())
+            for o in self.open_ids
+        )
 
     def _scheduled_resync(self, offset: int) -> None:
         started: list[str] = []
@@ -350,6 +770,15 @@ class Schedule:
         )["Items"]
         return {i["calendar_id"]: i for i in map(plain, items) if "deleted_at" not in i}
 
+    def event_items(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """Every event item of the schedule's table (tombstones included), by (open_id, calendar_id), then event_id."""
+        found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        pages = self.client.get_paginator("scan").paginate(TableName=self.settings.events_table, ConsistentRead=True)
+        for page in pages:
+            for item in map(plain, page["Items"]):
+                found.setdefault((item["open_id"], item["calendar_id"]), {})[item["event_id"]] = item
+        return found
+
 
 class _ScheduleUsers:
     """The users store as one sync invocation sees it, with the schedule's kill switch and checks."""
@@ -378,3 +807,65 @@ class _ScheduleUsers:
         if self._kill_after is not None:
             raise LambdaKilled  # killed before the commit: the listing must resume or restart later
         self._store.commit_listing(fence, now, **kwargs)
+
+
+class _ScheduleEventListings(EventListingStore):
+    """The event-listings store as one sync invocation sees it: the event kill switch and the commit check.
+
+    The kill switch is taken by the sync's first event-listing write (so only a sync that holds the
+    lease and lists events takes it); the sync then dies at its n-th write — after a checkpoint, or
+    just before a commit, with that listing's pages already in the mirror.
+    """
+
+    def __init__(self, schedule: Schedule, open_id: str) -> None:
+        super().__init__(schedule.client, schedule.settings.event_listings_table, schedule.settings.users_table)
+        self._schedule, self._open_id = schedule, open_id
+        self._writes = 0
+        self._kill_after: int | None = None
+        self._taken = False
+
+    def _killed_now(self, where: str) -> bool:
+        if not self._taken:
+            self._taken = True
+            self._kill_after = self._schedule.kill_events_after_pages.pop(self._open_id, None)
+        self._writes += 1
+        if self._kill_after is None or self._writes < self._kill_after:
+            return False
+        self._schedule._count(f"event listing killed {where}")
+        return True
+
+    def save_checkpoint(self, fence: Fence, now: int, calendar_id: str, checkpoint: Checkpoint) -> bool:
+        """Checkpoint, then die here if this is the write the sync is to be killed at."""
+        kept = super().save_checkpoint(fence, now, calendar_id, checkpoint)
+        if self._killed_now("after a checkpointed page"):
+            raise LambdaKilled
+        return kept
+
+    def commit_listing(
+        self,
+        fence: Fence,
+        now: int,
+        calendar_id: str,
+        *,
+        sync_token: str | None,
+        mirrored: int,
+        kind: str,
+        held_sweep: HeldSweep | None,
+        reset: bool,
+    ) -> None:
+        """Only a token this thread received on a last page of this calendar's events may be committed."""
+        received = self._schedule.event_final_pages.get((threading.get_ident(), calendar_id), set())
+        if sync_token and sync_token not in received:
+            self._schedule.bad_commits.append(f"events of {self._schedule.label(calendar_id)}: {sync_token}")
+        if self._killed_now("before its commit"):
+            raise LambdaKilled  # the listing's pages are written; it must resume or restart later
+        super().commit_listing(
+            fence,
+            now,
+            calendar_id,
+            sync_token=sync_token,
+            mirrored=mirrored,
+            kind=kind,
+            held_sweep=held_sweep,
+            reset=reset,
+        )

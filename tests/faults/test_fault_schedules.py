@@ -26,10 +26,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("seed", range(START, START + COUNT))
 def test_schedule_converges(seed: int, dynamodb_client: DynamoDBClient, fault_totals: dict[str, Counter[str]]) -> None:
-    # GIVEN a seeded schedule of changes, pings, concurrent syncs and faults
+    # GIVEN a seeded schedule of calendar and event changes, pings, concurrent syncs and faults
     schedule = Schedule(seed, dynamodb_client)
     # WHEN it runs, quiesces and the scheduled resync has run THEN every invariant holds (see schedule.py)
     schedule.run()
     fault_totals["faults"].update(schedule.report.faults)
+    fault_totals["actions"].update(schedule.report.actions)
     fault_totals["syncs"].update(schedule.report.syncs)
     fault_totals["schedules"]["converged"] += 1
