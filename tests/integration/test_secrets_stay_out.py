@@ -193,6 +193,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         "event_dispatched",
         "callback_rejected",
         "TokenRefreshes",
+        "TokenRefreshFailures",
     ):
         assert expected in text, expected
     assert raised

@@ -397,7 +397,11 @@ class CalendarSync:
         tokens = run.tokens
         if not tokens.refresh_token or (tokens.refresh_expires_at and tokens.refresh_expires_at <= self._now()):
             raise ReauthorizationRequired(20037, "refresh token missing or expired")
-        grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
+        try:
+            grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
+        except (FeishuError, DeadlineExceeded):
+            count("TokenRefreshFailures")  # refused for good (re-auth) or not answered (retried later)
+            raise
         count("TokenRefreshes")
         self._users.save_tokens(run.fence, self._now(), grant)
         run.tokens = _Tokens(grant.access_token, grant.access_expires_at, grant.refresh_token, grant.refresh_expires_at)
