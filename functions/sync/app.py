@@ -2,7 +2,8 @@
 
 Expected failures (Feishu errors, expired tokens, a held lease) are recorded on the user and
 returned; only unexpected ones raise, so Lambda retries them and then sends them to the on-failure
-queue. A failure record from that queue can be replayed as is: its ``requestPayload`` is used.
+queue. A failure record from that queue can be replayed as is: its ``requestPayload`` is the request
+(open_id, reason, event_id), and the logs name the failed invocation (``replay_of``).
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ def calendar_sync(credentials: FeishuCredentials) -> CalendarSync:
     )
 
 
-def _open_id(event: Any) -> str | None:
-    if isinstance(event, dict) and isinstance(event.get("requestPayload"), dict):
-        event = event["requestPayload"]  # a replayed on-failure destination record
-    open_id = event.get("open_id") if isinstance(event, dict) else None
+def _payload(event: Any) -> dict[str, Any]:
+    """The sync request: the event itself, or the original request of a replayed on-failure record."""
+    if not isinstance(event, dict):
+        return {}
+    replayed = event.get("requestPayload")  # a replayed on-failure destination record
+    return replayed if isinstance(replayed, dict) else event
+
+
+def _open_id(request: dict[str, Any]) -> str | None:
+    open_id = request.get("open_id")
     if isinstance(open_id, str) and 0 < len(open_id) <= MAX_OPEN_ID_LENGTH:
         return open_id
     return None
@@ -52,15 +59,19 @@ def _open_id(event: Any) -> str | None:
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Async-invoke handler."""
-    open_id = _open_id(event)
+    """Async-invoke handler: ``{"open_id", "reason", "event_id"}``, or an on-failure record holding it."""
+    request = _payload(event)  # every field from the same place, so a replay keeps its reason and event_id
+    open_id = _open_id(request)
     if open_id is None:
         logger.error("sync_request_invalid")
         return {"outcome": "invalid_request", "error": 'expected {"open_id": "ou_..."}'}
-    reason = str(event.get("reason", ""))[:40]
+    reason = str(request.get("reason", ""))[:40]
     logger.append_keys(open_id=open_id, reason=reason)
-    if isinstance(event.get("event_id"), str):
-        logger.append_keys(event_id=event["event_id"][:128])
+    if isinstance(request.get("event_id"), str):
+        logger.append_keys(event_id=request["event_id"][:128])
+    if request is not event:  # a replay: name the invocation that failed, to find its logs
+        failed = event.get("requestContext")
+        logger.append_keys(replay_of=str(failed.get("requestId", "") if isinstance(failed, dict) else "")[:128])
     remaining = context.get_remaining_time_in_millis() / 1000
     result = calendar_sync(load_credentials(settings)).run(
         open_id,

@@ -1,0 +1,130 @@
+"""The sync handler (functions/sync/app.py) with the engine stubbed: what it reads from a direct
+invocation and from a replayed on-failure record, and what it logs and measures with it."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from feishu_mirror.models import SyncResult
+from feishu_mirror.observability import logger, metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Context:
+    """The parts of the Lambda context the handler and Powertools read."""
+
+    function_name: str = "sync"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:sync"
+    aws_request_id: str = "replay-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@dataclass
+class FakeEngine:
+    """Stands in for ``CalendarSync``: records each run and the log keys in force while it ran."""
+
+    runs: list[str] = field(default_factory=list)
+    log_keys: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self, open_id: str, **_kwargs: Any) -> SyncResult:
+        self.runs.append(open_id)
+        self.log_keys.append(dict(logger.get_current_keys()))
+        return SyncResult(open_id, "synced", upserted=1)
+
+
+@dataclass
+class Lags:
+    """Stands in for ``record_event_to_mirror_lag``: records the reason of each call."""
+
+    reasons: list[str] = field(default_factory=list)
+
+    def __call__(self, _users: Any, result: SyncResult, *, reason: str, now: float) -> None:
+        self.reasons.append(reason)
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The handler module, imported fresh with its settings, credentials from the environment."""
+    for name, value in {
+        "USERS_TABLE": "users",
+        "CALENDARS_TABLE": "calendars",
+        "RATE_LIMIT_TABLE": "rate",
+        "FEISHU_APP_ID": "cli_test",
+        "FEISHU_APP_SECRET": "secret",
+    }.items():
+        monkeypatch.setenv(name, value)
+    metrics.clear_metrics()
+    spec = importlib.util.spec_from_file_location("sync_app", ROOT / "functions" / "sync" / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    metrics.clear_metrics()
+
+
+def run(app: ModuleType, monkeypatch: pytest.MonkeyPatch, event: Any) -> tuple[Any, FakeEngine, Lags]:
+    engine, lags = FakeEngine(), Lags()
+    monkeypatch.setattr(app, "calendar_sync", lambda _credentials: engine)
+    monkeypatch.setattr(app, "record_event_to_mirror_lag", lags)
+    monkeypatch.setattr(app.wiring, "users", lambda _settings: None)  # no AWS client in the unit tier
+    return app.handler(event, Context()), engine, lags
+
+
+PUSHED = {"open_id": "ou_a", "reason": "event_changed", "event_id": "evt-1"}
+
+
+def test_a_direct_invocation_logs_and_measures_with_its_reason_and_event_id(
+    app: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the request the callback sends WHEN the sync function is invoked with it
+    reply, engine, lags = run(app, monkeypatch, dict(PUSHED))
+    # THEN the user is synced, the logs carry the reason and the push's event_id, and the lag is measured
+    assert reply["outcome"] == "synced"
+    assert engine.runs == ["ou_a"]
+    keys = engine.log_keys[0]
+    assert (keys["open_id"], keys["reason"], keys["event_id"]) == ("ou_a", "event_changed", "evt-1")
+    assert "replay_of" not in keys
+    assert lags.reasons == ["event_changed"]
+
+
+def test_a_replayed_failure_record_keeps_the_reason_and_event_id_of_the_original_request(
+    app: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the on-failure destination record of that request, as Lambda writes it to the failure queue
+    record = {
+        "version": "1.0",
+        "requestContext": {"requestId": "failed-request", "condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": dict(PUSHED),
+        "responsePayload": {"errorMessage": "boom"},
+    }
+    # WHEN it is replayed as it is
+    reply, engine, lags = run(app, monkeypatch, record)
+    # THEN every field comes from the original request: the logs and the lag metric see the push
+    assert reply["outcome"] == "synced"
+    assert engine.runs == ["ou_a"]
+    keys = engine.log_keys[0]
+    assert (keys["open_id"], keys["reason"], keys["event_id"]) == ("ou_a", "event_changed", "evt-1")
+    assert keys["replay_of"] == "failed-request"
+    assert lags.reasons == ["event_changed"]
+
+
+def test_a_record_whose_payload_is_not_a_request_is_refused(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a record whose payload names no user (the outer event's fields must not stand in for it)
+    record = {"open_id": "ou_outer", "reason": "event_changed", "requestPayload": {"reason": "resync"}}
+    # WHEN it is invoked THEN nothing is synced
+    reply, engine, lags = run(app, monkeypatch, record)
+    assert reply["outcome"] == "invalid_request"
+    assert (engine.runs, lags.reasons) == ([], [])
