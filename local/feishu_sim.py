@@ -489,6 +489,10 @@ class FeishuSimulator:
         self.refresh_token_ttl = refresh_token_ttl
         self.push_retry_delays = push_retry_delays
         self.auth_code_ttl = 300.0
+        # How an incremental event listing with more changes than a page goes on. The docs say page tokens
+        # come only with anchor_time, so by default each page's sync_token is the next page's position;
+        # "page_token" pages like a full listing, "none" says has_more and offers no way on.
+        self.incremental_event_paging: Literal["sync_token", "page_token", "none"] = "sync_token"
         self.refresh_grace_seconds = 60.0
         self.push_timeout = 3.0  # Feishu counts a push as failed if not answered within 3 s
         self.sync_push_timeout = 30.0
@@ -1211,6 +1215,8 @@ class FeishuSimulator:
             changed = sorted(
                 (e for e in calendar.events.values() if e.changed_seq > point.seq), key=lambda e: e.changed_seq
             )
+            if self.incremental_event_paging != "page_token" and len(changed) > page_size:
+                return self._incremental_events_page(user, calendar, changed[:page_size])
             entries = tuple(e.entry() for e in changed)
             listing, offset, pageable = _Listing(user.open_id, entries, self._seq, calendar.calendar_id), 0, True
         else:
@@ -1237,6 +1243,16 @@ class FeishuSimulator:
             token = "ListEventsSyncToken_" + secrets.token_urlsafe(24)
             self._sync_tokens[token] = _SyncPoint(listing.open_id, listing.end_seq, calendar.calendar_id)
             data = {"has_more": False, "page_token": "", "sync_token": token, "items": page}
+        return _json_reply(200, {"code": 0, "msg": "success", "data": data})
+
+    def _incremental_events_page(self, user: _User, calendar: _CalendarState, page: list[_EventState]) -> _Reply:
+        """A page of changes with more to come and no page_token: continued by this page's sync_token
+        (standing for the last change it holds), or not at all."""
+        token = ""
+        if self.incremental_event_paging == "sync_token":
+            token = "ListEventsSyncToken_" + secrets.token_urlsafe(24)
+            self._sync_tokens[token] = _SyncPoint(user.open_id, page[-1].changed_seq, calendar.calendar_id)
+        data = {"has_more": True, "page_token": "", "sync_token": token, "items": [dict(e.entry()) for e in page]}
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 
     def _subscribe(self, call: _Call) -> _Reply:

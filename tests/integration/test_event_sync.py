@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -212,19 +213,133 @@ def test_a_calendar_that_leaves_the_list_takes_its_events_and_a_new_one_brings_i
 def test_losing_access_to_a_calendar_between_two_listings_skips_it_without_failing_the_sync(
     harness: Harness, sim: FeishuSimulator
 ) -> None:
-    # GIVEN a user whose shared calendar answers the event listing with 191002 (no access) once
+    # GIVEN a user with events on the primary and on a shared calendar that answers its event listing
+    # with 191002 (no access) once
     open_id = harness.onboard("ou_events_191002")
+    own = primary(sim, open_id)
     shared = sim.create_calendar(open_id, summary="Locked", role="reader")
+    sim.create_event(open_id, own, summary="Mine")
+    for n in range(2):
+        sim.create_event(open_id, shared, summary=f"Locked {n}")
     sim.inject(f"/open-apis/calendar/v4/calendars/{shared}/events", feishu_error(191002, 403))
     # WHEN it syncs
     result = harness.sync(open_id)
-    # THEN the sync succeeds, the primary calendar's listing is done, the locked one stays due
+    # THEN the sync succeeds with the primary calendar's events mirrored and no error recorded,
+    # and the locked calendar's events are not (yet) mirrored
     assert result.outcome == "synced"
-    user = harness.user(open_id)
-    assert "last_error_code" not in user
+    assert "last_error_code" not in harness.user(open_id)
+    assert len(mirrored(harness, open_id, own)) == 1
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    assert harness.live_events(open_id, shared) == {}
+    # AND the locked calendar stays due: the next sync lists it (and only it) and mirrors its events
     second = harness.sync(open_id)
-    assert second.event_listings >= 1
+    assert (second.outcome, second.event_listings) == ("synced", 1)
+    assert len(mirrored(harness, open_id, shared)) == 2
     assert mirrored(harness, open_id, shared) == truth(sim, open_id, shared)
+
+
+def test_a_calendar_feishu_will_not_list_fails_the_sync_after_the_others_are_listed(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user with three readable calendars; the one sorted first answers every event listing
+    # with an error retrying cannot fix
+    open_id = harness.onboard("ou_events_isolated")
+    calendars = sorted([primary(sim, open_id)] + [sim.create_calendar(open_id, summary=f"C{n}") for n in range(2)])
+    broken, healthy = calendars[0], calendars[1:]
+    for calendar_id in calendars:
+        sim.create_event(open_id, calendar_id, summary=f"In {calendar_id}")
+    sim.inject(f"/open-apis/calendar/v4/calendars/{broken}/events", *[feishu_error(190002, 400, "bad request")] * 3)
+    # WHEN it syncs
+    result = harness.sync(open_id)
+    # THEN the other calendars' events are mirrored all the same
+    for calendar_id in healthy:
+        assert len(mirrored(harness, open_id, calendar_id)) == 1
+        assert mirrored(harness, open_id, calendar_id) == truth(sim, open_id, calendar_id)
+    assert harness.live_events(open_id, broken) == {}
+    # AND the sync failed with that calendar's error, recorded on the user for operators
+    assert (result.outcome, result.error_code, result.event_listings) == ("failed", 190002, 3)
+    user = harness.user(open_id)
+    assert user["last_error_code"] == 190002
+    assert broken in user["last_error_message"]
+    # WHEN Feishu lists it again THEN the next sync lists only that calendar and succeeds
+    sim.clear_faults()
+    second = harness.sync(open_id)
+    assert (second.outcome, second.event_listings) == ("synced", 1)
+    assert mirrored(harness, open_id, broken) == truth(sim, open_id, broken)
+
+
+def test_a_calendar_whose_first_listing_died_before_its_commit_still_takes_its_events_when_it_goes(
+    harness: Harness, sim: FeishuSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a new shared calendar whose first event listing wrote its events, then the invocation died
+    # (a timeout, a crash) before the listing was committed
+    open_id = harness.onboard("ou_events_orphan")
+    shared = sim.create_calendar(open_id, summary="Short-lived", role="reader")
+    ids = [sim.create_event(open_id, shared, summary=f"Event {n}") for n in range(3)]
+    commit = harness.events.listings.commit_listing
+
+    def die_on_that_calendar(fence: Any, now: int, calendar_id: str, **kwargs: Any) -> None:
+        if calendar_id == shared:
+            raise RuntimeError("the invocation died")
+        commit(fence, now, calendar_id, **kwargs)
+
+    monkeypatch.setattr(harness.events.listings, "commit_listing", die_on_that_calendar)
+    with pytest.raises(RuntimeError):
+        harness.sync(open_id)
+    monkeypatch.undo()
+    assert set(harness.live_events(open_id, shared)) == set(ids)
+    # WHEN the calendar is deleted and Feishu pushes the calendar change
+    sim.delete_calendar(open_id, shared)
+    harness.pings.dispatch([open_id], reason="calendar_changed")
+    result = harness.sync(open_id)
+    # THEN its events are tombstones: no event of a gone calendar stays live
+    assert result.outcome == "synced"
+    assert harness.live_events(open_id, shared) == {}
+    assert set(harness.event_items(open_id, shared)) == set(ids)
+
+
+@pytest.mark.parametrize("paging", ["sync_token", "page_token", "none"])
+def test_an_increment_longer_than_a_page_lands_whole_however_feishu_continues_it(
+    harness: Harness, sim: FeishuSimulator, paging: Any
+) -> None:
+    # GIVEN a mirrored calendar of 60 events, then 120 changes: 20 updates, 40 deletions, 60 new events
+    open_id = harness.onboard(f"ou_events_long_{paging}")
+    own = primary(sim, open_id)
+    ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(60)]
+    harness.sync(open_id, page_size=50)
+    for event_id in ids[:20]:
+        sim.update_event(open_id, own, event_id, summary=f"Moved {event_id}")
+    for event_id in ids[20:60]:
+        sim.delete_event(open_id, own, event_id)
+    for n in range(60):
+        sim.create_event(open_id, own, summary=f"New {n}")
+    # AND Feishu continuing an increment by each page's sync token (as its docs imply: page tokens only
+    # with anchor_time), by page tokens, or not at all
+    sim.incremental_event_paging = paging
+    calls_before = len(event_listing_calls(sim, own))
+    # WHEN the calendar's events are pushed and it syncs at a page size of 50
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    result = harness.sync(open_id, page_size=50)
+    # THEN the mirror equals Feishu
+    assert result.outcome == "synced"
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    assert len(harness.live_events(open_id, own)) == 80
+    calls = event_listing_calls(sim, own)[calls_before:]
+    if paging == "sync_token":
+        # AND three incremental calls, each from the previous page's sync token, wrote exactly the changes
+        assert [bool(c.get("sync_token")) and "page_token" not in c for c in calls] == [True, True, True]
+        assert len({c["sync_token"] for c in calls}) == 3
+        assert (result.events_upserted, result.events_deleted) == (80, 40)
+    elif paging == "page_token":
+        assert [("sync_token" in c, "page_token" in c) for c in calls] == [(True, False), (False, True), (False, True)]
+    else:
+        # AND an increment that cannot go on is replaced by a full listing (anchor_time, page tokens)
+        assert calls[0].get("sync_token")
+        assert calls[1].get("anchor_time") == "0"
+    # AND the committed token is the last page's: the next sync lists once and writes nothing
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    again = harness.sync(open_id, page_size=50)
+    assert (again.event_pages, again.events_upserted, again.events_deleted) == (1, 0, 0)
 
 
 def test_a_user_is_due_again_when_the_oldest_calendar_events_are_due_not_later(

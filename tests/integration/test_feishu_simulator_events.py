@@ -108,3 +108,46 @@ def test_subscribed_calendars_push_event_changes(sim: FeishuSimulator) -> None:
         assert sim.deliveries[-1].event_type == EVENT_CHANGED_EVENT
     finally:
         server.shutdown()
+
+
+def full_listing_sync_token(sim: FeishuSimulator, calendar_id: str) -> str:
+    """Page a full listing to its end; its sync token."""
+    data = list_events(sim, calendar_id, page_size=50, anchor_time=0)["data"]
+    while data["has_more"]:
+        data = list_events(sim, calendar_id, page_size=50, page_token=data["page_token"])["data"]
+    return str(data["sync_token"])
+
+
+def test_an_incremental_listing_longer_than_a_page_continues_from_each_page_sync_token(sim: FeishuSimulator) -> None:
+    # GIVEN a listed calendar whose 120 events then all change
+    cid = sim.create_calendar("ou_e", summary="Team", type="shared")
+    ids = [sim.create_event("ou_e", cid, summary=f"e{n}") for n in range(120)]
+    sync_token = full_listing_sync_token(sim, cid)
+    for event_id in ids:
+        sim.update_event("ou_e", cid, event_id, summary=f"moved {event_id}")
+    # WHEN the changes are listed 50 at a time THEN no page carries a page_token (only anchor_time gets
+    # one): each page with more to come carries the sync_token to continue from, the last one the final
+    pages = [list_events(sim, cid, page_size=50, sync_token=sync_token)["data"]]
+    while pages[-1]["has_more"]:
+        assert pages[-1]["page_token"] == ""
+        pages.append(list_events(sim, cid, page_size=50, sync_token=pages[-1]["sync_token"])["data"])
+    assert [len(p["items"]) for p in pages] == [50, 50, 20]
+    assert sorted(item["event_id"] for p in pages for item in p["items"]) == sorted(ids)
+    # AND the final token lists nothing until the next change
+    assert list_events(sim, cid, sync_token=pages[-1]["sync_token"])["data"]["items"] == []
+
+
+@pytest.mark.parametrize(("paging", "page_token", "sync_token"), [("page_token", True, False), ("none", False, False)])
+def test_the_other_ways_an_incremental_listing_may_go_on(
+    sim: FeishuSimulator, paging: Any, page_token: bool, sync_token: bool
+) -> None:
+    # GIVEN a listed calendar with more changes than a page, and the simulator paging increments otherwise
+    cid = sim.create_calendar("ou_e", summary="Team", type="shared")
+    ids = [sim.create_event("ou_e", cid, summary=f"e{n}") for n in range(60)]
+    token_ = full_listing_sync_token(sim, cid)
+    for event_id in ids:
+        sim.delete_event("ou_e", cid, event_id)
+    sim.incremental_event_paging = paging
+    # WHEN the changes are listed THEN the first page goes on by a page token, or by nothing at all
+    first = list_events(sim, cid, page_size=50, sync_token=token_)["data"]
+    assert (first["has_more"], bool(first["page_token"]), bool(first["sync_token"])) == (True, page_token, sync_token)

@@ -201,10 +201,13 @@ def test_a_non_json_client_error_is_not_retried() -> None:
         client(session).list_calendars(TOKEN, deadline=DEADLINE)
 
 
-def test_has_more_without_a_page_token_is_an_error() -> None:
-    session = ScriptedSession(answer(body=page([], has_more=True, page_token="")))
-    with pytest.raises(FeishuError, match="page_token"):
-        client(session).list_calendars(TOKEN, deadline=DEADLINE)
+def test_has_more_without_a_page_token_is_passed_on_for_the_listing_to_decide() -> None:
+    # GIVEN a page that says there is more but carries only a sync_token (how Feishu continues an
+    # incremental event listing: page tokens come only with anchor_time)
+    session = ScriptedSession(answer(body=page([], has_more=True, page_token="", sync_token="S2")))
+    # WHEN it is fetched THEN the client reports it as it is; the listing engine decides how to go on
+    result = client(session).list_calendars(TOKEN, deadline=DEADLINE, sync_token="S1")
+    assert (result.has_more, result.page_token, result.sync_token) == (True, "", "S2")
 
 
 def test_no_call_starts_without_time_left() -> None:

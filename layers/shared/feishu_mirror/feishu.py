@@ -203,14 +203,10 @@ class FeishuClient:
                 skipped += 1
         if skipped:
             logger.warning("listing_entries_skipped", extra={"skipped": skipped, "log_id": reply.log_id})
-        has_more = data.get("has_more") is True
-        page_token_out = str(data.get("page_token") or "")
-        if has_more and not page_token_out:
-            raise FeishuError(-1, "has_more without a page_token", log_id=reply.log_id)
         return Page(
             entries=tuple(entries),
-            has_more=has_more,
-            page_token=page_token_out,
+            has_more=data.get("has_more") is True,
+            page_token=str(data.get("page_token") or ""),
             sync_token=str(data.get("sync_token") or ""),
             log_id=reply.log_id,
             skipped_entries=skipped,

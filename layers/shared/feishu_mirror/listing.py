@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from feishu_mirror.errors import SyncTokenExpired
+from feishu_mirror.errors import FeishuError, SyncTokenExpired
 from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingState, Page, Stored, SyncKind
 from feishu_mirror.observability import count, logger
 
@@ -159,6 +159,29 @@ class Tally:
     kind: str = ""
 
 
+@dataclass(slots=True)
+class _Position[T: Item]:
+    """Where a running listing stands."""
+
+    kind: SyncKind
+    page_token: str
+    cursor: str | None  # incremental: the sync token the changes are asked from (the stored one, then each page's)
+    seen: set[str]  # full: the keys listed so far
+    started_at: int
+    existing: dict[str, Stored[T]] = field(default_factory=dict)  # full: every stored item, kept current
+    live_before: int = 0
+
+    @property
+    def incremental_cursor(self) -> str | None:
+        """The sync token to send (a full listing sends none)."""
+        return self.cursor if self.kind == "incremental" else None
+
+    def load(self, collection: Collection[T]) -> None:
+        """Before a full listing: what the mirror holds."""
+        self.existing = collection.load_all()
+        self.live_before = sum(1 for s in self.existing.values() if s.live)
+
+
 class ListingEngine:
     """Runs one listing of one collection to its end (see the module docstring)."""
 
@@ -176,58 +199,83 @@ class ListingEngine:
         tally.listings += 1
         tally.kind = tally.kind or ("resume" if state.checkpoint else kind)
         count(names.resumed if state.checkpoint else (names.full if kind == "full" else names.incremental))
+        position = _Position[T](kind, page_token, state.sync_token, seen, started_at)
+        if kind == "full":
+            position.load(collection)
         reset = False
-        existing: dict[str, Stored[T]] = collection.load_all() if kind == "full" else {}
-        live_before = sum(1 for s in existing.values() if s.live)
         mirrored = state.mirrored
         while True:
             try:
-                page = collection.fetch(
-                    page_token=page_token, sync_token=state.sync_token if kind == "incremental" else None
-                )
+                page = collection.fetch(page_token=position.page_token, sync_token=position.incremental_cursor)
             except SyncTokenExpired:
                 if reset:
                     raise
                 count(names.resets)
-                logger.info("sync_token_expired", extra={"collection": collection.name, "kind": kind})
-                reset, kind, page_token, seen, started_at = True, "full", "", set(), self._now()
-                tally.kind = "full"
+                logger.info("sync_token_expired", extra={"collection": collection.name, "kind": position.kind})
+                reset = True
                 collection.discard_sync_state(self._now())
-                existing = collection.load_all()
-                live_before = sum(1 for s in existing.values() if s.live)
+                self._restart_full(collection, position, tally)
                 continue
-            tally.pages += 1
-            count(names.pages)
-            current = existing if kind == "full" else collection.load_some(item.key for item, _ in page.entries)
-            plan = plan_page(page.entries, current)
-            self._write(collection, tally, plan.upserts, plan.deletions)
-            mirrored += plan.live_delta
-            if kind == "full":
-                seen |= plan.listed_ids
-                seen -= {item.key for item in plan.deletions}
-                for item in plan.upserts:
-                    existing[item.key] = Stored(item)
-                for item in plan.deletions:
-                    existing[item.key] = Stored(item, deleted_at=0)
+            mirrored += self._apply_page(collection, position, page, tally)
             if not page.has_more:
                 break
-            page_token = page.page_token
-            collection.save_checkpoint(self._now(), Checkpoint(kind, page_token, frozenset(seen), started_at))
+            self._advance(collection, position, page, tally)
         held: HeldSweep | None = None
-        if kind == "full":
-            held, mirrored = self._sweep(
-                collection, state=state, tally=tally, existing=existing, seen=seen, live_before=live_before
-            )
-        sync_token = page.sync_token or (state.sync_token if kind == "incremental" else None)
+        if position.kind == "full":
+            held, mirrored = self._sweep(collection, state=state, tally=tally, position=position)
+        sync_token = page.sync_token or (state.sync_token if position.kind == "incremental" else None)
         collection.commit(
             self._now(),
             sync_token=None if held else sync_token,
             mirrored=max(0, mirrored),
-            kind=kind,
+            kind=position.kind,
             held_sweep=held,
             reset=reset,
         )
         return held
+
+    def _apply_page[T: Item](
+        self, collection: Collection[T], position: _Position[T], page: Page[T], tally: Tally
+    ) -> int:
+        """Write what one page changes; returns the change in live items."""
+        tally.pages += 1
+        count(collection.metrics.pages)
+        full = position.kind == "full"
+        current = position.existing if full else collection.load_some(item.key for item, _ in page.entries)
+        plan = plan_page(page.entries, current)
+        self._write(collection, tally, plan.upserts, plan.deletions)
+        if full:
+            position.seen |= plan.listed_ids
+            position.seen -= {item.key for item in plan.deletions}
+            for item in plan.upserts:
+                position.existing[item.key] = Stored(item)
+            for item in plan.deletions:
+                position.existing[item.key] = Stored(item, deleted_at=0)
+        return plan.live_delta
+
+    def _advance[T: Item](self, collection: Collection[T], position: _Position[T], page: Page[T], tally: Tally) -> None:
+        """After a page with more to come: follow its page token (checkpointed), or its sync token."""
+        if page.page_token:
+            position.page_token = page.page_token
+            checkpoint = Checkpoint(position.kind, page.page_token, frozenset(position.seen), position.started_at)
+            collection.save_checkpoint(self._now(), checkpoint)
+        elif position.kind == "incremental" and page.sync_token and page.sync_token != position.cursor:
+            # Feishu hands out page tokens for event listings only with anchor_time: an incremental
+            # listing's changes continue from each page's sync_token. That token only marks progress:
+            # nothing is checkpointed or committed before the last page (a listing cut short starts again
+            # from the stored token, and what it had applied already writes nothing the second time).
+            position.cursor = page.sync_token
+        elif position.kind == "full":
+            raise FeishuError(-1, "has_more without a page_token", log_id=page.log_id)
+        else:  # more changes and no way to ask for them: list in full instead
+            count("ListingsWithoutContinuation")
+            logger.warning("listing_without_continuation", extra={"collection": collection.name})
+            self._restart_full(collection, position, tally)
+
+    def _restart_full[T: Item](self, collection: Collection[T], position: _Position[T], tally: Tally) -> None:
+        position.kind, position.page_token, position.seen, position.started_at = "full", "", set(), self._now()
+        position.load(collection)
+        tally.kind = "full"
 
     def _sweep[T: Item](
         self,
@@ -235,9 +283,7 @@ class ListingEngine:
         *,
         state: ListingState,
         tally: Tally,
-        existing: dict[str, Stored[T]],
-        seen: set[str],
-        live_before: int,
+        position: _Position[T],
     ) -> tuple[HeldSweep | None, int]:
         """End of a full listing: tombstone live items it did not contain, unless suspicious.
 
@@ -245,10 +291,11 @@ class ListingEngine:
         """
         now = self._now()
         names = collection.metrics
-        live = [s.item for s in existing.values() if s.live]
-        missing = tuple(item for item in live if item.key not in seen)
+        live = [s.item for s in position.existing.values() if s.live]
+        missing = tuple(item for item in live if item.key not in position.seen)
         listed = len(live) - len(missing)
-        if is_mass_deletion(live_before=max(live_before, len(missing)), missing=len(missing), listed=listed):
+        live_before = max(position.live_before, len(missing))
+        if is_mass_deletion(live_before=live_before, missing=len(missing), listed=listed):
             held = state.held_sweep
             confirmed = held is not None and now - held.first_seen_at >= self._confirm_seconds
             extra = {"collection": collection.name, "missing": len(missing), "live": len(live)}

@@ -935,6 +935,11 @@ class EventListingStore:
             update["ExpressionAttributeValues"] = attribute_values(values)
         _transact(self._client, fence, [_fence_check(self._users_table, fence, now), {"Update": update}], self._sleep)
 
+    def begin(self, fence: Fence, now: int, calendar_id: str) -> None:
+        """Record a calendar's first listing before any of its events is written, so that whatever
+        happens to that listing, the calendar's events are retired when it leaves the user's list."""
+        self._fenced_update(fence, now, calendar_id, "SET created_at = if_not_exists(created_at, :now)", {":now": now})
+
     def save_checkpoint(self, fence: Fence, now: int, calendar_id: str, checkpoint: Checkpoint) -> bool:
         """Remember how far the calendar's event listing got; False when it is too big to keep.
 

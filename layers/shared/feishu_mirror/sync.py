@@ -21,6 +21,7 @@ from feishu_mirror.errors import (
     AccessTokenRejected,
     DeadlineExceeded,
     FeishuError,
+    FeishuUnavailable,
     LeaseLost,
     ReauthorizationRequired,
 )
@@ -292,6 +293,7 @@ class CalendarSync:
         # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
         run.handled_calendars |= user.dirty_calendars - readable
         held = False
+        failure: FeishuError | None = None
         for calendar_id in sorted(readable):
             listing = listings.get(calendar_id)
             if not self._events_due(listing, calendar_id, user, run, now):
@@ -302,21 +304,36 @@ class CalendarSync:
                 continue
             try:
                 held = self._list_events(mirror, run, calendar_id, listing) or held
+            except (ReauthorizationRequired, FeishuUnavailable):
+                raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
             except FeishuError as exc:
-                if exc.code not in EVENTS_UNAVAILABLE_CODES:
-                    raise
-                # The calendar list and this calendar disagree for a moment (just deleted, access just
-                # revoked): skip it; the next calendar listing settles which one is right.
-                count("EventListingsUnavailable")
-                logger.info("events_unavailable", extra={"calendar_id": calendar_id, "code": exc.code})
+                if exc.code in EVENTS_UNAVAILABLE_CODES:
+                    # The calendar list and this calendar disagree for a moment (just deleted, access just
+                    # revoked): skip it; the next calendar listing settles which one is right.
+                    count("EventListingsUnavailable")
+                    logger.info("events_unavailable", extra={"calendar_id": calendar_id, "code": exc.code})
+                    continue
+                # One calendar Feishu will not list must not starve the others: list them, then fail the
+                # sync with this calendar's error (recorded on the user, retried with a backoff).
+                count("EventListingFailures")
+                logger.warning(
+                    "event_listing_failed", extra={"calendar_id": calendar_id, "code": exc.code, "log_id": exc.log_id}
+                )
+                failure = failure or FeishuError(
+                    exc.code, f"events of {calendar_id}: {exc.message}", http_status=exc.http_status, log_id=exc.log_id
+                )
                 continue
             run.handled_calendars.add(calendar_id)
             self._assert_event_subscription(mirror, run, calendar_id, listing)
+        if failure is not None:
+            raise failure
         return held
 
     def _list_events(self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None) -> bool:
         """One calendar's event listing; a resumed one is followed by an incremental catch-up."""
         collection = _CalendarEvents(self, run, mirror, calendar_id)
+        if listing is None:
+            mirror.listings.begin(run.fence, self._now(), calendar_id)
         state = listing.state if listing else ListingState()
         while True:
             held = self._engine.run(collection, state, run.events) is not None
