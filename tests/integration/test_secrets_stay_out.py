@@ -191,6 +191,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         "access_token_rejected",
         "reauth_required",
         "event_dispatched",
+        "pings_dispatched",
         "callback_rejected",
         "TokenRefreshes",
         "TokenRefreshFailures",

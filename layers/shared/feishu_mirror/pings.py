@@ -4,6 +4,10 @@ A ping marks the user dirty (``dirty_seq`` + 1) and due. If a sync holds the use
 sees the new ``dirty_seq`` when it tries to release and loops once more; if a sync was already
 started and has not begun yet, it will read the new state anyway. Only otherwise is a new sync
 invoked, after a conditional claim, so bursts of pings cost one invocation.
+
+Each dispatch logs one ``pings_dispatched`` line naming the users by outcome (with the push's
+``event_id`` when there is one), so an operator can go from an event to the users it touched and on
+to their syncs' logs (keyed by ``open_id``), also when the push coalesced into a sync already running.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from feishu_mirror.observability import count, logger
 from feishu_mirror.store import UserStore
 
 CLAIM_SECONDS = 120
+# Feishu names at most 1000 users per event (``callback.MAX_USERS_PER_EVENT``); the log line is bounded
+# by this anyway, whoever the caller (about 40 kB of open ids, far below a log event's 256 kB).
+MAX_LOGGED_OPEN_IDS = 1000
 
 
 @dataclass(slots=True)
@@ -37,6 +44,18 @@ class PingOutcome:
             "ignored": len(self.ignored),
             "invoke_failed": len(self.invoke_failed),
         }
+
+    def open_ids(self, limit: int = MAX_LOGGED_OPEN_IDS) -> dict[str, Any]:
+        """For the log line: the open ids per outcome, at most ``limit`` in all (the rest are counted)."""
+        out: dict[str, Any] = {}
+        left = limit
+        for name in ("started", "coalesced", "ignored", "invoke_failed"):
+            ids: list[str] = getattr(self, name)
+            out[f"{name}_open_ids"] = ids[: max(left, 0)]
+            left -= len(ids)
+        if left < 0:
+            out["open_ids_not_logged"] = -left
+        return out
 
 
 class PingDispatcher:
@@ -61,7 +80,8 @@ class PingDispatcher:
         """Handle one ping for each user. Unknown or inactive users are ignored.
 
         ``calendar_id`` names a calendar whose events changed: its events are listed by the sync.
-        ``event_id`` (the push's ``header.event_id``) travels with a started sync, for its logs.
+        ``event_id`` (the push's ``header.event_id``) travels with a started sync, for its logs, and is
+        logged with every user's outcome (``pings_dispatched``), for the users whose push coalesced.
 
         A failed invoke is logged and counted, not raised: the user stays due, so the scheduled
         resync starts the sync within one period.
@@ -91,6 +111,12 @@ class PingDispatcher:
                 outcome.invoke_failed.append(open_id)
                 continue
             outcome.started.append(open_id)
+        trail: dict[str, Any] = {"reason": reason, **outcome.open_ids()}
+        if event_id:
+            trail["event_id"] = event_id
+        if calendar_id:
+            trail["calendar_id"] = calendar_id
+        logger.info("pings_dispatched", extra=trail)
         count("SyncsStarted", len(outcome.started))
         count("PingsCoalesced", len(outcome.coalesced))
         count("PingsIgnored", len(outcome.ignored))
