@@ -22,6 +22,8 @@ FUNCTIONS = (
     "PublisherFunction",
 )
 
+STATUS_TABLES = ("UsersTable", "CalendarsTable", "EventListingsTable")  # the tables the status function touches
+
 
 @cache
 def template() -> dict[str, Any]:
@@ -64,14 +66,27 @@ def test_only_the_status_routes_require_iam_and_all_of_them_do() -> None:
 
 
 def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log_group() -> None:
+    # GIVEN the status function's policies
     props = template()["Resources"]["StatusFunction"]["Properties"]
-    assert props["Policies"] == [
-        {"DynamoDBReadPolicy": {"TableName": {"Ref": "UsersTable"}}},
-        {"DynamoDBReadPolicy": {"TableName": {"Ref": "CalendarsTable"}}},
-        {"DynamoDBReadPolicy": {"TableName": {"Ref": "EventListingsTable"}}},
-        {"DynamoDBWritePolicy": {"TableName": {"Ref": "UsersTable"}}},
-        {"LambdaInvokePolicy": {"FunctionName": {"Ref": "SyncFunction"}}},
-    ]
+    inline, invoke = props["Policies"]
+    # THEN DynamoDB is granted action by action, on the tables' ARNs only (no index, no wildcard):
+    # reading and pinging users, querying one user's calendars and event listings; and invoking the sync
+    granted = {
+        (action, json.dumps(resource))
+        for statement in inline["Statement"]
+        for action in statement["Action"]
+        for resource in (statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]])
+    }
+    assert all(statement["Effect"] == "Allow" for statement in inline["Statement"])
+    users, calendars, listings = (json.dumps({"Fn::GetAtt": [t, "Arn"]}) for t in STATUS_TABLES)
+    assert granted == {
+        ("dynamodb:GetItem", users),
+        ("dynamodb:Scan", users),
+        ("dynamodb:UpdateItem", users),
+        ("dynamodb:Query", calendars),
+        ("dynamodb:Query", listings),
+    }
+    assert invoke == {"LambdaInvokePolicy": {"FunctionName": {"Ref": "SyncFunction"}}}
     assert props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"] == {
         "Fn::GetAtt": ["FailureQueue", "Arn"]
     }
@@ -145,7 +160,31 @@ def test_the_dashboard_is_valid_json_and_shows_only_metrics_the_code_emits() -> 
         "TokenRefreshes",
         "UsersNeedingReauth",
         "EventToMirrorLag",
+        "TokenRefreshFailures",
+        "SubscriptionFailures",
     } <= shown
+    # AND so are the events' (日程) own: every listing metric of the events engine, and their subscriptions
+    assert {
+        "EventListingsFull",
+        "EventListingsIncremental",
+        "EventListingsResumed",
+        "EventPagesFetched",
+        "EventsUpserted",
+        "EventsDeleted",
+        "EventSyncTokenResets",
+        "EventMassDeletionsHeld",
+        "EventSubscriptionFailures",
+        "EventListingsUnavailable",
+    } <= shown
+
+
+def test_the_dashboards_alarm_widget_lists_every_alarm_of_the_template() -> None:
+    # GIVEN the dashboard's alarm widget
+    (dashboard,) = resources("AWS::CloudWatch::Dashboard").values()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    listed = re.findall(r'"\$\{(\w+)\.Arn\}"', body)
+    # THEN it names each alarm the template defines, once
+    assert sorted(listed) == sorted(resources("AWS::CloudWatch::Alarm"))
 
 
 def test_the_status_url_is_an_output() -> None:
