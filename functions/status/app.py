@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cache
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -31,7 +31,9 @@ HTML_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": status.CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the page's own
+    # resync post, which cross_site must refuse; nothing is ever sent to another origin either way.
+    "Referrer-Policy": "same-origin",
 }
 
 
@@ -60,7 +62,8 @@ def _reply(code: int, data: dict[str, Any], page: str) -> Response[Any]:
 
 
 def _error(code: int, title: str, message: str) -> Response[Any]:
-    return _reply(code, {"message": message}, status.render_message(title, message))
+    overview = status.overview_href(app.current_event.raw_event.get("rawPath") or "")
+    return _reply(code, {"message": message}, status.render_message(title, message, overview=overview))
 
 
 @app.get("/status")
@@ -83,8 +86,8 @@ def user(open_id: str) -> Response[Any]:
 def resync(open_id: str) -> Response[Any]:
     """Start the user's sync now; a browser's form post is redirected back to the user's page."""
     event = app.current_event
-    origin, host = event.headers.get("origin"), event.headers.get("host")
-    if origin and origin != "null" and urlsplit(origin).netloc != host:
+    if status.cross_site({str(name).lower(): str(value) for name, value in event.headers.items()}):
+        logger.warning("cross_site_resync_refused", extra={"open_id": open_id})
         return _error(403, "Refused", "Cross-origin requests cannot start a sync.")
     caller = (event.raw_event.get("requestContext") or {}).get("authorizer", {}).get("iam", {}).get("userArn", "")
     requested = service().resync(open_id, requested_by=str(caller))

@@ -182,6 +182,12 @@ def test_the_status_page_shows_the_users_calendars_and_a_pushed_change_after_a_r
     assert browser.current_url == f"{stack.api_url}/status/{ada}?resync=started"
     assert "A sync was started." in browser.find_element(By.CSS_SELECTOR, ".flash").text
     assert stack.wait_idle(60)
+    # WHEN the operator opens an unknown user's page THEN its "All users" link leads back to the overview
+    browser.get(f"{stack.api_url}/status/ou_nobody")
+    assert "Unknown user" in browser.title
+    browser.find_element(By.LINK_TEXT, "All users").click()
+    WebDriverWait(browser, 10).until(expected_conditions.url_to_be(f"{stack.api_url}/status"))
+    assert browser.find_elements(By.CSS_SELECTOR, f"tr[data-open-id='{ada}']")
 
 
 def test_json_status_has_the_health_counters_and_never_a_token(
@@ -254,11 +260,40 @@ def test_bad_status_requests_get_clear_answers_and_start_nothing(stack: LocalSta
     )
     assert requests.get(f"{api}/status/ou_nobody", timeout=10).status_code == 404
     assert requests.get(f"{api}/status?limit=0", headers=JSON, timeout=10).status_code == 400
-    cross_site = requests.post(f"{api}/status/{ada}/resync", headers={"Origin": "https://evil.example"}, timeout=10)
-    assert cross_site.status_code == 403
-    assert "make resync" not in cross_site.text
+    port = api.rsplit(":", 1)[1]
+    for headers in (
+        {"Origin": "https://evil.example"},  # an older browser, posting from another site's page
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": f"http://127.0.0.1:{int(port) + 1}", "Sec-Fetch-Site": "same-site"},  # another local port
+        {"Origin": "null"},  # an opaque origin: a sandboxed frame, a data: page, a cross-origin redirect
+    ):
+        cross_site = requests.post(f"{api}/status/{ada}/resync", headers=headers, timeout=10)
+        assert cross_site.status_code == 403, headers
+        assert "Cross-origin requests cannot start a sync." in cross_site.text
+        assert "<a href='../../status'>All users</a>" in cross_site.text
     assert len(stack.lambda_api.invocations) == before
     assert "Traceback" not in unknown.text
+
+
+def test_the_resync_button_works_behind_a_sigv4_proxy_that_rewrites_the_host(stack: LocalStack, ada: str) -> None:
+    # GIVEN the page's resync post as it reaches API Gateway through aws-sigv4-proxy on the operator's
+    # machine: the browser posted to http://localhost:8080 (Origin, Sec-Fetch-Site: same-origin) and the
+    # proxy rewrote Host to the execute-api domain
+    proxied = {
+        "Host": "abc123.execute-api.us-east-1.amazonaws.com",
+        "Origin": "http://localhost:8080",
+        "Sec-Fetch-Site": "same-origin",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    # WHEN it arrives
+    reply = requests.post(f"{stack.api_url}/status/{ada}/resync", headers=proxied, allow_redirects=False, timeout=10)
+    # THEN a sync is started and the browser is sent back to the user's page, relatively (so through the proxy)
+    assert reply.status_code == 303, reply.text
+    assert reply.headers["Location"] == f"../{ada}?resync=started"
+    assert stack.wait_idle(60)
+    # AND a page of another site posting through the same proxy is still refused
+    forged = {**proxied, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    assert requests.post(f"{stack.api_url}/status/{ada}/resync", headers=forged, timeout=10).status_code == 403
 
 
 def test_one_event_is_followed_from_the_push_to_the_write_through_the_logs(
@@ -282,6 +317,13 @@ def test_one_event_is_followed_from_the_push_to_the_write_through_the_logs(
     ]
     assert len(dispatched) == 1
     assert dispatched[0]["started"] == 1
+    # AND its trail line names the user the event started a sync for (the way from event_id to open_id)
+    trail = [
+        line
+        for line in log_lines(stack, "CallbackFunction", marks)
+        if line.get("event_id") == event_id and line.get("message") == "pings_dispatched"
+    ]
+    assert [(line["started_open_ids"], line["coalesced_open_ids"]) for line in trail] == [([open_id], [])]
     # AND the sync's lines carry the user's open_id and the reason, up to the write it made
     sync = [
         line
@@ -290,6 +332,7 @@ def test_one_event_is_followed_from_the_push_to_the_write_through_the_logs(
     ]
     completed = [line for line in sync if line.get("message") == "sync_completed"]
     assert len(completed) == 1
+    assert completed[0]["event_id"] == event_id
     assert completed[0]["upserted"] == 1
     assert completed[0]["timestamp"] >= dispatched[0]["timestamp"]
     lag = [line for line in sync if line.get("message") == "event_to_mirror_lag"]

@@ -14,7 +14,10 @@ from feishu_mirror.status import (
     Overview,
     StatusRequestInvalid,
     UserDetail,
+    cross_site,
+    overview_href,
     page_size,
+    render_message,
     render_overview,
     render_user,
     valid_open_id,
@@ -130,6 +133,69 @@ def test_the_overview_links_to_the_next_page_relatively() -> None:
     page = render_overview(Overview((health(),), "ou_next", 2, NOW))
     assert "href='status?start=ou_next&amp;limit=2'" in page
     assert "href='status/ou_a'" in page
+
+
+@pytest.mark.parametrize(
+    ("path", "href"),
+    [
+        ("/status", "status"),
+        ("/status/ou_a", "../status"),
+        ("/status/ou_a/resync", "../../status"),
+        ("/mirror/status/ou_a", "../status"),  # a custom domain's base path
+        ("/status/status/resync", "../../status"),  # a user whose open_id is "status"
+        ("", "status"),
+    ],
+)
+def test_error_pages_link_back_to_the_overview_relatively(path: str, href: str) -> None:
+    # GIVEN an error answered at ``path`` WHEN its page is rendered THEN its link leads to the overview
+    assert overview_href(path) == href
+    page = render_message("Unknown user", "No such user.", overview=overview_href(path))
+    assert f"<a href='{href}'>All users</a>" in page
+    assert "href='/status'" not in page
+
+
+LOCAL = "127.0.0.1:3000"
+EXECUTE_API = "abc123.execute-api.us-east-1.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # the page's own button under `make run` (Chromium: fetch metadata and the page's origin)
+        {"host": LOCAL, "origin": f"http://{LOCAL}", "sec-fetch-site": "same-origin"},
+        # the same button behind aws-sigv4-proxy on the operator's machine: Host is rewritten
+        {"host": EXECUTE_API, "origin": "http://localhost:8080", "sec-fetch-site": "same-origin"},
+        # ... by a browser without fetch metadata, through a proxy that sets X-Forwarded-Host
+        {"host": EXECUTE_API, "origin": "http://localhost:8080", "x-forwarded-host": "localhost:8080"},
+        {"host": LOCAL, "origin": f"http://{LOCAL}"},  # a browser without fetch metadata, locally
+        {"host": EXECUTE_API, "sec-fetch-site": "none"},  # the operator's own request (typed, bookmarked)
+        {"host": EXECUTE_API},  # awscurl, curl, make resync: no Origin, no fetch metadata
+    ],
+)
+def test_the_operators_own_requests_are_not_cross_site(headers: dict[str, str]) -> None:
+    assert cross_site(headers) is False
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"host": LOCAL, "origin": "https://evil.example", "sec-fetch-site": "cross-site"},
+        {"host": LOCAL, "origin": "https://evil.example"},  # an older browser: the Origin gives it away
+        # another port of the same machine is the same site, not the same origin
+        {"host": LOCAL, "origin": "http://127.0.0.1:3001", "sec-fetch-site": "same-site"},
+        {"host": EXECUTE_API, "origin": "http://localhost:9999", "sec-fetch-site": "same-site"},
+        # an opaque origin (sandboxed frame, data: page, cross-origin redirect), whatever else is sent
+        {"host": LOCAL, "origin": "null"},
+        {"host": LOCAL, "origin": "null", "sec-fetch-site": "same-origin"},
+        # behind the proxy, without fetch metadata or X-Forwarded-Host, nothing vouches for the Origin
+        {"host": EXECUTE_API, "origin": "http://localhost:8080"},
+        {"host": EXECUTE_API, "origin": "https://evil.example", "x-forwarded-host": "localhost:8080"},
+        {"host": LOCAL, "origin": "http://[::1"},  # malformed
+        {"origin": f"http://{LOCAL}"},  # no host to compare with
+    ],
+)
+def test_requests_from_other_sites_pages_are_cross_site(headers: dict[str, str]) -> None:
+    assert cross_site(headers) is True
 
 
 @pytest.mark.parametrize("raw", ["0", "201", "-1", "ten", "1e3"])

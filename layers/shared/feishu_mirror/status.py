@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from feishu_mirror.errors import MirrorError
 from feishu_mirror.health import STATE_ORDER, UserHealth
@@ -89,6 +89,51 @@ def wants_json(accept: str | None, fmt: str | None = None) -> bool:
         elif media == "text/html":
             html_q = max(html_q, q)
     return json_q > html_q
+
+
+# Fetch metadata a browser sends with a request its user's page made to this same origin, or one the user
+# started themselves (typed, bookmarked); anything else (``same-site``: another port of localhost or a
+# sibling subdomain; ``cross-site``) is a page elsewhere trying to use the operator's credentials.
+SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})
+
+
+def cross_site(headers: Mapping[str, str]) -> bool:
+    """True when a state-changing request (the resync post) comes from another site's page; refuse it.
+
+    ``headers`` have lowercase names (API Gateway's). A browser's ``Sec-Fetch-Site`` decides when it is
+    there: it is computed against the address the browser actually posted to, so it stays right behind a
+    SigV4-signing proxy on the operator's machine, which rewrites ``Host`` to the execute-api domain while
+    ``Origin`` stays ``http://localhost:PORT``. Without it (an older browser, or a page served over plain
+    HTTP from another machine), ``Origin`` must name the host the request was sent to:
+    ``X-Forwarded-Host`` (its first entry) when a proxy sets it, else ``Host``. ``Origin: null`` (a
+    sandboxed frame, a ``data:`` page, a cross-origin redirect) is always refused; the pages' referrer
+    policy (``same-origin``) makes the browser send their real origin. No ``Origin`` and no fetch
+    metadata is not a browser's cross-site form (curl, awscurl, ``make resync``): allowed, since the
+    route's IAM authorisation already stands in front of it.
+    """
+    origin = headers.get("origin")
+    if origin is not None and origin.strip().lower() == "null":
+        return True
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() not in SAME_ORIGIN_FETCH_SITES
+    if origin is None:
+        return False
+    target = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip().lower()
+    try:
+        sent_from = urlsplit(origin.strip()).netloc.lower()
+    except ValueError:  # a malformed Origin (e.g. an unbalanced "[") names no host we serve
+        return True
+    return not target or sent_from != target
+
+
+def overview_href(path: str) -> str:
+    """The overview's address relative to the request's ``path`` (``status`` from ``/status``,
+    ``../status`` from ``/status/<id>``, ``../../status`` from ``/status/<id>/resync``): relative, so it
+    also works under a custom domain's base path and behind a proxy."""
+    segments = path.split("/")[1:]
+    below = len(segments) - 1 - segments.index("status") if "status" in segments else max(len(segments) - 1, 0)
+    return "../" * below + "status"
 
 
 # ---------------------------------------------------------------------------------- views
@@ -415,6 +460,7 @@ def render_user(view: UserDetail, *, flash: str = "") -> str:
     return _document(f"{u.name or u.open_id} — calendar mirror", body)
 
 
-def render_message(title: str, message: str) -> str:
-    """A page with one sentence (errors)."""
-    return _document(title, f"<h1>{_e(title)}</h1><p>{_e(message)}</p><p><a href='/status'>All users</a></p>")
+def render_message(title: str, message: str, *, overview: str = "status") -> str:
+    """A page with one sentence (errors), linking back to the overview at the relative ``overview``
+    (see ``overview_href``; an absolute ``/status`` would miss a custom domain's base path)."""
+    return _document(title, f"<h1>{_e(title)}</h1><p>{_e(message)}</p><p><a href='{_e(overview)}'>All users</a></p>")
