@@ -1,4 +1,5 @@
-"""Shared pytest configuration: the unit tier must not touch the network."""
+"""Shared pytest configuration: the unit tier must not touch the network; the fuzz figures are written
+at the end of a session that ran fuzz tests (``tests/fuzz_report.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import socket
 from typing import Any
 
 import pytest
+
+from tests.fuzz_report import TALLY
 
 # Settings.from_env and Powertools read these; keep them harmless for every tier.
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -24,3 +27,14 @@ def _no_network_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytes
             raise AssertionError("unit tests must not open network connections")
 
         monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A failed fuzz test (in any phase) marks its tier's figures as not from a passing run."""
+    if report.failed:
+        TALLY.note_failure(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Merge the fuzz figures of this session's tiers into ``.local/fuzz-report.json`` (only if fuzz ran)."""
+    TALLY.write()
