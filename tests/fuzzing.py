@@ -1,13 +1,17 @@
 """Hypothesis strategies and settings for fuzzing the callback (shared by the unit and integration tiers).
 
 The strategies aim at what the callback parses: raw bodies, header maps as API Gateway passes them,
-JSON documents of any shape and depth, and Feishu-shaped events whose known fields hold wrong types —
-also wrapped in *valid* crypto (encrypted and signed with the right key), so the checks behind the
-signature are fuzzed too. Settings are derandomized and keep no example database: CI reruns are exact.
+JSON documents of any shape and depth, and Feishu-shaped events of both kinds the mirror acts on
+(``calendar.calendar.changed_v4`` and ``calendar.calendar.event.changed_v4``, with its ``calendar_id``
+and its gray-release fields) whose known fields hold wrong types — also wrapped in *valid* crypto
+(encrypted and signed with the right key), so the checks behind the signature are fuzzed too.
+Settings are derandomized and keep no example database: CI reruns are exact. ``FUZZ_EXAMPLES_SCALE``
+multiplies every example count (``make soak`` runs ten times as many).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -15,12 +19,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from feishu_mirror import crypto
-from feishu_mirror.callback import CALENDAR_CHANGED, MAX_BODY_BYTES
+from feishu_mirror.callback import CALENDAR_CHANGED, EVENT_CHANGED, MAX_BODY_BYTES, MAX_CALENDAR_ID_LENGTH
+from tests import fuzz_report
 
 _SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
-UNIT = settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=_SLOW_DATA)
+_SCALE = fuzz_report.scale()
+UNIT = settings(
+    max_examples=200 * _SCALE, deadline=None, derandomize=True, database=None, suppress_health_check=_SLOW_DATA
+)
 INTEGRATION = settings(
-    max_examples=60,
+    max_examples=80 * _SCALE,
     deadline=None,
     derandomize=True,
     database=None,
@@ -121,6 +129,35 @@ def calendar_changed(
     }
 
 
+CALENDAR_ID = "feishu.cn_fuzz0123456789@group.calendar.feishu.cn"
+CALENDAR_EVENT_ID = "75d28f9b-e35c-4230-8a83-4a661497db54_0"
+
+
+def calendar_event_changed(
+    token: str,
+    app_id: str,
+    event_id: str = "evt-fuzz",
+    open_ids: tuple[str, ...] = ("ou_1",),
+    calendar_id: str = CALENDAR_ID,
+    *,
+    gray: bool = True,
+) -> dict[str, Any]:
+    """A well-formed schema 2.0 ``calendar.calendar.event.changed_v4`` payload; ``gray``: with the gray-release
+    fields (``calendar_event_id``, ``change_type``, ``rsvp_infos``), which Feishu may leave out."""
+    payload = calendar_changed(token, app_id, event_id, open_ids)
+    payload["header"]["event_type"] = EVENT_CHANGED
+    payload["event"]["calendar_id"] = calendar_id
+    if gray:
+        payload["event"].update(
+            calendar_event_id=CALENDAR_EVENT_ID,
+            change_type="rsvp",
+            rsvp_infos=[
+                {"from_user_id": {"open_id": (*open_ids, "ou_1")[0], "union_id": "on_x"}, "rsvp_status": "accept"}
+            ],
+        )
+    return payload
+
+
 _MISSING = object()
 # Values that a known field may hold instead of the right one: wrong types, empty, huge, hostile text.
 present_wrong_values = json_values | st.sampled_from(
@@ -139,6 +176,54 @@ def near_misses(right: str) -> st.SearchStrategy[str]:
     return st.sampled_from([right.upper(), f" {right}", right[:-1], right + "\x00", right + "\ud800", right + "x"])
 
 
+# calendar_id: valid ids (up to the length limit), and one slip from valid: control characters, format
+# characters, line separators, lone surrogates, one past the limit.
+valid_calendar_ids = st.sampled_from([CALENDAR_ID, "c" * MAX_CALENDAR_ID_LENGTH, "日历 #1", "x"]) | st.text(
+    st.characters(categories=["L", "N", "P", "S"]) | st.just(" "), min_size=1, max_size=40
+)
+bad_calendar_ids = st.sampled_from(
+    [
+        "c" * (MAX_CALENDAR_ID_LENGTH + 1),
+        CALENDAR_ID + "\x00",
+        "\x1f" + CALENDAR_ID,
+        CALENDAR_ID[:8] + "\x7f" + CALENDAR_ID[8:],
+        CALENDAR_ID + "\n",
+        CALENDAR_ID + "\u2028",
+        CALENDAR_ID + "\u200b",
+        "\ufeff" + CALENDAR_ID,
+        CALENDAR_ID + "\ud800",
+        "\udfff",
+        " \t ",
+    ]
+)
+# Half valid, so that the acceptance of event changes is fuzzed as much as their refusal.
+calendar_id_values = valid_calendar_ids | st.one_of(bad_calendar_ids, any_text, wrong_values)
+# The gray-release fields: right, one slip from right, wrong types, or left out (wrong_values has _MISSING).
+rsvp_infos = st.fixed_dictionaries(
+    {
+        "from_user_id": st.fixed_dictionaries({"open_id": st.just("ou_1"), "union_id": st.just("on_x")}),
+        "rsvp_status": st.sampled_from(["accept", "decline", "tentative"]) | any_text,
+    }
+)
+GRAY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "calendar_event_id": st.just(CALENDAR_EVENT_ID) | any_text | wrong_values,
+    "change_type": st.sampled_from(["create", "update", "delete", "rsvp"]) | near_misses("update") | wrong_values,
+    "rsvp_infos": st.lists(rsvp_infos | user_entries, max_size=3) | wrong_values,
+}
+EVENT_FIELDS = ["schema", "header", "token", "app_id", "event_id", "event_type", "event", "user_id_list", "entries"]
+
+
+uuid_event_ids = st.uuids().map(lambda u: u.hex)
+
+
+def fresh_event_ids(prefix: str = "evt-fuzz-") -> st.SearchStrategy[str]:
+    """Event ids never handed out before by this strategy. Drawn uuids repeat across the examples of a
+    test (hypothesis varies the other draws around them), so a handler fed only those would answer most
+    accepted events as duplicates; these come from a counter, the same in every derandomized run."""
+    counter = itertools.count()
+    return st.builds(lambda: f"{prefix}{next(counter)}")
+
+
 def _put(target: dict[str, Any], key: str, value: Any) -> None:
     if value is _MISSING:
         target.pop(key, None)
@@ -147,28 +232,75 @@ def _put(target: dict[str, Any], key: str, value: Any) -> None:
 
 
 @st.composite
-def event_payloads(draw: st.DrawFn, token: str, app_id: str, open_ids: tuple[str, ...] = ("ou_1",)) -> dict[str, Any]:
-    """A calendar change with some known fields replaced by wrong values (sometimes none: then valid)."""
-    payload = calendar_changed(token, app_id, event_id=draw(st.uuids()).hex, open_ids=open_ids)
+def event_payloads(
+    draw: st.DrawFn,
+    token: str,
+    app_id: str,
+    open_ids: tuple[str, ...] = ("ou_1",),
+    event_ids: st.SearchStrategy[str] = uuid_event_ids,
+) -> dict[str, Any]:
+    """A calendar change or an event change (gray fields present or not) with some known fields replaced
+    by wrong values (sometimes none: then valid). The event type may be swapped for the other one, and a
+    calendar change may carry a ``calendar_id`` too (it names no calendar then)."""
+    event_id = draw(event_ids)
+    if draw(st.booleans()):
+        payload = calendar_changed(token, app_id, event_id=event_id, open_ids=open_ids)
+        names = [*EVENT_FIELDS, "calendar_id"]
+    else:
+        payload = calendar_event_changed(token, app_id, event_id, open_ids, gray=draw(st.booleans()))
+        names = [*EVENT_FIELDS, "calendar_id", *GRAY_FIELDS]
     header, event = payload["header"], payload["event"]
-    fields = draw(
-        st.sets(
-            st.sampled_from(
-                ["schema", "header", "token", "app_id", "event_id", "event_type", "event", "user_id_list", "entries"]
-            ),
-            max_size=3,
-        )
-    )
-    for name in sorted(fields):
+    for name in sorted(draw(st.sets(st.sampled_from(names), max_size=3))):
         if name in ("schema", "header", "event"):
             _put(payload, name, draw(wrong_values))
-        elif name in ("token", "app_id", "event_id", "event_type"):
+        elif name == "event_type":
+            swapped = st.sampled_from([CALENDAR_CHANGED, EVENT_CHANGED])
+            _put(header, name, draw(st.one_of(swapped, any_text, near_misses(header[name]), wrong_values)))
+        elif name in ("token", "app_id", "event_id"):
             _put(header, name, draw(st.one_of(any_text, near_misses(header[name]), wrong_values)))
         elif name == "user_id_list":
             _put(event, name, draw(wrong_values | st.just([{"open_id": "ou_1"}] * 1001)))
-        else:
+        elif name == "entries":
             event["user_id_list"] = draw(st.lists(user_entries, max_size=4))
+        elif name == "calendar_id":
+            _put(event, name, draw(calendar_id_values))
+        else:
+            _put(event, name, draw(GRAY_FIELDS[name]))
     return payload
+
+
+@st.composite
+def event_changed_payloads(
+    draw: st.DrawFn,
+    token: str,
+    app_id: str,
+    open_ids: tuple[str, ...] = ("ou_1",),
+    event_ids: st.SearchStrategy[str] = uuid_event_ids,
+) -> dict[str, Any]:
+    """An event change, authentic but for its ``calendar_id`` (anything from valid to missing, empty, a wrong
+    type, huge, control characters, lone surrogates) and its gray fields (each right, wrong or left out)."""
+    payload = calendar_event_changed(token, app_id, draw(event_ids), open_ids, gray=False)
+    event = payload["event"]
+    _put(event, "calendar_id", draw(calendar_id_values))
+    for name, values in GRAY_FIELDS.items():
+        _put(event, name, draw(values))
+    return payload
+
+
+@st.composite
+def untouched_changes(
+    draw: st.DrawFn,
+    token: str,
+    app_id: str,
+    open_ids: tuple[str, ...] = ("ou_1",),
+    event_ids: st.SearchStrategy[str] = uuid_event_ids,
+) -> dict[str, Any]:
+    """A calendar change or an event change (with the gray fields or without) as Feishu sends it."""
+    event_id = draw(event_ids)
+    kind = draw(st.sampled_from(["calendar", "event", "event-without-gray-fields"]))
+    if kind == "calendar":
+        return calendar_changed(token, app_id, event_id, open_ids)
+    return calendar_event_changed(token, app_id, event_id, open_ids, gray=kind == "event")
 
 
 @st.composite
@@ -193,7 +325,8 @@ def v1_payloads(draw: st.DrawFn, token: str) -> dict[str, Any]:
 def feishu_payloads(
     token: str, app_id: str, open_ids: tuple[str, ...] = ("ou_1",)
 ) -> st.SearchStrategy[dict[str, Any]]:
-    """Any of the three payload shapes Feishu sends, with fields gone wrong."""
+    """Any of the payload shapes Feishu sends (calendar change, event change, challenge, schema 1.0), with
+    fields gone wrong."""
     return event_payloads(token, app_id, open_ids) | challenge_payloads(token) | v1_payloads(token)
 
 

@@ -1,9 +1,11 @@
 """Fuzzing the real callback handler with API Gateway v2 events, on DynamoDB Local.
 
 For every event: the answer is a 2xx or 4xx JSON reply with a reason (never a 5xx), no exception
-escapes the handler, and a request that is not an accepted calendar change writes nothing to any
-table. Accepted changes start their syncs through a stand-in Lambda API; a Lambda API that cannot be
-reached does not turn an accepted event into an error.
+escapes the handler, and a request that is not an accepted change (of a calendar list or of a
+calendar's events) writes nothing to any table. Accepted changes start their syncs through a stand-in
+Lambda API, and an accepted event change marks its calendar dirty for the known users it names; a
+Lambda API that cannot be reached does not turn an accepted event into an error. Every event tried and
+its answer are counted for the README's fuzz figures (``tests/fuzz_report.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feishu_mirror.callback import MAX_BODY_BYTES
+from feishu_mirror.callback import EVENT_CHANGED, MAX_BODY_BYTES, MAX_CALENDAR_ID_LENGTH
 from feishu_mirror.config import Settings
 from local.feishu_sim import FeishuSimulator
-from tests import fuzzing
+from tests import fuzz_report, fuzzing
 from tests.integration.callback_handler import (
     UNREACHABLE,
     Context,
@@ -37,6 +39,9 @@ from tests.integration.harness import Harness
 pytestmark = pytest.mark.integration
 
 KNOWN_USERS = ("ou_fuzz_a", "ou_fuzz_b")
+# An API Gateway event and the Feishu payload inside it (None when the body is not one).
+Delivery = tuple[dict[str, Any], dict[str, Any] | None]
+FRESH_EVENT_IDS = fuzzing.fresh_event_ids()
 
 
 @pytest.fixture
@@ -74,21 +79,37 @@ def mixed_case(headers: dict[str, str], flips: list[bool]) -> dict[str, str]:
 
 
 @st.composite
-def api_gateway_events(draw: st.DrawFn, sim: FeishuSimulator) -> dict[str, Any]:
+def signed_payloads(draw: st.DrawFn, sim: FeishuSimulator) -> tuple[str, dict[str, Any]]:
+    """A Feishu payload for a signed delivery, and its shape."""
+    open_ids = tuple(draw(st.lists(st.sampled_from([*KNOWN_USERS, "ou_unknown"]), min_size=1, max_size=3)))
+    # "event": a calendar change or an event change with any field gone wrong; "event-changed": an event
+    # change gone wrong only in its calendar_id and gray fields; "untouched": either change as Feishu
+    # sends it (gray fields or not), so that accepted changes are dispatched often enough to be checked
+    shape = draw(st.sampled_from(["event", "event-changed", "untouched", "challenge", "v1"]))
+    # three in four events carry an event_id not sent before (they are dispatched if accepted), the
+    # others a drawn one, which repeats: a redelivery, answered from the first one's record
+    ids = FRESH_EVENT_IDS if draw(st.integers(0, 3)) else fuzzing.uuid_event_ids
+    token, app_id = sim.verification_token, sim.app_id
+    if shape == "event":
+        return shape, draw(fuzzing.event_payloads(token, app_id, open_ids, ids))
+    if shape == "event-changed":
+        return shape, draw(fuzzing.event_changed_payloads(token, app_id, open_ids, ids))
+    if shape == "untouched":
+        return shape, draw(fuzzing.untouched_changes(token, app_id, open_ids, ids))
+    if shape == "challenge":
+        return shape, draw(fuzzing.challenge_payloads(token))
+    return shape, draw(fuzzing.v1_payloads(token))
+
+
+@st.composite
+def api_gateway_events(draw: st.DrawFn, sim: FeishuSimulator) -> Delivery:
     """API Gateway v2 events: signed Feishu payloads gone wrong, random bytes, bad base64, missing parts."""
-    # Half of the events are signed Feishu payloads, most of them with the right key and a fresh timestamp,
-    # so the checks behind the signature and the dispatch get their share.
-    kind = draw(st.sampled_from(["signed"] * 5 + ["bytes", "bad-base64", "missing", "nested", "headers-only"]))
+    # Over half of the events are signed Feishu payloads, most of them with the right key and a fresh
+    # timestamp, so the checks behind the signature and the dispatch get their share.
+    kind = draw(st.sampled_from(["signed"] * 6 + ["bytes", "bad-base64", "missing", "nested", "headers-only"]))
     base64_encoded = draw(st.booleans())
     if kind == "signed":
-        open_ids = draw(st.lists(st.sampled_from([*KNOWN_USERS, "ou_unknown"]), min_size=1, max_size=3))
-        shape = draw(st.sampled_from(["event", "challenge", "v1"]))
-        if shape == "event":
-            payload = draw(fuzzing.event_payloads(sim.verification_token, sim.app_id, tuple(open_ids)))
-        elif shape == "challenge":
-            payload = draw(fuzzing.challenge_payloads(sim.verification_token))
-        else:
-            payload = draw(fuzzing.v1_payloads(sim.verification_token))
+        shape, payload = draw(signed_payloads(sim))
         variant = draw(st.sampled_from(["good"] * 4 + ["other-key", "stale", "repeated-header"]))
         key = "another-encrypt-key" if variant == "other-key" else sim.encrypt_key or ""
         body = fuzzing.sealed(key, fuzzing.as_plaintext(payload))
@@ -99,20 +120,20 @@ def api_gateway_events(draw: st.DrawFn, sim: FeishuSimulator) -> dict[str, Any]:
         if shape == "challenge" and draw(st.booleans()):  # Feishu sends its challenge unsigned
             headers = {}
         headers = mixed_case(headers, draw(st.lists(st.booleans(), min_size=3, max_size=3)))
-        return api_event(headers, body, base64_encoded=base64_encoded)
+        return api_event(headers, body, base64_encoded=base64_encoded), payload
     if kind == "bytes":
-        return api_event(draw(fuzzing.header_maps), draw(st.binary(max_size=256)), base64_encoded=base64_encoded)
+        return api_event(draw(fuzzing.header_maps), draw(st.binary(max_size=256)), base64_encoded=base64_encoded), None
     if kind == "bad-base64":
         text = draw(st.text(alphabet="AB=+/-_ \n%*", min_size=1, max_size=16).filter(_not_base64))
-        return api_event(draw(fuzzing.header_maps), text, base64_encoded=True)
+        return api_event(draw(fuzzing.header_maps), text, base64_encoded=True), None
     if kind == "nested":
-        return api_event({}, draw(fuzzing.nested_json()), base64_encoded=base64_encoded)
+        return api_event({}, draw(fuzzing.nested_json()), base64_encoded=base64_encoded), None
     if kind == "headers-only":
-        return api_event(draw(fuzzing.header_maps), None, base64_encoded=base64_encoded)
+        return api_event(draw(fuzzing.header_maps), None, base64_encoded=base64_encoded), None
     event = api_event(draw(st.none() | st.just({})), draw(st.none() | st.just("") | fuzzing.any_text))
     if draw(st.booleans()):
         event.pop("isBase64Encoded")
-    return event
+    return event, None
 
 
 def _not_base64(text: str) -> bool:
@@ -123,40 +144,83 @@ def _not_base64(text: str) -> bool:
     return False
 
 
+def _is_event_changed(payload: dict[str, Any] | None) -> bool:
+    header = payload.get("header") if payload is not None else None
+    return isinstance(header, dict) and header.get("event_type") == EVENT_CHANGED
+
+
+def _kind(status: int, body: dict[str, Any], payload: dict[str, Any] | None) -> str:
+    """The outcome of one delivery, as the fuzz figures name it."""
+    if status != 200:
+        return fuzz_report.status_key(status)
+    if "challenge" in body:
+        return fuzz_report.CHALLENGE
+    if body.get("msg") == "success" and body.get("duplicate"):
+        return fuzz_report.DUPLICATE
+    if body.get("msg") == "success":
+        return fuzz_report.EVENT_CHANGE if _is_event_changed(payload) else fuzz_report.CALENDAR_CHANGE
+    return fuzz_report.IGNORED
+
+
+def _count(kind: str, payload: dict[str, Any] | None) -> None:
+    fuzz_report.TALLY.record(fuzz_report.HANDLER, kind, event_changed=_is_event_changed(payload))
+
+
 def test_fuzzed_events_get_2xx_or_4xx_and_refusals_write_nothing(
     app: ModuleType, harness: Harness, sim: FeishuSimulator, recorder: LambdaRecorder
 ) -> None:
     seen: set[int | str] = set()
 
     @fuzzing.INTEGRATION
-    @given(event=api_gateway_events(sim))
-    def check(event: dict[str, Any]) -> None:
+    @given(delivery=api_gateway_events(sim))
+    def check(delivery: Delivery) -> None:
+        event, payload = delivery
         # GIVEN the tables as they are before the request
         before = table_snapshot(harness.client, harness.settings)
         invokes_before = len(recorder.invocations)
         # WHEN the handler gets any API Gateway event (no exception may escape it)
-        reply = app.handler(event, Context())
+        try:
+            reply = app.handler(event, Context())
+        except Exception:
+            _count(fuzz_report.ESCAPED, payload)
+            raise
         # THEN the answer is a 2xx or 4xx JSON reply with a reason
         status = reply["statusCode"]
         seen.add(status)
+        if status >= 500:
+            _count(fuzz_report.SERVER_ERROR, payload)
         assert 200 <= status < 500, reply
         assert reply["headers"]["Content-Type"] == "application/json"
         body = reply_body(reply)
+        _count(_kind(status, body, payload), payload)
         seen.add(str(body.get("msg", "challenge")))
         if status != 200:
             assert isinstance(body.get("msg"), str)
             assert body["msg"]
         else:
             assert body.get("msg") in ("success", "ignored") or isinstance(body.get("challenge"), str), body
-        # AND anything but an accepted calendar change leaves every table as it was and starts no sync
+        # AND anything but an accepted change leaves every table as it was and starts no sync
         if body.get("msg") != "success":
             assert table_snapshot(harness.client, harness.settings) == before
             assert len(recorder.invocations) == invokes_before
+        # AND an accepted event change names a non-empty, bounded, printable calendar_id, the payload's,
+        # and (unless its event_id was seen before: then it is answered from the first delivery's record)
+        # marks that calendar dirty for every known user it names, whose sync then lists it
+        elif _is_event_changed(payload) and not body.get("duplicate"):
+            assert payload is not None
+            seen.add("event change")
+            calendar_id = payload["event"]["calendar_id"]
+            assert isinstance(calendar_id, str)
+            assert 0 < len(calendar_id) <= MAX_CALENDAR_ID_LENGTH
+            assert calendar_id.isprintable()
+            named = {user["open_id"] for user in payload["event"]["user_id_list"]}
+            for open_id in sorted(named & set(KNOWN_USERS)):
+                assert calendar_id in harness.user(open_id).get("dirty_calendars", set()), open_id
 
     check()
-    # AND the fuzz reached the accepting paths (a dispatched change, an ignored event, a challenge) as
-    # well as the refusals
-    assert {"success", "ignored", "challenge", 400, 401} <= seen
+    # AND the fuzz reached the accepting paths (a dispatched calendar change and event change, an ignored
+    # event, a challenge) as well as the refusals
+    assert {"success", "event change", "ignored", "challenge", 400, 401} <= seen
 
 
 def test_an_accepted_event_with_an_unreachable_lambda_api_is_still_a_200(

@@ -3,7 +3,9 @@
 The property, for every input: the verifier returns one of the documented results (``Challenge``,
 ``CalendarChanged``, ``IgnoredEvent``) or raises ``CallbackRejected`` with a 4xx status
 (400/401/403/413) and a short reason — never any other exception, which the handler would turn
-into a 5xx. Accepted events must also be authentic: right token, right app, fresh timestamp.
+into a 5xx. Accepted events must also be authentic: right token, right app, fresh timestamp; an
+accepted event change names the payload's calendar. Every input tried and its outcome are counted for
+the README's fuzz figures (``tests/fuzz_report.py``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import currently_in_test_context, given, settings
 from hypothesis import strategies as st
 
 from feishu_mirror import crypto
 from feishu_mirror.callback import (
     CALENDAR_CHANGED,
+    EVENT_CHANGED,
     MAX_BODY_BYTES,
+    MAX_CALENDAR_ID_LENGTH,
     MAX_CHALLENGE_LENGTH,
     MAX_EVENT_ID_LENGTH,
     CalendarChanged,
@@ -27,7 +31,7 @@ from feishu_mirror.callback import (
     IgnoredEvent,
 )
 from feishu_mirror.errors import CallbackRejected
-from tests import fuzzing
+from tests import fuzz_report, fuzzing
 from tests.fuzzing import UNIT
 
 KEY = "fuzz-encrypt-key"
@@ -54,12 +58,49 @@ ENCRYPTED, PLAINTEXT = verifier(), verifier(encrypt_key="")
 modes = st.sampled_from([ENCRYPTED, PLAINTEXT])
 
 
-def outcome(v: CallbackVerifier, headers: dict[str, str], body: bytes) -> Outcome:
-    """Run the verifier; check the shape of whatever it answers. Any other exception fails the test."""
+def delivered(v: CallbackVerifier, payload: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """Headers and body of ``payload`` as Feishu sends it to ``v``: sealed and signed when the app has a key."""
+    plaintext = fuzzing.as_plaintext(payload)
+    if v is PLAINTEXT:
+        return {}, plaintext
+    body = fuzzing.sealed(KEY, plaintext)
+    return fuzzing.signed_headers(KEY, body, str(NOW)), body
+
+
+def _is_event_changed(payload: Any) -> bool:
+    header = payload.get("header") if isinstance(payload, dict) else None
+    return isinstance(header, dict) and header.get("event_type") == EVENT_CHANGED
+
+
+def _kind(result: Outcome) -> str:
+    if isinstance(result, CallbackRejected):
+        return fuzz_report.status_key(result.status)
+    if isinstance(result, Challenge):
+        return fuzz_report.CHALLENGE
+    if isinstance(result, IgnoredEvent):
+        return fuzz_report.IGNORED
+    return fuzz_report.EVENT_CHANGE if _is_event_changed(result.payload) else fuzz_report.CALENDAR_CHANGE
+
+
+def _count(kind: str, payload: Any) -> None:
+    """Count one fuzz input and its outcome (not the fixed examples: they are not fuzzing)."""
+    if currently_in_test_context():
+        fuzz_report.TALLY.record(fuzz_report.VERIFIER, kind, event_changed=_is_event_changed(payload))
+
+
+def outcome(v: CallbackVerifier, headers: dict[str, str], body: bytes, payload: Any = None) -> Outcome:
+    """Run the verifier; check the shape of whatever it answers. Any other exception fails the test.
+
+    ``payload`` is the Feishu-shaped document inside ``body`` when there is one (to count event changes).
+    """
     try:
         result: Outcome = v.verify(headers, body)
     except CallbackRejected as exc:
         result = exc
+    except Exception:
+        _count(fuzz_report.ESCAPED, payload)
+        raise
+    _count(_kind(result), payload)
     if isinstance(result, CallbackRejected):
         assert result.status in fuzzing.REJECTION_STATUSES, result.status
         assert result.reason
@@ -84,6 +125,14 @@ def outcome(v: CallbackVerifier, headers: dict[str, str], body: bytes) -> Outcom
         assert result.open_ids
         assert len(set(result.open_ids)) == len(result.open_ids)
         assert all(0 < len(o) <= MAX_EVENT_ID_LENGTH and o.isprintable() for o in result.open_ids)
+        # an event change names its calendar, which becomes a DynamoDB set member and a log field:
+        # printable, bounded, never empty, the payload's own; a calendar-list change names none
+        if _is_event_changed(result.payload):
+            assert 0 < len(result.calendar_id) <= MAX_CALENDAR_ID_LENGTH
+            assert result.calendar_id.isprintable()
+            assert result.calendar_id == result.payload["event"]["calendar_id"]
+        else:
+            assert result.calendar_id == ""
     return result
 
 
@@ -98,8 +147,21 @@ def assert_authentic(result: Outcome, payload: Any) -> None:
     elif isinstance(result, CalendarChanged):
         assert payload["header"]["token"] == TOKEN
         assert payload["header"]["app_id"] == APP_ID
-        assert payload["header"]["event_type"] == CALENDAR_CHANGED
-        assert result.payload == payload
+        if payload["header"]["event_type"] == EVENT_CHANGED:
+            calendar_id = payload["event"]["calendar_id"]
+            assert isinstance(calendar_id, str)
+            assert 0 < len(calendar_id) <= MAX_CALENDAR_ID_LENGTH
+            assert calendar_id.isprintable()
+            assert result.calendar_id == calendar_id
+        else:
+            assert payload["header"]["event_type"] == CALENDAR_CHANGED
+            assert result.calendar_id == ""
+        # the same document as sent (compared as JSON text: a NaN in a gray field is not equal to itself,
+        # and an escaped surrogate pair sent as two lone surrogates is read back as one character)
+        sent = json.loads(fuzzing.as_plaintext(payload))
+        assert json.dumps(result.payload, sort_keys=True) == json.dumps(sent, sort_keys=True)
+        # the users are the payload's, in its order, each once
+        assert result.open_ids == tuple(dict.fromkeys(user["open_id"] for user in payload["event"]["user_id_list"]))
     elif result.event_type == "v1":
         assert payload.get("token") == TOKEN
     else:
@@ -186,7 +248,7 @@ def test_feishu_shaped_payloads_with_wrong_types_inside_valid_crypto(data: st.Da
     body = fuzzing.sealed(KEY, fuzzing.as_plaintext(payload))
     headers = fuzzing.signed_headers(KEY, body, str(NOW + skew))
     # WHEN verified THEN a documented result or a 4xx, and anything accepted is authentic
-    assert_authentic(outcome(ENCRYPTED, headers, body), payload)
+    assert_authentic(outcome(ENCRYPTED, headers, body, payload), payload)
 
 
 @UNIT
@@ -195,7 +257,7 @@ def test_feishu_shaped_payloads_with_wrong_types_in_plaintext_mode(data: st.Data
     # GIVEN an app without an encrypt key and any Feishu-shaped payload, sent as plain JSON
     payload = data.draw(fuzzing.feishu_payloads(TOKEN, APP_ID))
     # WHEN verified THEN a documented result or a 4xx, and anything accepted carries the right token
-    assert_authentic(outcome(PLAINTEXT, {}, fuzzing.as_plaintext(payload)), payload)
+    assert_authentic(outcome(PLAINTEXT, {}, fuzzing.as_plaintext(payload), payload), payload)
 
 
 @UNIT
@@ -206,28 +268,69 @@ def test_feishu_shaped_payloads_with_wrong_types_in_plaintext_mode(data: st.Data
         fuzzing.json_values,
         st.sampled_from([TOKEN, TOKEN + "\x00", TOKEN.upper(), TOKEN[:-1], " " + TOKEN, TOKEN + "\ud800"]),
     ),
-    shape=st.sampled_from(["challenge", "event", "v1"]),
+    shape=st.sampled_from(["challenge", "event", "event-changed", "v1"]),
 )
 def test_tokens_of_any_form_are_accepted_only_when_equal(v: CallbackVerifier, token: Any, shape: str) -> None:
-    # GIVEN a well-formed challenge, event or v1 event carrying any token value (lone surrogates, wrong
-    # types, near misses), encrypted and signed with the right key when the app has one
+    # GIVEN a well-formed challenge, calendar change, event change or v1 event carrying any token value
+    # (lone surrogates, wrong types, near misses), encrypted and signed with the right key when the app has one
     if shape == "challenge":
         payload: dict[str, Any] = {"type": "url_verification", "challenge": "c-1", "token": token}
     elif shape == "event":
         payload = fuzzing.calendar_changed(token, APP_ID)
+    elif shape == "event-changed":
+        payload = fuzzing.calendar_event_changed(token, APP_ID)
     else:
         payload = {"uuid": "u-1", "type": "event_callback", "token": token}
-    plaintext = fuzzing.as_plaintext(payload)
-    if v is ENCRYPTED:
-        body = fuzzing.sealed(KEY, plaintext)
-        headers = fuzzing.signed_headers(KEY, body, str(NOW))
-    else:
-        body, headers = plaintext, {}
+    headers, body = delivered(v, payload)
     # WHEN verified THEN it is accepted exactly when the token is the configured one, else 401
-    result = outcome(v, headers, body)
+    result = outcome(v, headers, body, payload)
     assert isinstance(result, CallbackRejected) != (token == TOKEN), result
     if isinstance(result, CallbackRejected):
         assert (result.status, result.reason) == (401, "verification token mismatch")
+
+
+@UNIT
+@given(v=modes, data=st.data())
+def test_event_changes_are_accepted_exactly_when_their_calendar_id_is_valid_whatever_the_gray_fields(
+    v: CallbackVerifier, data: st.DataObject
+) -> None:
+    # GIVEN an authentic event change whose calendar_id is anything (a valid id up to the length limit, or
+    # missing, empty, a wrong type, huge, control or format characters, lone surrogates) and whose gray
+    # fields (calendar_event_id, change_type, rsvp_infos) are each right, wrong or left out; sealed and
+    # signed with the right key when the app has one
+    payload = data.draw(fuzzing.event_changed_payloads(TOKEN, APP_ID, ("ou_1", "ou_2")))
+    headers, body = delivered(v, payload)
+    # WHEN verified
+    result = outcome(v, headers, body, payload)
+    # THEN it is accepted, naming that calendar, exactly when the calendar_id is a non-empty, bounded,
+    # printable string, and otherwise refused with a 400; the gray fields (which the mirror does not use:
+    # a push is a ping) never change the answer
+    calendar_id = payload["event"].get("calendar_id")
+    if isinstance(calendar_id, str) and 0 < len(calendar_id) <= MAX_CALENDAR_ID_LENGTH and calendar_id.isprintable():
+        assert isinstance(result, CalendarChanged), result
+        assert (result.calendar_id, result.open_ids) == (calendar_id, ("ou_1", "ou_2"))
+    else:
+        assert isinstance(result, CallbackRejected), result
+        assert (result.status, result.reason) == (400, "event.calendar_id must be a non-empty string")
+    assert_authentic(result, payload)
+
+
+@settings(UNIT, max_examples=UNIT.max_examples // 4)  # a narrow property: fewer examples do
+@given(v=modes, data=st.data())
+def test_a_calendar_change_carrying_event_change_fields_names_no_calendar(
+    v: CallbackVerifier, data: st.DataObject
+) -> None:
+    # GIVEN an authentic calendar-list change that carries an event change's fields: a calendar_id of any
+    # form and gray fields right, wrong or left out
+    payload = data.draw(fuzzing.event_changed_payloads(TOKEN, APP_ID, ("ou_1",)))
+    payload["header"]["event_type"] = CALENDAR_CHANGED
+    headers, body = delivered(v, payload)
+    # WHEN verified THEN it is accepted as a change of the user's calendar list, naming no calendar: only
+    # the event type decides whether calendar_id is read
+    result = outcome(v, headers, body, payload)
+    assert isinstance(result, CalendarChanged), result
+    assert (result.calendar_id, result.open_ids) == ("", ("ou_1",))
+    assert_authentic(result, payload)
 
 
 @UNIT
@@ -259,6 +362,20 @@ def test_the_payload_strategy_does_produce_valid_events() -> None:
     result = outcome(ENCRYPTED, fuzzing.signed_headers(KEY, body, str(NOW)), body)
     assert isinstance(result, CalendarChanged)
     assert result.open_ids == ("ou_1", "ou_2")
+
+
+@pytest.mark.parametrize("gray", [True, False], ids=["gray-fields", "no-gray-fields"])
+@pytest.mark.parametrize("v", [ENCRYPTED, PLAINTEXT], ids=["encrypted", "plaintext"])
+def test_the_event_changed_strategy_does_produce_valid_events(v: CallbackVerifier, gray: bool) -> None:
+    # GIVEN the event change the strategies start from, with and without Feishu's gray-release fields
+    payload = fuzzing.calendar_event_changed(TOKEN, APP_ID, open_ids=("ou_1", "ou_2"), gray=gray)
+    headers, body = delivered(v, payload)
+    # WHEN its untouched form is verified THEN it is accepted, naming its calendar: the fuzz above
+    # exercises the acceptance of event changes as well as their refusals
+    result = outcome(v, headers, body, payload)
+    assert isinstance(result, CalendarChanged)
+    assert (result.calendar_id, result.open_ids) == (fuzzing.CALENDAR_ID, ("ou_1", "ou_2"))
+    assert_authentic(result, payload)
 
 
 @UNIT
