@@ -175,6 +175,7 @@ def test_the_dashboard_is_valid_json_and_shows_only_metrics_the_code_emits() -> 
         "EventMassDeletionsHeld",
         "EventSubscriptionFailures",
         "EventListingsUnavailable",
+        "EventListingFailures",
     } <= shown
 
 
