@@ -151,7 +151,8 @@ def delay(seconds: float) -> Fault:
 
 
 def empty_page() -> Fault:
-    """On the calendar list: an empty page with ``has_more: true`` whose page_token continues the listing."""
+    """On a listing (the calendar list, a calendar's events): an empty page with ``has_more: true`` that
+    continues where the listing stands (a page_token; for an event increment, as it pages, a sync_token)."""
     return Fault("empty_page")
 
 
@@ -959,7 +960,7 @@ class FeishuSimulator:
         events = EVENTS_PATH.fullmatch(call.path)
         if events is not None:
             calendar_id, action = events.group(1), events.group(2) or ""
-            return lambda c: self._events_route(c, calendar_id, action)
+            return lambda c: self._events_route(c, calendar_id, action, empty_page=empty_page)
         handler = self._routes.get((call.method, call.path))
         if handler is not None:
             return handler
@@ -1173,7 +1174,7 @@ class FeishuSimulator:
         self._sync_tokens[sync_token] = _SyncPoint(listing.open_id, listing.end_seq)
         return {"has_more": False, "page_token": "", "sync_token": sync_token, "calendar_list": page}
 
-    def _events_route(self, call: _Call, calendar_id: str, action: str) -> _Reply:
+    def _events_route(self, call: _Call, calendar_id: str, action: str, *, empty_page: bool = False) -> _Reply:
         user = self._authenticated_user(call, tenant_error=(400, 99991663, "tenant access token not support"))
         with self._lock:
             calendar = user.calendars.get(calendar_id)
@@ -1190,9 +1191,9 @@ class FeishuSimulator:
                 return _json_reply(200, {"code": 0, "msg": "success", "data": {}})
             if call.method != "GET":
                 return _json_reply(405, {"code": 405, "msg": "method not allowed"})
-            return self._list_events(call, user, calendar)
+            return self._list_events(call, user, calendar, empty_page=empty_page)
 
-    def _list_events(self, call: _Call, user: _User, calendar: _CalendarState) -> _Reply:
+    def _list_events(self, call: _Call, user: _User, calendar: _CalendarState, *, empty_page: bool = False) -> _Reply:
         query = call.query
         page_size = self._page_size(query.get("page_size"))
         page_token, sync_token = query.get("page_token", ""), query.get("sync_token", "")
@@ -1215,8 +1216,10 @@ class FeishuSimulator:
             changed = sorted(
                 (e for e in calendar.events.values() if e.changed_seq > point.seq), key=lambda e: e.changed_seq
             )
-            if self.incremental_event_paging != "page_token" and len(changed) > page_size:
-                return self._incremental_events_page(user, calendar, changed[:page_size])
+            if self.incremental_event_paging != "page_token" and (empty_page or len(changed) > page_size):
+                return self._incremental_events_page(
+                    user, calendar, point.seq, [] if empty_page else changed[:page_size]
+                )
             entries = tuple(e.entry() for e in changed)
             listing, offset, pageable = _Listing(user.open_id, entries, self._seq, calendar.calendar_id), 0, True
         else:
@@ -1231,9 +1234,9 @@ class FeishuSimulator:
                 0,
                 since is not None,
             )
-        page = [dict(entry) for entry in listing.entries[offset : offset + page_size]]
+        page = [] if empty_page else [dict(entry) for entry in listing.entries[offset : offset + page_size]]
         next_offset = offset + len(page)
-        if next_offset < len(listing.entries):
+        if empty_page or next_offset < len(listing.entries):
             token = ""
             if pageable:
                 token = "ListEventsPageToken_" + secrets.token_urlsafe(24)
@@ -1245,13 +1248,16 @@ class FeishuSimulator:
             data = {"has_more": False, "page_token": "", "sync_token": token, "items": page}
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 
-    def _incremental_events_page(self, user: _User, calendar: _CalendarState, page: list[_EventState]) -> _Reply:
+    def _incremental_events_page(
+        self, user: _User, calendar: _CalendarState, since_seq: int, page: list[_EventState]
+    ) -> _Reply:
         """A page of changes with more to come and no page_token: continued by this page's sync_token
         (standing for the last change it holds), or not at all."""
         token = ""
         if self.incremental_event_paging == "sync_token":
             token = "ListEventsSyncToken_" + secrets.token_urlsafe(24)
-            self._sync_tokens[token] = _SyncPoint(user.open_id, page[-1].changed_seq, calendar.calendar_id)
+            seq = page[-1].changed_seq if page else since_seq
+            self._sync_tokens[token] = _SyncPoint(user.open_id, seq, calendar.calendar_id)
         data = {"has_more": True, "page_token": "", "sync_token": token, "items": [dict(e.entry()) for e in page]}
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 

@@ -4,12 +4,14 @@ A schedule onboards a few users whose calendars hold events (日程) — some ca
 shared, resource as reader/writer/owner), others not (free/busy only, third-party) — then interleaves
 calendar and event changes, calendar and event pings (which start syncs on threads, as async invokes
 would), access granted and revoked, duplicate and concurrent syncs, and faults: 429 with a reset,
-5xx, slow answers past the client's timeout, dropped connections, empty pages with ``has_more``,
-190008 on sync and page tokens, 191002/191000 on event listings, expired access tokens (so refresh
-tokens rotate, also in the middle of event listings), syncs killed after some pages of the calendar
-list or of an event listing (a Lambda timeout: no cleanup, the lease stays), and failing async
-invokes. Then it quiesces, runs one scheduled resync (and, for held mass deletions, the confirming
-one) and checks:
+5xx (also until the client's retries run out), slow answers past the client's timeout, dropped
+connections, empty pages with ``has_more``, 190008 on sync and page tokens, 190002/191002/191000 on
+event listings, expired access tokens (so refresh tokens rotate, also in the middle of event
+listings), syncs killed after some pages of the calendar list or at some event write (a page of
+events, a checkpoint, a commit: a Lambda timeout, no cleanup, the lease stays), and failing async
+invokes. Each schedule also picks how Feishu goes on with an event increment longer than a page
+(from each page's sync token, by page tokens, or not at all). Then it quiesces, runs one scheduled
+resync (and, for held mass deletions, the confirming one) and checks:
 
 * the calendar mirror equals Feishu's truth field by field, for every user;
 * the live events of every readable calendar equal Feishu's, field by field; every event of a
@@ -34,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -88,6 +90,13 @@ LIMIT_PER_SECOND, LIMIT_PER_MINUTE = 50 * RATE_SCALE, 1000 * RATE_SCALE
 LEASE_SECONDS = 30
 LATER = 7 * 3600  # past every backoff, lease and staleness (of users and of event listings): "the next scheduled run"
 PAGE_SIZE = 50  # Feishu's minimum: calendars of more than 50 events list in several pages
+RETRY_ATTEMPTS = 4  # the client's attempts at a transient failure
+# How Feishu goes on with an event increment longer than a page (see FeishuSimulator.incremental_event_paging):
+# mostly from each page's sync token, as its docs imply, sometimes by page tokens or not at all.
+INCREMENTAL_EVENT_PAGING: tuple[Literal["sync_token", "page_token", "none"], ...] = ("sync_token",) * 6 + (
+    "page_token",
+    "none",
+)
 CALENDARS_PATH = "/open-apis/calendar/v4/calendars"
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"
 READER_ROLES = frozenset({"reader", "writer", "owner"})  # the simulator lists events for these roles only
@@ -143,13 +152,14 @@ class LambdaKilled(BaseException):
 class Trap:
     """A fault for the next event-list request of a user that matches ``trigger``, counted when it hits.
 
-    ``fault`` is injected on that calendar's event path just before the request; without one the
-    user's access tokens expire instead (so the listing refreshes and rotates the refresh token).
+    ``faults`` are injected on that calendar's event path just before the request (several: one for
+    each attempt the client makes); without any the user's access tokens expire instead (so the
+    listing refreshes and rotates the refresh token).
     """
 
     kind: str
     trigger: Literal["any", "page_token", "sync_token"]
-    fault: Fault | None
+    faults: tuple[Fault, ...] = ()
 
 
 @dataclass
@@ -233,6 +243,8 @@ class Schedule:
         self.sim = FeishuSimulator(
             app_id=f"cli_{seed}", rate_per_second=LIMIT_PER_SECOND, rate_per_minute=LIMIT_PER_MINUTE
         ).start()
+        self.sim.incremental_event_paging = self.rng.choice(INCREMENTAL_EVENT_PAGING)
+        self.report.note(f"event increments longer than a page go on by: {self.sim.incremental_event_paging}")
         self.gate = DynamoRateGate(
             client,
             self.settings.rate_limit_table,
@@ -241,6 +253,7 @@ class Schedule:
         )
         self.kill_after_pages: dict[str, int] = {}
         self.kill_events_after_pages: dict[str, int] = {}
+        self.kill_first_events_of: dict[str, str] = {}  # open_id → the calendar whose first event write dies
         self.event_traps: dict[str, list[Trap]] = {}
         self.final_pages: dict[int, set[str]] = {}
         self.event_final_pages: dict[tuple[int, str], set[str]] = {}
@@ -261,7 +274,7 @@ class Schedule:
             app_id=self.sim.app_id,
             app_secret=self.sim.app_secret,
             rate_gate=self.gate,
-            retry=RetryPolicy(max_attempts=4, base_delay=0.2, max_delay=2.0, read_timeout=0.5),
+            retry=RetryPolicy(max_attempts=RETRY_ATTEMPTS, base_delay=0.2, max_delay=2.0, read_timeout=0.5),
             sleep=lambda seconds: time.sleep(seconds / TIME_SCALE),
             clock=lambda: time.time() + clock_offset,
         )
@@ -295,10 +308,19 @@ class Schedule:
                 return
             traps.remove(trap)
             self.report.faults[trap.kind] += 1
-        if trap.fault is None:
-            self.sim.expire_access_tokens(open_id)
+        if trap.faults:
+            self.sim.inject(events_path(calendar_id), *trap.faults)
         else:
-            self.sim.inject(events_path(calendar_id), trap.fault)
+            self.sim.expire_access_tokens(open_id)
+
+    def _event_mirror(self, open_id: str) -> EventMirror:
+        """The event stores as one sync invocation sees them: one kill switch over both, and the commit check."""
+        kill = _EventKillSwitch(self, open_id)
+        settings = self.settings
+        return EventMirror(
+            events=_ScheduleEvents(self.client, settings.events_table, settings.users_table, kill=kill),
+            listings=_ScheduleEventListings(self, kill),
+        )
 
     def sync(self, open_id: str, clock_offset: int = 0) -> SyncResult:
         """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks."""
@@ -308,7 +330,7 @@ class Schedule:
             calendars=self.calendars,
             feishu=self.feishu(open_id, clock_offset),
             settings=self.settings,
-            events=EventMirror(events=self.events, listings=_ScheduleEventListings(self, open_id)),
+            events=self._event_mirror(open_id),
             clock=lambda: time.time() + clock_offset,
         )
         result = engine.run(
@@ -376,6 +398,7 @@ class Schedule:
             "event_fault": (18, self._event_fault),
             "access": (6, self._access),
             "event_kill": (4, self._event_kill),
+            "doomed_calendar": (3, self._doomed_calendar),
         }
         open_id = self.rng.choice(self.open_ids)
         _, run = self.rng.choices(list(steps.values()), weights=[weight for weight, _ in steps.values()])[0]
@@ -604,16 +627,19 @@ class Schedule:
         rng = self.rng
         trap = rng.choice(
             [
-                Trap("event 429 with reset", "any", rate_limited(rng.randint(1, 3))),
-                Trap("event 5xx", "any", http_error(rng.choice([500, 502, 503]))),
-                Trap("event 5xx with code 190003", "any", http_error(500, code=190003)),
-                Trap("event slow answer / timeout", "any", delay(rng.choice([0.05, 0.7]))),
-                Trap("event dropped connection", "any", drop()),
-                Trap("event 190008 on the sync token", "sync_token", feishu_error(190008, 400, EXPIRED)),
-                Trap("event 190008 on a page token", "page_token", feishu_error(190008, 400, EXPIRED)),
-                Trap("event 191002 (no access)", "any", feishu_error(191002, 403, "no calendar access_role")),
-                Trap("event 191000 (calendar not found)", "any", feishu_error(191000, 404, "calendar not found")),
-                Trap("event access token expired mid-listing (99991677)", "any", None),
+                Trap("event 429 with reset", "any", (rate_limited(rng.randint(1, 3)),)),
+                Trap("event 5xx", "any", (http_error(rng.choice([500, 502, 503])),)),
+                Trap("event 5xx with code 190003", "any", (http_error(500, code=190003),)),
+                Trap("event 5xx until the retries run out", "any", (http_error(503),) * RETRY_ATTEMPTS),
+                Trap("event slow answer / timeout", "any", (delay(rng.choice([0.05, 0.7])),)),
+                Trap("event dropped connection", "any", (drop(),)),
+                Trap("event empty page with has_more", "any", (empty_page(),)),
+                Trap("event 190008 on the sync token", "sync_token", (feishu_error(190008, 400, EXPIRED),)),
+                Trap("event 190008 on a page token", "page_token", (feishu_error(190008, 400, EXPIRED),)),
+                Trap("event 190002 (listing refused)", "any", (feishu_error(190002, 400, "invalid parameters"),)),
+                Trap("event 191002 (no access)", "any", (feishu_error(191002, 403, "no calendar access_role"),)),
+                Trap("event 191000 (calendar not found)", "any", (feishu_error(191000, 404, "calendar not found"),)),
+                Trap("event access token expired mid-listing (99991677)", "any"),
             ]
         )
         self.event_traps.setdefault(open_id, []).append(trap)
@@ -635,12 +661,37 @@ class Schedule:
         )
 
     def _event_kill(self, open_id: str) -> None:
-        """The user's next sync that lists events dies at its n-th event-listing write (checkpoint or commit)."""
+        """The user's next sync that writes events dies at its n-th event write (a page, a checkpoint, a commit)."""
         pages = self.rng.randint(1, 3)
         self.kill_events_after_pages[open_id] = pages
         calendar_id = self._pick_calendar(open_id, 1.0)
         self._push(open_id, calendar_id)
         self.report.note(f"kill {open_id}'s next event listing at its page {pages}; pushed {self.label(calendar_id)}")
+
+    def _doomed_calendar(self, open_id: str) -> None:
+        """A new readable calendar whose first event listing dies after writing its events (before its
+        listing is checkpointed or committed); then the calendar is deleted or its events become unreadable."""
+        rng = self.rng
+        calendar_id = self._new_calendar(open_id, f"doomed {rng.random():.6f}", readable=True)
+        self._add_events(open_id, calendar_id, rng.randint(1, 5))
+        with self._lock:
+            self.kill_first_events_of[open_id] = calendar_id
+        self.pings.dispatch([open_id], "calendar_changed")
+        self.syncs.join()
+        if rng.random() < 0.5:
+            self.sim.delete_calendar(open_id, calendar_id)
+            kind = "deleted"
+        else:
+            self.sim.update_calendar(open_id, calendar_id, role="free_busy_reader")
+            kind = "unreadable"
+        pushed = rng.random() < 0.7
+        if pushed:
+            self.pings.dispatch([open_id], "calendar_changed")
+        self._act(f"doomed calendar {kind}")
+        self.report.note(
+            f"doomed calendar {self.label(calendar_id)}: first event write killed, then {kind}"
+            + (", pushed" if pushed else "")
+        )
 
     def _fault(self, open_id: str) -> None:
         """A fault for the next request under the calendar API: the calendar list, an event list or a subscription."""
@@ -678,6 +729,7 @@ class Schedule:
         self.sim.clear_faults()
         self.kill_after_pages.clear()
         self.kill_events_after_pages.clear()
+        self.kill_first_events_of.clear()
         self.event_traps.clear()
         self.syncs.fail_next = 0
         assert not self.syncs.errors, f"a sync raised {self.syncs.errors[0]!r}\n{self.report}"
@@ -809,36 +861,73 @@ class _ScheduleUsers:
         self._store.commit_listing(fence, now, **kwargs)
 
 
-class _ScheduleEventListings(EventListingStore):
-    """The event-listings store as one sync invocation sees it: the event kill switch and the commit check.
+class _EventKillSwitch:
+    """Kills one sync invocation at its n-th event write: a page of events (or tombstones), a listing
+    checkpoint, or just before a listing commit — with what came before already in the mirror.
 
-    The kill switch is taken by the sync's first event-listing write (so only a sync that holds the
-    lease and lists events takes it); the sync then dies at its n-th write — after a checkpoint, or
-    just before a commit, with that listing's pages already in the mirror.
+    It is armed by the sync's first event write (so only a sync that holds the lease and writes events
+    takes the user's pending kill); a page written before its listing's first checkpoint or commit is
+    the window where a new calendar's events exist and its listing has not been recorded yet.
     """
 
     def __init__(self, schedule: Schedule, open_id: str) -> None:
-        super().__init__(schedule.client, schedule.settings.event_listings_table, schedule.settings.users_table)
         self._schedule, self._open_id = schedule, open_id
         self._writes = 0
         self._kill_after: int | None = None
-        self._taken = False
+        self._armed = False
 
-    def _killed_now(self, where: str) -> bool:
-        if not self._taken:
-            self._taken = True
+    def after_write(self, where: str, calendar_id: str = "") -> None:
+        """Count one event write (of ``calendar_id``'s events, for a page); die here if it is the one."""
+        schedule = self._schedule
+        with schedule._lock:
+            doomed = calendar_id and schedule.kill_first_events_of.get(self._open_id) == calendar_id
+            if doomed:
+                del schedule.kill_first_events_of[self._open_id]
+        if doomed:
+            schedule._count("event listing killed after writing a new calendar's first page")
+            raise LambdaKilled
+        if not self._armed:
+            self._armed = True
             self._kill_after = self._schedule.kill_events_after_pages.pop(self._open_id, None)
         self._writes += 1
-        if self._kill_after is None or self._writes < self._kill_after:
-            return False
-        self._schedule._count(f"event listing killed {where}")
-        return True
+        if self._kill_after is not None and self._writes == self._kill_after:
+            self._schedule._count(f"event listing killed {where}")
+            raise LambdaKilled
+
+
+class _ScheduleEvents(EventStore):
+    """The events store as one sync invocation sees it: writes go through the kill switch."""
+
+    def __init__(self, client: DynamoDBClient, table: str, users_table: str, *, kill: _EventKillSwitch) -> None:
+        super().__init__(client, table, users_table)
+        self._kill = kill
+
+    def apply(
+        self,
+        fence: Fence,
+        now: int,
+        calendar_id: str,
+        *,
+        upserts: Sequence[Event] = (),
+        deletions: Sequence[Event] = (),
+    ) -> int:
+        """Write, then die here if this is the write the sync is to be killed at."""
+        written = super().apply(fence, now, calendar_id, upserts=upserts, deletions=deletions)
+        self._kill.after_write("after writing a page of events", calendar_id)
+        return written
+
+
+class _ScheduleEventListings(EventListingStore):
+    """The event-listings store as one sync invocation sees it: the kill switch and the commit check."""
+
+    def __init__(self, schedule: Schedule, kill: _EventKillSwitch) -> None:
+        super().__init__(schedule.client, schedule.settings.event_listings_table, schedule.settings.users_table)
+        self._schedule, self._kill = schedule, kill
 
     def save_checkpoint(self, fence: Fence, now: int, calendar_id: str, checkpoint: Checkpoint) -> bool:
         """Checkpoint, then die here if this is the write the sync is to be killed at."""
         kept = super().save_checkpoint(fence, now, calendar_id, checkpoint)
-        if self._killed_now("after a checkpointed page"):
-            raise LambdaKilled
+        self._kill.after_write("after a checkpointed page")
         return kept
 
     def commit_listing(
@@ -857,8 +946,7 @@ class _ScheduleEventListings(EventListingStore):
         received = self._schedule.event_final_pages.get((threading.get_ident(), calendar_id), set())
         if sync_token and sync_token not in received:
             self._schedule.bad_commits.append(f"events of {self._schedule.label(calendar_id)}: {sync_token}")
-        if self._killed_now("before its commit"):
-            raise LambdaKilled  # the listing's pages are written; it must resume or restart later
+        self._kill.after_write("before its commit")  # the listing's pages are written: it must resume or restart
         super().commit_listing(
             fence,
             now,

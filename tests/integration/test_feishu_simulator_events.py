@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from local.feishu_sim import EVENT_CHANGED_EVENT, FeishuSimulator
+from local.feishu_sim import EVENT_CHANGED_EVENT, FeishuSimulator, empty_page
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +151,23 @@ def test_the_other_ways_an_incremental_listing_may_go_on(
     # WHEN the changes are listed THEN the first page goes on by a page token, or by nothing at all
     first = list_events(sim, cid, page_size=50, sync_token=token_)["data"]
     assert (first["has_more"], bool(first["page_token"]), bool(first["sync_token"])) == (True, page_token, sync_token)
+
+
+def test_an_empty_page_with_has_more_continues_where_the_event_listing_stands(sim: FeishuSimulator) -> None:
+    # GIVEN a calendar with 3 events, and an empty page injected into its full listing and its increment
+    cid = sim.create_calendar("ou_e", summary="Team", type="shared")
+    ids = [sim.create_event("ou_e", cid, summary=f"e{n}") for n in range(3)]
+    path = f"/open-apis/calendar/v4/calendars/{cid}/events"
+    sim.inject(path, empty_page())
+    # WHEN the full listing is asked for THEN the empty page's page_token leads to every event
+    empty = list_events(sim, cid, anchor_time=0)["data"]
+    assert (empty["items"], empty["has_more"], bool(empty["page_token"])) == ([], True, True)
+    rest = list_events(sim, cid, page_token=empty["page_token"])["data"]
+    assert sorted(item["event_id"] for item in rest["items"]) == sorted(ids)
+    # WHEN an event changes and the increment gets an empty page THEN its sync_token leads to the change
+    sim.update_event("ou_e", cid, ids[0], summary="moved")
+    sim.inject(path, empty_page())
+    empty = list_events(sim, cid, sync_token=rest["sync_token"])["data"]
+    assert (empty["items"], empty["has_more"], empty["page_token"]) == ([], True, "")
+    after = list_events(sim, cid, sync_token=empty["sync_token"])["data"]
+    assert [item["event_id"] for item in after["items"]] == [ids[0]]
