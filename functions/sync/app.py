@@ -79,5 +79,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         deadline=time.monotonic() + remaining - SAFETY_SECONDS,
         lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
     )
-    record_event_to_mirror_lag(wiring.users(settings), result, reason=reason, now=time.time())
+    record_event_to_mirror_lag(result, now=time.time())
     return result.as_dict()

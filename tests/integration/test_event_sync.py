@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from feishu_mirror.health import UserHealth
 from feishu_mirror.models import EVENT_FIELDS
 from local.feishu_sim import FeishuSimulator, delay, feishu_error, http_error
 from tests.integration.harness import Harness
@@ -374,3 +375,33 @@ def test_a_push_for_a_calendar_whose_events_are_not_mirrored_is_forgotten(
     assert event_listing_calls(sim, busy) == []
     assert result.event_listings == 0
     assert not harness.user(open_id).get("dirty_calendars")
+
+
+def test_a_held_mass_deletion_of_events_shows_in_the_user_health_until_it_is_confirmed(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a calendar of 10 mirrored events, 8 of which vanish while its sync token expires
+    open_id = harness.onboard("ou_events_mass")
+    own = primary(sim, open_id)
+    ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(10)]
+    harness.sync(open_id)
+    for event_id in ids[:8]:
+        sim.delete_event(open_id, own, event_id)
+    sim.expire_sync_tokens(open_id)
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    # WHEN it syncs THEN the deletions are held, and the user's health says so (not "ok")
+    held = harness.sync(open_id)
+    assert (held.outcome, held.events_deleted, held.held_deletions) == ("synced", 0, 8)
+    assert len(harness.live_events(open_id, own)) == 10
+    user = harness.user(open_id)
+    assert user["held_event_deletions"] == 8
+    health = UserHealth.from_item(user, now=int(time.time()), stale_after_seconds=harness.settings.stale_after_seconds)
+    assert (health.state, health.held_deletions) == ("held_deletions", 8)
+    # WHEN a full listing after the confirmation delay still misses them THEN they go and so does the hold
+    later = harness.settings.mass_delete_confirm_seconds + 1
+    confirmed = harness.sync(open_id, clock_offset=later)
+    assert (confirmed.events_deleted, confirmed.held_deletions) == (8, 0)
+    assert mirrored(harness, open_id, own) == truth(sim, open_id, own)
+    user = harness.user(open_id)
+    assert "held_event_deletions" not in user
+    assert UserHealth.from_item(user, now=int(time.time()) + later, stale_after_seconds=10**9).state == "ok"

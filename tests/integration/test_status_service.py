@@ -12,10 +12,10 @@ import pytest
 from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
 from feishu_mirror.health import record_event_to_mirror_lag
-from feishu_mirror.models import SyncResult
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
 from feishu_mirror.store import UnknownUser
+from local.feishu_sim import feishu_error
 from local.stack import ROOT
 from tests.integration.harness import Harness
 
@@ -145,18 +145,37 @@ def test_a_failed_invoke_is_reported_and_leaves_the_user_due(harness: Harness) -
     assert harness.user(open_id)["due_at"] <= int(time.time()) + 120  # the schedule starts it
 
 
-def test_the_lag_is_measured_from_the_stored_ping(harness: Harness) -> None:
-    # GIVEN a user whose last ping was stored 3 s ago
+def test_the_lag_runs_from_the_earliest_push_even_when_later_ones_coalesced(harness: Harness) -> None:
+    # GIVEN a synced user, pushed three times: at t0, 2 s later and 4 s later (the later ones coalesce)
     open_id = harness.onboard("ou_lag")
-    pinged = int(time.time()) - 3
-    harness.set_user(open_id, last_ping_at=pinged)
-    # WHEN a push-started sync that wrote a calendar finishes now
+    harness.sync(open_id)
+    t0 = int(time.time())
+    for offset in (0, 2, 4):
+        harness.users.mark_dirty(open_id, t0 + offset)
+    assert harness.user(open_id)["pending_ping_at"] == t0
+    # WHEN the sync brings them into the mirror
+    result = harness.sync(open_id)
+    # THEN the result names the earliest push, the lag runs from it, and nothing is pending any more
+    assert result.pushed_at == t0
     now = time.time()
-    lag = record_event_to_mirror_lag(
-        harness.users, SyncResult(open_id, "synced", upserted=1), reason="calendar_changed", now=now
-    )
-    # THEN the lag is the time since that ping
-    assert lag == pytest.approx(now - pinged)
+    assert record_event_to_mirror_lag(result, now=now) == pytest.approx(now - t0)
+    assert "pending_ping_at" not in harness.user(open_id)
+    # AND a later sync with no push in between measures nothing
+    assert record_event_to_mirror_lag(harness.sync(open_id), now=time.time()) is None
+
+
+def test_a_push_that_waited_out_a_failure_is_measured_from_when_it_came(harness: Harness) -> None:
+    # GIVEN a push at t0 whose first sync fails (Feishu refuses the listing)
+    open_id = harness.onboard("ou_lag_failure")
+    harness.sync(open_id)
+    t0 = int(time.time()) - 30
+    harness.users.mark_dirty(open_id, t0)
+    harness.sim.inject("/open-apis/calendar/v4/calendars", feishu_error(190002, 400, "bad request"))
+    assert harness.sync(open_id).outcome == "failed"
+    assert harness.user(open_id)["pending_ping_at"] == t0
+    # WHEN the retry succeeds THEN it is measured from t0
+    result = harness.sync(open_id)
+    assert (result.outcome, result.pushed_at) == ("synced", t0)
 
 
 def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_token(harness: Harness) -> None:

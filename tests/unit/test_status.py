@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -23,7 +23,6 @@ from feishu_mirror.status import (
     valid_open_id,
     wants_json,
 )
-from feishu_mirror.store import UserStore
 
 NOW = 1_764_000_000
 STALE = 6 * 3600
@@ -214,18 +213,6 @@ def test_malformed_open_ids_are_refused(open_id: str) -> None:
         valid_open_id(open_id)
 
 
-class FakeUsers:
-    """Answers ``get_health`` from a dict."""
-
-    def __init__(self, items: dict[str, dict[str, Any]]) -> None:
-        self.items = items
-        self.reads = 0
-
-    def get_health(self, open_id: str) -> dict[str, Any] | None:
-        self.reads += 1
-        return self.items.get(open_id)
-
-
 @pytest.fixture
 def emitted() -> Any:
     metrics.clear_metrics()
@@ -233,12 +220,11 @@ def emitted() -> Any:
     metrics.clear_metrics()
 
 
-def test_a_push_started_sync_that_wrote_emits_the_lag_since_the_ping(emitted: Any) -> None:
-    # GIVEN a user pinged at NOW and a push-started sync that wrote one calendar
-    users = FakeUsers({"ou_a": {"open_id": "ou_a", "last_ping_at": NOW}})
-    result = SyncResult("ou_a", "synced", upserted=1)
+def test_a_sync_that_brought_pushes_into_the_mirror_emits_the_lag_since_the_earliest(emitted: Any) -> None:
+    # GIVEN a sync that released the user with every push since NOW in the mirror
+    result = SyncResult("ou_a", "synced", pushed_at=NOW)
     # WHEN the lag is recorded 2.5 s later
-    lag = record_event_to_mirror_lag(cast(UserStore, users), result, reason="calendar_changed", now=NOW + 2.5)
+    lag = record_event_to_mirror_lag(result, now=NOW + 2.5)
     # THEN it is 2.5 s, emitted as a Seconds metric
     assert lag == 2.5
     assert emitted()[LAG_METRIC]["Value"] == [2.5]
@@ -246,23 +232,13 @@ def test_a_push_started_sync_that_wrote_emits_the_lag_since_the_ping(emitted: An
 
 
 @pytest.mark.parametrize(
-    ("result", "reason"),
+    "result",
     [
-        (SyncResult("ou_a", "synced", upserted=1), "resync"),  # not started by a push
-        (SyncResult("ou_a", "synced"), "calendar_changed"),  # nothing changed
-        (SyncResult("ou_a", "failed", upserted=1), "calendar_changed"),  # not committed
-        (SyncResult("ou_b", "synced", deleted=1), "calendar_changed"),  # never pinged
+        SyncResult("ou_a", "synced", upserted=1),  # no push was waiting (a scheduled resync)
+        SyncResult("ou_a", "failed", upserted=1, pushed_at=NOW),  # the pushes are not all in yet
+        SyncResult("ou_a", "busy", pushed_at=NOW),
     ],
 )
-def test_no_lag_is_emitted_unless_a_push_started_sync_committed_a_change(
-    emitted: Any, result: SyncResult, reason: str
-) -> None:
-    users = FakeUsers({"ou_a": {"open_id": "ou_a", "last_ping_at": NOW}, "ou_b": {"open_id": "ou_b"}})
-    assert record_event_to_mirror_lag(cast(UserStore, users), result, reason=reason, now=NOW + 1) is None
+def test_no_lag_is_emitted_unless_a_finished_sync_brought_pushes_in(emitted: Any, result: SyncResult) -> None:
+    assert record_event_to_mirror_lag(result, now=NOW + 1) is None
     assert LAG_METRIC not in emitted()
-
-
-def test_the_lag_costs_no_read_for_syncs_that_wrote_nothing(emitted: Any) -> None:
-    users = FakeUsers({})
-    record_event_to_mirror_lag(cast(UserStore, users), SyncResult("ou_a", "synced"), reason="calendar_changed", now=1)
-    assert users.reads == 0

@@ -46,12 +46,12 @@ class FakeEngine:
 
 @dataclass
 class Lags:
-    """Stands in for ``record_event_to_mirror_lag``: records the reason of each call."""
+    """Stands in for ``record_event_to_mirror_lag``: records the user of each result it is given."""
 
-    reasons: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
 
-    def __call__(self, _users: Any, result: SyncResult, *, reason: str, now: float) -> None:
-        self.reasons.append(reason)
+    def __call__(self, result: SyncResult, *, now: float) -> None:
+        self.users.append(result.open_id)
 
 
 @pytest.fixture
@@ -79,7 +79,6 @@ def run(app: ModuleType, monkeypatch: pytest.MonkeyPatch, event: Any) -> tuple[A
     engine, lags = FakeEngine(), Lags()
     monkeypatch.setattr(app, "calendar_sync", lambda _credentials: engine)
     monkeypatch.setattr(app, "record_event_to_mirror_lag", lags)
-    monkeypatch.setattr(app.wiring, "users", lambda _settings: None)  # no AWS client in the unit tier
     return app.handler(event, Context()), engine, lags
 
 
@@ -97,7 +96,7 @@ def test_a_direct_invocation_logs_and_measures_with_its_reason_and_event_id(
     keys = engine.log_keys[0]
     assert (keys["open_id"], keys["reason"], keys["event_id"]) == ("ou_a", "event_changed", "evt-1")
     assert "replay_of" not in keys
-    assert lags.reasons == ["event_changed"]
+    assert lags.users == ["ou_a"]
 
 
 def test_a_replayed_failure_record_keeps_the_reason_and_event_id_of_the_original_request(
@@ -118,7 +117,7 @@ def test_a_replayed_failure_record_keeps_the_reason_and_event_id_of_the_original
     keys = engine.log_keys[0]
     assert (keys["open_id"], keys["reason"], keys["event_id"]) == ("ou_a", "event_changed", "evt-1")
     assert keys["replay_of"] == "failed-request"
-    assert lags.reasons == ["event_changed"]
+    assert lags.users == ["ou_a"]
 
 
 def test_a_record_whose_payload_is_not_a_request_is_refused(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,4 +126,4 @@ def test_a_record_whose_payload_is_not_a_request_is_refused(app: ModuleType, mon
     # WHEN it is invoked THEN nothing is synced
     reply, engine, lags = run(app, monkeypatch, record)
     assert reply["outcome"] == "invalid_request"
-    assert (engine.runs, lags.reasons) == ([], [])
+    assert (engine.runs, lags.users) == ([], [])

@@ -4,10 +4,11 @@ The sync records health on the user's item as it goes (see ``store.UserStore``);
 the allow-listed attributes that ``UserStore.get_health`` / ``list_health`` return into a
 ``UserHealth`` with one derived ``state`` an operator can sort by, and never carries a token.
 
-``record_event_to_mirror_lag`` is called by the sync handler after a sync: when a sync started by a
-Feishu push (reason ``calendar_changed`` or ``event_changed``) wrote a change, it emits ``EventToMirrorLag`` — the time
-from the ping (``last_ping_at``, stored by the callback in whole seconds, so the figure can be up
-to one second high) to the moment the change was committed.
+``record_event_to_mirror_lag`` is called by the sync handler after a sync: when the sync brought
+pushes into the mirror, it emits ``EventToMirrorLag`` — the time from the earliest of those pushes
+(``pending_ping_at``, kept by every ping until a sync releases the user with nothing left to do,
+stored in whole seconds, so the figure can be up to one second high) to the end of the sync. So a
+push that coalesced into a running sync, or waited out a failure, is measured from when it came.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import logger, metrics
-from feishu_mirror.store import REAUTH_REQUIRED, UserStore
+from feishu_mirror.store import REAUTH_REQUIRED
 
-# The reasons the callback gives the syncs it starts for pushes (``functions/callback/app.py``).
-PING_REASONS = frozenset({"calendar_changed", "event_changed"})
 LAG_METRIC = "EventToMirrorLag"
 
 HealthState = Literal["reauth_required", "syncing", "failing", "held_deletions", "never_synced", "stale", "ok"]
@@ -66,6 +65,7 @@ class UserHealth:
     consecutive_failures: int
     subscribed_at: int | None
     last_ping_at: int | None
+    pending_ping_at: int | None
     last_attempt_at: int | None
     last_success_at: int | None
     last_sync_kind: str | None
@@ -94,7 +94,7 @@ class UserHealth:
         lease_expires_at = _int(item.get("lease_expires_at")) or 0
         failures = _int(item.get("consecutive_failures")) or 0
         last_success_at = _int(item.get("last_success_at"))
-        held_deletions = _int(held.get("count")) or 0
+        held_deletions = (_int(held.get("count")) or 0) + (_int(item.get("held_event_deletions")) or 0)
         syncing = lease_expires_at > now
         error = item.get("last_error_message")
         return cls(
@@ -114,6 +114,7 @@ class UserHealth:
             consecutive_failures=failures,
             subscribed_at=_int(item.get("subscribed_at")),
             last_ping_at=_int(item.get("last_ping_at")),
+            pending_ping_at=_int(item.get("pending_ping_at")),
             last_attempt_at=_int(item.get("last_attempt_at")),
             last_success_at=last_success_at,
             last_sync_kind=str(item["last_sync_kind"]) if item.get("last_sync_kind") else None,
@@ -153,24 +154,14 @@ def _state(
     return "syncing" if syncing else "ok"
 
 
-def record_event_to_mirror_lag(users: UserStore, result: SyncResult, *, reason: str, now: float) -> float | None:
-    """Emit ``EventToMirrorLag`` (seconds) for a push-started sync that wrote a change; returns it.
+def record_event_to_mirror_lag(result: SyncResult, *, now: float) -> float | None:
+    """Emit ``EventToMirrorLag`` (seconds) for a sync that brought pushes into the mirror; returns it.
 
-    Returns None (and emits nothing) for other syncs, or when the user has no ``last_ping_at``.
-    Costs one GetItem, only after a sync that wrote something. Never raises: a metric is not worth
-    failing a sync that already succeeded.
+    Returns None (and emits nothing) for a sync that had no push to bring in or did not finish.
     """
-    if reason not in PING_REASONS or result.outcome != "synced" or not result.wrote:
+    if result.outcome != "synced" or result.pushed_at is None:
         return None
-    try:
-        health = users.get_health(result.open_id)
-    except Exception as exc:
-        logger.warning("mirror_lag_unavailable", extra={"error": type(exc).__name__})
-        return None
-    pinged_at = _int(health.get("last_ping_at")) if health else None
-    if pinged_at is None:
-        return None
-    lag = max(0.0, now - pinged_at)
+    lag = max(0.0, now - result.pushed_at)
     metrics.add_metric(name=LAG_METRIC, unit=MetricUnit.Seconds, value=lag)
     logger.info("event_to_mirror_lag", extra={"lag_seconds": round(lag, 3)})
     return lag

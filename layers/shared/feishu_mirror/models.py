@@ -220,6 +220,7 @@ class UserRecord:
     consecutive_failures: int = 0
     calendars_mirrored: int = 0
     dirty_calendars: frozenset[str] = frozenset()
+    pending_ping_at: int | None = None  # the earliest push (or operator resync) the mirror does not reflect yet
 
     def lease_active(self, now: float) -> bool:
         """True while another (or this) sync holds the user's lease."""
@@ -243,6 +244,7 @@ class SyncResult:
     event_pages: int = 0
     events_upserted: int = 0
     events_deleted: int = 0
+    pushed_at: int | None = None  # the earliest push this sync brought into the mirror (whole seconds)
 
     @property
     def wrote(self) -> bool:

@@ -407,6 +407,12 @@ def _events_cells(events: Mapping[str, Any] | None, now: int) -> str:
     return f"<td class='events'>{_e(count)}</td><td>{_e(_when(events.get('synced_at'), now))}</td>"
 
 
+def _held(u: UserHealth, now: int) -> str:
+    if not u.held_deletions:
+        return "none"
+    return f"{u.held_deletions} since {_e(_when(u.held_since, now))}" if u.held_since else str(u.held_deletions)
+
+
 def render_user(view: UserDetail, *, flash: str = "") -> str:
     """One user's page: health, a resync button, and the live calendars of the mirror."""
     u, now = view.health, view.generated_at
@@ -421,12 +427,13 @@ def render_user(view: UserDetail, *, flash: str = "") -> str:
         ("Last success", _e(_when(u.last_success_at, now))),
         ("Last attempt", _e(_when(u.last_attempt_at, now))),
         ("Last ping (push or operator resync)", _e(_when(u.last_ping_at, now))),
+        ("Oldest ping not yet in the mirror", _e(_when(u.pending_ping_at, now)) if u.pending_ping_at else "none"),
         ("Last listing", _e(u.last_sync_kind or "—")),
         ("Subscribed to changes", _e(_when(u.subscribed_at, now))),
         ("Full resyncs (sync token expired)", str(u.full_resync_count)),
         ("Consecutive failures", str(u.consecutive_failures)),
         ("Last error", _e(f"{u.last_error_code or ''} {u.last_error_message or ''}".strip() or "—")),
-        ("Held deletions", f"{u.held_deletions} since {_e(_when(u.held_since, now))}" if u.held_deletions else "none"),
+        ("Held deletions (calendars and events)", _held(u, now)),
         ("Sync running", "yes" if u.syncing else "no"),
         ("Next due", _e(_when(u.due_at, now))),
         ("Authorised", _e(_when(u.authorized_at, now))),

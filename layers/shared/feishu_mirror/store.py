@@ -122,6 +122,7 @@ def _user(item: Mapping[str, Any]) -> UserRecord:
         consecutive_failures=raw.get("consecutive_failures", 0),
         calendars_mirrored=raw.get("calendars_mirrored", 0),
         dirty_calendars=frozenset(str(c) for c in raw.get("dirty_calendars") or ()),
+        pending_ping_at=raw.get("pending_ping_at"),
     )
 
 
@@ -135,6 +136,10 @@ class Fence:
 
 class UnknownUser(LookupError):
     """No such user in the users table (never onboarded)."""
+
+
+# Every ping keeps the time of the earliest push the mirror does not reflect yet (for EventToMirrorLag).
+_PENDING_PING = "pending_ping_at = if_not_exists(pending_ping_at, :now)"
 
 
 class UserStore:
@@ -251,7 +256,7 @@ class UserStore:
         ``calendar_ids`` are calendars whose events changed: the next sync lists their events.
         """
         expression, values = self._dirty(
-            "ADD dirty_seq :one SET due_at = :now, last_ping_at = :now",
+            f"ADD dirty_seq :one SET due_at = :now, last_ping_at = :now, {_PENDING_PING}",
             {":one": 1, ":now": now, ":active": ACTIVE},
             calendar_ids,
         )
@@ -278,7 +283,7 @@ class UserStore:
         falls back to ``mark_dirty`` so the running sync loops once more.
         """
         expression, values = self._dirty(
-            "ADD dirty_seq :one SET last_ping_at = :now, pending_invoke_until = :until, due_at = :until",
+            f"ADD dirty_seq :one SET last_ping_at = :now, pending_invoke_until = :until, due_at = :until, {_PENDING_PING}",
             {":one": 1, ":now": now, ":until": until, ":active": ACTIVE},
             calendar_ids,
         )
@@ -424,12 +429,15 @@ class UserStore:
         seen_dirty_seq: int,
         due_at: int,
         handled_calendars: frozenset[str] = frozenset(),
+        held_event_deletions: int = 0,
     ) -> UserRecord | None:
         """Release the lease if no ping arrived since ``seen_dirty_seq``; else return the fresh record.
 
         The condition on ``dirty_seq`` is what makes coalescing safe: a ping that lands before this
-        write makes it fail, and the running sync loops once more instead of missing the change.
-        ``handled_calendars`` (whose events this sync listed) leave ``dirty_calendars``.
+        write makes it fail, and the running sync loops once more instead of missing the change; once
+        it holds, every push so far is in the mirror (``pending_ping_at`` goes). ``handled_calendars``
+        (whose events this sync listed) leave ``dirty_calendars``; ``held_event_deletions`` is how many
+        event deletions are held back over all of the user's calendars (for health).
         """
         values: dict[str, Any] = {
             ":now": now,
@@ -438,10 +446,14 @@ class UserStore:
             ":owner": fence.owner,
             ":seen": seen_dirty_seq,
         }
-        expression = (
-            "SET last_success_at = :now, consecutive_failures = :zero, due_at = :due"
-            " REMOVE lease_owner, lease_expires_at, last_error_code, last_error_message"
-        )
+        sets = ["last_success_at = :now", "consecutive_failures = :zero", "due_at = :due"]
+        removes = ["lease_owner", "lease_expires_at", "last_error_code", "last_error_message", "pending_ping_at"]
+        if held_event_deletions:
+            sets.append("held_event_deletions = :held")
+            values[":held"] = held_event_deletions
+        else:
+            removes.append("held_event_deletions")
+        expression = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
         if handled_calendars:
             expression += " DELETE dirty_calendars :handled"
             values[":handled"] = set(handled_calendars)
@@ -492,7 +504,8 @@ class UserStore:
         self._update(
             fence.open_id,
             "SET #status = :reauth, last_error_code = :code, last_error_message = :msg, reauth_required_at = :now"
-            " REMOVE lease_owner, lease_expires_at, due_at, access_token, refresh_token, pending_invoke_until",
+            " REMOVE lease_owner, lease_expires_at, due_at, access_token, refresh_token, pending_invoke_until,"
+            " pending_ping_at",
             {":reauth": REAUTH_REQUIRED, ":code": code, ":msg": message[:500], ":now": now, ":owner": fence.owner},
             condition="lease_owner = :owner",
             names={"#status": "status"},
@@ -545,6 +558,8 @@ class UserStore:
         "calendars_mirrored",
         "reauth_required_at",
         "held_sweep",
+        "held_event_deletions",
+        "pending_ping_at",
         "dirty_seq",
         "due_at",
         "lease_expires_at",

@@ -110,6 +110,7 @@ class _Run:
     calendars: Tally = field(default_factory=Tally)
     events: Tally = field(default_factory=Tally)
     handled_calendars: set[str] = field(default_factory=set)
+    held_events: dict[str, int] = field(default_factory=dict)  # calendar_id → event deletions held back
     events_due_at: int | None = None  # when the earliest calendar not listed now is due
     subscription_checked: bool = False
 
@@ -209,7 +210,9 @@ class CalendarSync:
         except Exception:
             logger.exception("lease_release_failed")
 
-    def _result(self, run: _Run, outcome: SyncOutcome, code: int | None = None) -> SyncResult:
+    def _result(
+        self, run: _Run, outcome: SyncOutcome, code: int | None = None, *, pushed_at: int | None = None
+    ) -> SyncResult:
         calendars, events = run.calendars, run.events
         return SyncResult(
             run.fence.open_id,
@@ -225,6 +228,7 @@ class CalendarSync:
             event_pages=events.pages,
             events_upserted=events.upserted,
             events_deleted=events.deleted,
+            pushed_at=pushed_at,
         )
 
     def _loop(self, user: UserRecord, run: _Run) -> SyncResult:
@@ -251,6 +255,7 @@ class CalendarSync:
                 seen_dirty_seq=user.dirty_seq,
                 due_at=due,
                 handled_calendars=frozenset(run.handled_calendars & user.dirty_calendars),
+                held_event_deletions=sum(run.held_events.values()),
             )
             if fresh is None:
                 count("SyncsCompleted")
@@ -268,7 +273,7 @@ class CalendarSync:
                         "events_deleted": events.deleted,
                     },
                 )
-                return self._result(run, "synced")
+                return self._result(run, "synced", pushed_at=user.pending_ping_at)
             count("SyncRepeatedForPing")
             user = fresh
         # Pings keep coming: stop here and leave the user due so the resync comes back soon.
@@ -290,6 +295,11 @@ class CalendarSync:
         listings = mirror.listings.load_all(run.fence.open_id)
         for calendar_id in sorted(listings.keys() - readable):
             self._retire_events(mirror, run, calendar_id)
+        run.held_events = {
+            cid: listing.state.held_sweep.count
+            for cid, listing in listings.items()
+            if cid in readable and listing.state.held_sweep
+        }
         # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
         run.handled_calendars |= user.dirty_calendars - readable
         held = False
@@ -303,7 +313,7 @@ class CalendarSync:
                     run.events_due_at = min(run.events_due_at or due, due)
                 continue
             try:
-                held = self._list_events(mirror, run, calendar_id, listing) or held
+                sweep = self._list_events(mirror, run, calendar_id, listing)
             except (ReauthorizationRequired, FeishuUnavailable):
                 raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
             except FeishuError as exc:
@@ -323,20 +333,27 @@ class CalendarSync:
                     exc.code, f"events of {calendar_id}: {exc.message}", http_status=exc.http_status, log_id=exc.log_id
                 )
                 continue
+            run.held_events.pop(calendar_id, None)
+            if sweep is not None:
+                held = True
+                run.held_events[calendar_id] = sweep.count
             run.handled_calendars.add(calendar_id)
             self._assert_event_subscription(mirror, run, calendar_id, listing)
         if failure is not None:
             raise failure
         return held
 
-    def _list_events(self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None) -> bool:
-        """One calendar's event listing; a resumed one is followed by an incremental catch-up."""
+    def _list_events(
+        self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
+    ) -> HeldSweep | None:
+        """One calendar's event listing (its held sweep, if deletions were held back); a resumed one is
+        followed by an incremental catch-up."""
         collection = _CalendarEvents(self, run, mirror, calendar_id)
         if listing is None:
             mirror.listings.begin(run.fence, self._now(), calendar_id)
         state = listing.state if listing else ListingState()
         while True:
-            held = self._engine.run(collection, state, run.events) is not None
+            held = self._engine.run(collection, state, run.events)
             if state.checkpoint is None or held:
                 return held
             # The resumed listing began in an earlier invocation, possibly before the change that
