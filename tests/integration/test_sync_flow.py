@@ -10,6 +10,7 @@ import pytest
 
 from feishu_mirror.errors import LeaseLost
 from feishu_mirror.models import Calendar, Checkpoint, SyncResult
+from feishu_mirror.observability import metrics
 from feishu_mirror.resync import Resync
 from feishu_mirror.store import DynamoRateGate, Fence
 from local.feishu_sim import FeishuSimulator, delay, feishu_error, http_error, rate_limited
@@ -317,6 +318,26 @@ def test_the_scheduled_resync_starts_due_users_only(harness: Harness, sim: Feish
     # WHEN the resync runs again before the syncs started THEN it does not start them twice
     assert Resync(harness.users, harness.invoker, max_users=100).run().started == 0
     assert len(harness.invoked) == 2
+
+
+def test_each_scheduled_resync_counts_the_users_waiting_to_authorise_again(harness: Harness) -> None:
+    # GIVEN three users, two of them waiting to authorise again (the due index no longer holds them)
+    harness.onboard("ou_count_active")
+    for open_id in ("ou_count_reauth_1", "ou_count_reauth_2"):
+        harness.onboard(open_id)
+        harness.set_user(open_id, status="reauth_required")
+        harness.remove_user_attribute(open_id, "due_at")
+    metrics.clear_metrics()
+    # WHEN the scheduled resync runs
+    Resync(harness.users, harness.invoker, max_users=100).run()
+    # THEN it reports the two as the UsersAwaitingReauth gauge
+    assert metrics.metric_set["UsersAwaitingReauth"]["Value"] == [2]
+    metrics.clear_metrics()
+    # AND once one of them has signed in again, the next run reports one
+    harness.set_user("ou_count_reauth_1", status="active")
+    Resync(harness.users, harness.invoker, max_users=100).run()
+    assert metrics.metric_set["UsersAwaitingReauth"]["Value"] == [1]
+    metrics.clear_metrics()
 
 
 def test_the_rate_gate_spaces_requests_across_concurrent_callers(

@@ -111,7 +111,8 @@ def test_the_failure_queue_and_reauthorisations_alarm_at_the_first_occurrence() 
     by_metric = {alarm["MetricName"]: alarm for alarm in _alarms() if alarm["Namespace"] != "AWS/Lambda"}
     queue = by_metric["ApproximateNumberOfMessagesVisible"]
     assert queue["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailureQueue", "QueueName"]}}]
-    reauth = by_metric["UsersNeedingReauth"]
+    reauth = by_metric["UsersAwaitingReauth"]  # a gauge: the alarm stays on while anyone is waiting
+    assert reauth["Statistic"] == "Maximum"
     service = template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
     namespace = template()["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
     assert (reauth["Namespace"], reauth["Dimensions"]) == (namespace, [{"Name": "service", "Value": service}])
@@ -159,6 +160,7 @@ def test_the_dashboard_is_valid_json_and_shows_only_metrics_the_code_emits() -> 
         "FeishuRateLimitWaits",
         "TokenRefreshes",
         "UsersNeedingReauth",
+        "UsersAwaitingReauth",
         "EventToMirrorLag",
         "TokenRefreshFailures",
         "SubscriptionFailures",

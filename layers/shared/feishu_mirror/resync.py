@@ -5,6 +5,7 @@ come from the sparse ``due-index`` — a query per shard, never a table scan —
 most ``max_users`` per run. Each is claimed conditionally (skipped if a sync runs or was just
 started) and its sync invoked asynchronously; the sync function's reserved concurrency and the
 Feishu rate gate bound how fast they run. The sync re-asserts each user's event subscription.
+Each run also reports how many users are waiting to authorise again (``UsersAwaitingReauth``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,17 @@ class Resync:
         count("ResyncUsersDue", outcome.due)
         count("ResyncSyncsStarted", outcome.started)
         logger.info("resync_finished", extra=outcome.as_dict())
+        self._report_awaiting_reauth()
         return outcome
+
+    def _report_awaiting_reauth(self) -> None:
+        """The gauge behind the re-authorisation alarm; a failure to count never fails the run."""
+        try:
+            awaiting = self._users.count_awaiting_reauth()
+        except Exception as exc:
+            logger.warning("awaiting_reauth_uncounted", extra={"error": type(exc).__name__})
+            return
+        count("UsersAwaitingReauth", awaiting)
 
     def _start(self, open_id: str, now: int) -> str:
         if not self._users.claim_invocation(open_id, now, now + self._claim_seconds):

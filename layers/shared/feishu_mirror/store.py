@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
 
 DUE_INDEX = "due-index"
+STATUS_INDEX = "status-index"
 DUE_SHARDS = 8
 TRANSACTION_ITEMS = 100  # DynamoDB's limit; one slot is the lease check
 BATCH_GET_KEYS = 100
@@ -510,6 +511,24 @@ class UserStore:
             condition="lease_owner = :owner",
             names={"#status": "status"},
         )
+
+    def count_awaiting_reauth(self) -> int:
+        """How many users must authorise again (a COUNT query of the status index: their keys only)."""
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#s = :reauth",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": attribute_values({":reauth": REAUTH_REQUIRED}),
+            "Select": "COUNT",
+        }
+        total = 0
+        while True:
+            page = self._client.query(**request)
+            total += page.get("Count", 0)
+            if "LastEvaluatedKey" not in page:
+                return total
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def due_users(self, now: int, limit: int) -> list[str]:
         """Users whose ``due_at`` has passed, oldest first, from the sparse due index (no scan)."""
