@@ -144,6 +144,14 @@ def difference(mirror: dict[str, dict[str, Any]], truth: dict[str, dict[str, Any
     return f"missing {missing[:3]} (of {len(missing)}), extra {extra[:3]} (of {len(extra)}), changed {changed}"
 
 
+@dataclass
+class LastPages:
+    """The sync tokens one sync invocation received on last pages: of the calendar list, and by calendar."""
+
+    calendars: set[str] = field(default_factory=set)
+    events: dict[str, set[str]] = field(default_factory=dict)
+
+
 class LambdaKilled(BaseException):
     """The invocation died (timeout, OOM): nothing after this point runs, not even cleanup."""
 
@@ -255,8 +263,6 @@ class Schedule:
         self.kill_events_after_pages: dict[str, int] = {}
         self.kill_first_events_of: dict[str, str] = {}  # open_id → the calendar whose first event write dies
         self.event_traps: dict[str, list[Trap]] = {}
-        self.final_pages: dict[int, set[str]] = {}
-        self.event_final_pages: dict[tuple[int, str], set[str]] = {}
         self.bad_commits: list[str] = []
         self.syncs = SyncThreads(self.sync)
         self.pings = PingDispatcher(self.users, self.syncs)
@@ -265,9 +271,9 @@ class Schedule:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the machinery under test
-    def feishu(self, open_id: str, clock_offset: int = 0) -> FeishuClient:
-        """A client whose every page is recorded (so commits can be checked against last pages) and
-        whose event listings spring the user's armed traps. Its clock is the sync's (token expiry times)."""
+    def feishu(self, open_id: str, received: LastPages, clock_offset: int = 0) -> FeishuClient:
+        """A client that records the sync tokens of the last pages it receives (so commits can be checked
+        against them) and whose event listings spring the user's armed traps. Its clock is the sync's."""
         client = FeishuClient(
             base_url=self.sim.url,
             accounts_url=self.sim.url,
@@ -283,16 +289,14 @@ class Schedule:
         def recorded(*args: Any, **kwargs: Any) -> Page[Any]:
             page = list_calendars(*args, **kwargs)
             if not page.has_more and page.sync_token:
-                with self._lock:
-                    self.final_pages.setdefault(threading.get_ident(), set()).add(page.sync_token)
+                received.calendars.add(page.sync_token)
             return page
 
         def recorded_events(access_token: str, calendar_id: str, **kwargs: Any) -> Page[Event]:
             self._spring_trap(open_id, calendar_id, kwargs)
             page = list_events(access_token, calendar_id, **kwargs)
             if not page.has_more and page.sync_token:
-                with self._lock:
-                    self.event_final_pages.setdefault((threading.get_ident(), calendar_id), set()).add(page.sync_token)
+                received.events.setdefault(calendar_id, set()).add(page.sync_token)
             return page
 
         client.list_calendars = recorded  # type: ignore[method-assign]
@@ -313,24 +317,25 @@ class Schedule:
         else:
             self.sim.expire_access_tokens(open_id)
 
-    def _event_mirror(self, open_id: str) -> EventMirror:
+    def _event_mirror(self, open_id: str, received: LastPages) -> EventMirror:
         """The event stores as one sync invocation sees them: one kill switch over both, and the commit check."""
         kill = _EventKillSwitch(self, open_id)
         settings = self.settings
         return EventMirror(
             events=_ScheduleEvents(self.client, settings.events_table, settings.users_table, kill=kill),
-            listings=_ScheduleEventListings(self, kill),
+            listings=_ScheduleEventListings(self, kill, received),
         )
 
     def sync(self, open_id: str, clock_offset: int = 0) -> SyncResult:
         """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks."""
-        users = _ScheduleUsers(self, open_id)
+        received = LastPages()
+        users = _ScheduleUsers(self, open_id, received)
         engine = CalendarSync(
             users=users,  # type: ignore[arg-type]
             calendars=self.calendars,
-            feishu=self.feishu(open_id, clock_offset),
+            feishu=self.feishu(open_id, received, clock_offset),
             settings=self.settings,
-            events=self._event_mirror(open_id),
+            events=self._event_mirror(open_id, received),
             clock=lambda: time.time() + clock_offset,
         )
         result = engine.run(
@@ -835,9 +840,10 @@ class Schedule:
 class _ScheduleUsers:
     """The users store as one sync invocation sees it, with the schedule's kill switch and checks."""
 
-    def __init__(self, schedule: Schedule, open_id: str) -> None:
+    def __init__(self, schedule: Schedule, open_id: str, received: LastPages) -> None:
         self._schedule = schedule
         self._store = schedule.users
+        self._received = received
         self._pages = 0
         self._kill_after = schedule.kill_after_pages.pop(open_id, None)
 
@@ -852,9 +858,9 @@ class _ScheduleUsers:
             raise LambdaKilled
 
     def commit_listing(self, fence: Fence, now: int, **kwargs: Any) -> None:
-        """Only tokens that this thread received on a last page may be committed."""
+        """Only tokens that this invocation received on a last page may be committed."""
         token = kwargs.get("sync_token")
-        if token and token not in self._schedule.final_pages.get(threading.get_ident(), set()):
+        if token and token not in self._received.calendars:
             self._schedule.bad_commits.append(token)
         if self._kill_after is not None:
             raise LambdaKilled  # killed before the commit: the listing must resume or restart later
@@ -920,9 +926,9 @@ class _ScheduleEvents(EventStore):
 class _ScheduleEventListings(EventListingStore):
     """The event-listings store as one sync invocation sees it: the kill switch and the commit check."""
 
-    def __init__(self, schedule: Schedule, kill: _EventKillSwitch) -> None:
+    def __init__(self, schedule: Schedule, kill: _EventKillSwitch, received: LastPages) -> None:
         super().__init__(schedule.client, schedule.settings.event_listings_table, schedule.settings.users_table)
-        self._schedule, self._kill = schedule, kill
+        self._schedule, self._kill, self._received = schedule, kill, received
 
     def save_checkpoint(self, fence: Fence, now: int, calendar_id: str, checkpoint: Checkpoint) -> bool:
         """Checkpoint, then die here if this is the write the sync is to be killed at."""
@@ -942,8 +948,8 @@ class _ScheduleEventListings(EventListingStore):
         held_sweep: HeldSweep | None,
         reset: bool,
     ) -> None:
-        """Only a token this thread received on a last page of this calendar's events may be committed."""
-        received = self._schedule.event_final_pages.get((threading.get_ident(), calendar_id), set())
+        """Only a token this invocation received on a last page of this calendar's events may be committed."""
+        received = self._received.events.get(calendar_id, set())
         if sync_token and sync_token not in received:
             self._schedule.bad_commits.append(f"events of {self._schedule.label(calendar_id)}: {sync_token}")
         self._kill.after_write("before its commit")  # the listing's pages are written: it must resume or restart
