@@ -105,12 +105,24 @@ def test_pushed_event_changes_keep_the_mirror_equal_to_feishu(
 def test_a_deleted_calendar_takes_its_events_with_it(
     stack: LocalStack, sim: FeishuSimulator, calendars: dict[str, str]
 ) -> None:
+    # GIVEN the shared calendar's events in the mirror
+    shared = calendars["shared"]
+    events = set(truth(sim, shared))
+    assert events
+    assert set(mirror(stack, shared)) == events
     # WHEN the shared calendar is deleted in Feishu (which pushes the calendar-list change)
-    sim.delete_calendar(USER, calendars["shared"])
+    sim.delete_calendar(USER, shared)
     assert sim.wait_for_pushes(30)
     assert stack.wait_idle(60)
-    # THEN its events are tombstones in the mirror
-    assert mirror(stack, calendars["shared"]) == {}
+    # THEN its events are no longer live, and each one is kept as a tombstone
+    assert mirror(stack, shared) == {}
+    items = stack.client().query(
+        TableName=stack.template.table_names["EventsTable"],
+        KeyConditionExpression="calendar_key = :k",
+        ExpressionAttributeValues=attribute_values({":k": calendar_key(USER, shared)}),
+        ConsistentRead=True,
+    )["Items"]
+    assert {i["event_id"]: "deleted_at" in i for i in map(plain, items)} == dict.fromkeys(events, True)
 
 
 def test_event_changes_reach_consumers_as_calendar_event_domain_events(
