@@ -2,7 +2,8 @@
 
 Runs the real sync engine (calendar list, then the calendar's events) against DynamoDB Local and the
 Feishu simulator over HTTP. A full listing should need ceil(5000 / 1000) calls and ceil(5000 / 99)
-transactions; an increment of k changed events one call and k items; a quiet resync no write.
+transactions; an increment of k changed events ceil(k / 1000) calls and k items; a push without a change
+one call and no write; a quiet resync no call at all.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 5000
 PAGE_SIZE = 1000
 TRANSACTION_ITEMS = 99
+LONG_INCREMENT = 2500
 
 
 def event_cost() -> list[Entry]:
-    """Full listing of 5,000 events, increments of k = 1, 10, 100 changed events, a quiet resync."""
+    """Full listing of 5,000 events, increments of k = 1, 10, 100 and 2,500 changed events, a push
+    without a change, a quiet resync."""
     entries: list[Entry] = []
     with DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb, FeishuSimulator(app_id="cli_bench_events") as sim:
         client = dynamodb.client()
@@ -120,9 +123,31 @@ def event_cost() -> list[Entry]:
                 Entry(f"events_increment_{k}_items_written", items, "items", target=k, floor=k),
                 Entry(f"events_increment_{k}_wall_time", seconds * 1000, "ms"),
             ]
+        calls, writes, items, _ = run("pushed-quiet", pushed=True)
+        entries += [
+            Entry("events_pushed_no_change_listing_calls", calls, "calls", target=1, floor=1),
+            Entry("events_pushed_no_change_write_requests", writes, "requests", target=0, floor=0),
+        ]
         calls, _, items, seconds = run("quiet", pushed=False)
         entries += [
             Entry("events_no_change_listing_calls", calls, "calls", target=0, floor=0),
             Entry("events_no_change_items_written", items, "items", target=0, floor=0),
+        ]
+        # An increment longer than a page: Feishu goes on from each page's sync token (no page tokens
+        # without anchor_time), so it still costs ceil(k / page size) calls and writes exactly k items.
+        k = LONG_INCREMENT
+        for event_id in ids[changed : changed + k]:
+            sim.update_event(open_id, calendar_id, event_id, summary="changed in bulk")
+        calls, _, items, seconds = run("incr-long", pushed=True)
+        entries += [
+            Entry(
+                f"events_increment_{k}_listing_calls",
+                calls,
+                "calls",
+                target=math.ceil(k / PAGE_SIZE),
+                floor=math.ceil(k / PAGE_SIZE),
+            ),
+            Entry(f"events_increment_{k}_items_written", items, "items", target=k, floor=k),
+            Entry(f"events_increment_{k}_wall_time", seconds * 1000, "ms"),
         ]
     return entries
