@@ -50,6 +50,7 @@ ROWS = {
 }
 ALWAYS_SHOWN = (SERVER_ERROR, ESCAPED)  # shown even when zero: they are the point
 REFUSALS = ("400", "401", "403", "413")  # bad input turned away (409 is "retry later", not a refusal)
+NOT_APPLICABLE = {VERIFIER: {DUPLICATE, "409"}}  # deduplication happens in the handler only
 
 
 def status_key(status: int) -> str:
@@ -138,13 +139,21 @@ def _run(tier: dict[str, Any]) -> str:
     return f"{factor}× the default example counts"
 
 
+def _cell(tier: str, n: int, key: str) -> str:
+    return "—" if not n and key in NOT_APPLICABLE.get(tier, ()) else str(n)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The README paragraph and table: inputs tried per tier and how each was answered."""
     tiers = [tier for tier in TIERS if tier in report]
     counts = {tier: Counter(report[tier]["outcomes"]) for tier in tiers}
     keys = [key for key in ROWS if key in ALWAYS_SHOWN or any(counts[t][key] for t in tiers)]
     keys += sorted({key for t in tiers for key in counts[t]} - set(ROWS))
-    runs = sorted({_run(report[t]) for t in tiers})
+    runs = {_run(report[t]) for t in tiers}
+    if len(runs) == 1:
+        run = f"the last fuzz run, at {runs.pop()}"
+    else:
+        run = "the last fuzz runs, " + " and ".join(f"the {t} tier's at {_run(report[t])}" for t in tiers)
     total = sum(report[t]["inputs"] for t in tiers)
     refused = sum(n for t in tiers for key, n in counts[t].items() if key in REFUSALS)
     event_changed = sum(report[t]["event_changed_inputs"] for t in tiers)
@@ -152,18 +161,20 @@ def markdown(report: dict[str, Any]) -> str:
     server_errors = sum(counts[t][SERVER_ERROR] for t in tiers)
     escaped = sum(counts[t][ESCAPED] for t in tiers)
     lines = [
-        f"From the last fuzz run at {' and '.join(runs)}: {tests} property tests tried {total} inputs "
-        f"({event_changed} of them `calendar.calendar.event.changed_v4` payloads) and refused {refused} with a "
-        f"4xx; {server_errors} got a 5xx and {escaped} raised an exception past the code under test.",
+        f"From {run}: {tests} property tests tried {total} inputs ({event_changed} of them "
+        f"`calendar.calendar.event.changed_v4` payloads) and refused {refused} with a 4xx; {server_errors} got a "
+        f"5xx and {escaped} let an exception escape.",
         "",
-        "| outcome | " + " | ".join(f"{TIERS[t][1]}, {_run(report[t])}" for t in tiers) + " |",
+        "| outcome | " + " | ".join(TIERS[t][1] for t in tiers) + " |",
         "|---|" + "---:|" * len(tiers),
         "| inputs tried | " + " | ".join(str(report[t]["inputs"]) for t in tiers) + " |",
         "| of them event-changed payloads | "
         + " | ".join(str(report[t]["event_changed_inputs"]) for t in tiers)
         + " |",
     ]
-    lines += [f"| {ROWS.get(key, key)} | " + " | ".join(str(counts[t][key]) for t in tiers) + " |" for key in keys]
+    lines += [
+        f"| {ROWS.get(key, key)} | " + " | ".join(_cell(t, counts[t][key], key) for t in tiers) + " |" for key in keys
+    ]
     return "\n".join(lines)
 
 
