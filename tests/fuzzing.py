@@ -5,7 +5,8 @@ JSON documents of any shape and depth, and Feishu-shaped events of both kinds th
 (``calendar.calendar.changed_v4`` and ``calendar.calendar.event.changed_v4``, with its ``calendar_id``
 and its gray-release fields) whose known fields hold wrong types — also wrapped in *valid* crypto
 (encrypted and signed with the right key), so the checks behind the signature are fuzzed too.
-Settings are derandomized and keep no example database: CI reruns are exact. ``FUZZ_EXAMPLES_SCALE``
+Settings are derandomized and keep no example database: reruns of the same pytest session are exact
+(a session that collects other tests as well can draw other examples). ``FUZZ_EXAMPLES_SCALE``
 multiplies every example count (``make soak`` runs ten times as many).
 """
 
