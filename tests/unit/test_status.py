@@ -10,6 +10,7 @@ from feishu_mirror.health import LAG_METRIC, UserHealth, record_event_to_mirror_
 from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import metrics
 from feishu_mirror.status import (
+    AUTO_REFRESH_SECONDS,
     MirroredCalendar,
     Overview,
     StatusRequestInvalid,
@@ -126,6 +127,17 @@ def test_the_user_page_offers_a_resync_unless_the_user_must_consent_again() -> N
     assert "action='ou_a/resync'" in active
     assert "<form" not in reauth
     assert "sign in again" in reauth
+
+
+def test_pages_reload_themselves_and_the_user_page_drops_a_resync_answer_when_it_does() -> None:
+    # GIVEN the overview and a user's page as shown after a resync answer (/status/ou_a?resync=started)
+    overview = render_overview(Overview((health(),), None, 50, NOW))
+    detail = render_user(UserDetail(health(), (), 0, NOW), flash="A sync was started.")
+    # THEN both reload every AUTO_REFRESH_SECONDS: the overview itself, the user page its plain URL
+    assert f"<meta http-equiv='refresh' content='{AUTO_REFRESH_SECONDS}'>" in overview
+    assert f"<meta http-equiv='refresh' content='{AUTO_REFRESH_SECONDS}; url=ou_a'>" in detail
+    # AND an error page does not
+    assert "http-equiv" not in render_message("Unknown user", "No such user.")
 
 
 def test_the_overview_links_to_the_next_page_relatively() -> None:

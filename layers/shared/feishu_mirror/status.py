@@ -304,6 +304,7 @@ _STYLE = (
     "dl{display:grid;grid-template-columns:max-content auto;gap:.3em 1.2em}dt{font-weight:600}dd{margin:0}"
 )
 # The pages are static: no script at all, inline style only, forms only to this origin.
+AUTO_REFRESH_SECONDS = 10
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
@@ -338,10 +339,16 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _document(title: str, body: str) -> str:
+def _document(title: str, body: str, *, refresh_to: str | None = None) -> str:
+    """A whole page; with ``refresh_to`` (a URL, "" for this one) it reloads itself every
+    ``AUTO_REFRESH_SECONDS``, so an operator watching it sees syncs land without pressing anything."""
+    refresh = ""
+    if refresh_to is not None:
+        target = f"; url={refresh_to}" if refresh_to else ""
+        refresh = f"<meta http-equiv='refresh' content='{AUTO_REFRESH_SECONDS}{_e(target)}'>"
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<meta name='viewport' content='width=device-width,initial-scale=1'>{refresh}"
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
     )
 
@@ -393,7 +400,7 @@ def render_overview(view: Overview) -> str:
         f"<tbody>{rows or '<tr><td colspan=10>No users yet: send someone to /oauth/start.</td></tr>'}</tbody></table>"
         f"{more}"
     )
-    return _document("Calendar mirror status", body)
+    return _document("Calendar mirror status", body, refresh_to="")
 
 
 def _events_cells(events: Mapping[str, Any] | None, now: int) -> str:
@@ -464,7 +471,8 @@ def render_user(view: UserDetail, *, flash: str = "") -> str:
         + f"</dl>{action}<h2>Calendars ({len(view.calendars)} live)</h2>"
         + f"<table id='calendars'><thead><tr>{head}<th>calendar_id</th></tr></thead><tbody>{rows}</tbody></table>"
     )
-    return _document(f"{u.name or u.open_id} — calendar mirror", body)
+    # Reload the user's page itself, not a "?resync=" answer (whose message would linger).
+    return _document(f"{u.name or u.open_id} — calendar mirror", body, refresh_to=_user_href(u.open_id, ""))
 
 
 def render_message(title: str, message: str, *, overview: str = "status") -> str:
