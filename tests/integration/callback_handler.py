@@ -175,6 +175,8 @@ def table_snapshot(client: DynamoDBClient, settings: Settings) -> dict[str, list
         settings.users_table,
         settings.idempotency_table,
         settings.calendars_table,
+        settings.events_table,
+        settings.event_listings_table,
         settings.oauth_state_table,
         settings.rate_limit_table,
     )
