@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,6 +15,7 @@ from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.feishu_sim import FeishuSimulator
 from local.stack import ROOT
 from local.template import Template, load
+from tests.integration.callback_handler import LambdaRecorder, callback_app
 from tests.integration.harness import Harness
 
 if TYPE_CHECKING:
@@ -68,3 +70,25 @@ def sim() -> Iterator[FeishuSimulator]:
 def harness(dynamodb_client: DynamoDBClient, settings: Settings, sim: FeishuSimulator) -> Harness:
     """Domain services on DynamoDB Local and the simulator."""
     return Harness(dynamodb_client, settings, sim)
+
+
+@pytest.fixture
+def recorder() -> Iterator[LambdaRecorder]:
+    """A stand-in Lambda API that records the syncs the callback starts."""
+    with LambdaRecorder() as running:
+        yield running
+
+
+@pytest.fixture
+def app(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    sim: FeishuSimulator,
+    dynamodb_endpoint: str,
+    recorder: LambdaRecorder,
+) -> Iterator[ModuleType]:
+    """The callback handler on this test's tables and simulator, with the recording Lambda API."""
+    with callback_app(
+        monkeypatch, settings=settings, sim=sim, dynamodb_endpoint=dynamodb_endpoint, lambda_endpoint=recorder.url
+    ) as module:
+        yield module

@@ -45,12 +45,6 @@ FRESH_EVENT_IDS = fuzzing.fresh_event_ids()
 
 
 @pytest.fixture
-def recorder() -> Iterator[LambdaRecorder]:
-    with LambdaRecorder() as running:
-        yield running
-
-
-@pytest.fixture
 def app(
     monkeypatch: pytest.MonkeyPatch,
     harness: Harness,

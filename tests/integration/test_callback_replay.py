@@ -30,12 +30,6 @@ MAX_SKEW = 60
 
 
 @pytest.fixture
-def recorder() -> Iterator[LambdaRecorder]:
-    with LambdaRecorder() as running:
-        yield running
-
-
-@pytest.fixture
 def app(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,

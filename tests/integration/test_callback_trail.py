@@ -63,27 +63,6 @@ def logs() -> Iterator[Logs]:
 
 
 @pytest.fixture
-def recorder() -> Iterator[LambdaRecorder]:
-    with LambdaRecorder() as running:
-        yield running
-
-
-@pytest.fixture
-def app(
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Settings,
-    sim: FeishuSimulator,
-    dynamodb_endpoint: str,
-    recorder: LambdaRecorder,
-) -> Iterator[ModuleType]:
-    """The handler with the recording Lambda API."""
-    with callback_app(
-        monkeypatch, settings=settings, sim=sim, dynamodb_endpoint=dynamodb_endpoint, lambda_endpoint=recorder.url
-    ) as module:
-        yield module
-
-
-@pytest.fixture
 def unreachable_app(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, sim: FeishuSimulator, dynamodb_endpoint: str
 ) -> Iterator[ModuleType]:

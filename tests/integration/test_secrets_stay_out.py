@@ -17,13 +17,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from feishu_mirror.config import FeishuCredentials, Settings
+from feishu_mirror.config import FeishuCredentials
 from feishu_mirror.errors import MirrorError, OnboardingError
 from feishu_mirror.observability import logger
 from feishu_mirror.onboarding import Onboarding
 from feishu_mirror.store import OAuthStateStore
 from local.feishu_sim import CALENDARS_PATH, OAUTH_TOKEN_PATH, FeishuSimulator, http_error, rate_limited
-from tests.integration.callback_handler import Context, LambdaRecorder, api_event, callback_app, signed_delivery
+from tests.integration.callback_handler import Context, api_event, signed_delivery
 from tests.integration.harness import Harness
 
 pytestmark = pytest.mark.integration
@@ -80,26 +80,6 @@ def raised(monkeypatch: pytest.MonkeyPatch) -> list[MirrorError]:
 
     monkeypatch.setattr(MirrorError, "__init__", record)
     return instances
-
-
-@pytest.fixture
-def recorder() -> Iterator[LambdaRecorder]:
-    with LambdaRecorder() as running:
-        yield running
-
-
-@pytest.fixture
-def app(
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Settings,
-    sim: FeishuSimulator,
-    dynamodb_endpoint: str,
-    recorder: LambdaRecorder,
-) -> Iterator[ModuleType]:
-    with callback_app(
-        monkeypatch, settings=settings, sim=sim, dynamodb_endpoint=dynamodb_endpoint, lambda_endpoint=recorder.url
-    ) as module:
-        yield module
 
 
 class Secrets:
