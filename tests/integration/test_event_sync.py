@@ -9,7 +9,7 @@ import pytest
 
 from feishu_mirror.health import UserHealth
 from feishu_mirror.models import EVENT_FIELDS
-from local.feishu_sim import FeishuSimulator, delay, feishu_error, http_error
+from local.feishu_sim import OAUTH_TOKEN_PATH, FeishuSimulator, delay, feishu_error, http_error
 from tests.integration.harness import Harness
 
 pytestmark = pytest.mark.integration
@@ -405,3 +405,22 @@ def test_a_held_mass_deletion_of_events_shows_in_the_user_health_until_it_is_con
     user = harness.user(open_id)
     assert "held_event_deletions" not in user
     assert UserHealth.from_item(user, now=int(time.time()) + later, stale_after_seconds=10**9).state == "ok"
+
+
+def test_an_access_token_refused_even_after_a_refresh_fails_the_sync_at_once(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    # GIVEN a user with three readable calendars; the first one's listing refuses the access token
+    # twice (before and after the refresh)
+    open_id = harness.onboard("ou_events_token_refused")
+    calendars = sorted([primary(sim, open_id)] + [sim.create_calendar(open_id, summary=f"C{n}") for n in range(2)])
+    expired = feishu_error(99991677, 400, "Authentication token expired")
+    sim.inject(f"/open-apis/calendar/v4/calendars/{calendars[0]}/events", expired, expired)
+    refreshes_before = sum(1 for r in sim.requests_log if r.path == OAUTH_TOKEN_PATH)
+    # WHEN it syncs
+    result = harness.sync(open_id)
+    # THEN it fails with that error after one refresh, without trying (and refreshing for) each other calendar
+    assert (result.outcome, result.error_code) == ("failed", 99991677)
+    assert sum(1 for r in sim.requests_log if r.path == OAUTH_TOKEN_PATH) - refreshes_before == 1
+    for calendar_id in calendars[1:]:
+        assert event_listing_calls(sim, calendar_id) == []

@@ -314,7 +314,7 @@ class CalendarSync:
                 continue
             try:
                 sweep = self._list_events(mirror, run, calendar_id, listing)
-            except (ReauthorizationRequired, FeishuUnavailable):
+            except (ReauthorizationRequired, AccessTokenRejected, FeishuUnavailable):
                 raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
             except FeishuError as exc:
                 if exc.code in EVENTS_UNAVAILABLE_CODES:
