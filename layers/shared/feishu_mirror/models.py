@@ -244,7 +244,7 @@ class SyncResult:
     event_pages: int = 0
     events_upserted: int = 0
     events_deleted: int = 0
-    pushed_at: int | None = None  # the earliest push this sync brought into the mirror (whole seconds)
+    pushed_at: int | None = None  # the earliest ping (push, operator resync) this sync brought in, in whole seconds
 
     @property
     def wrote(self) -> bool:

@@ -139,7 +139,7 @@ class UnknownUser(LookupError):
     """No such user in the users table (never onboarded)."""
 
 
-# Every ping keeps the time of the earliest push the mirror does not reflect yet (for EventToMirrorLag).
+# Every ping keeps the time of the earliest ping (push or operator resync) the mirror does not reflect yet (for EventToMirrorLag).
 _PENDING_PING = "pending_ping_at = if_not_exists(pending_ping_at, :now)"
 
 
