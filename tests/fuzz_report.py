@@ -17,9 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tests.readme import rewrite_section
+
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / ".local" / "fuzz-report.json"
-README = ROOT / "README.md"
 START, END = "<!-- fuzz:start -->", "<!-- fuzz:end -->"
 SCALE_VARIABLE = "FUZZ_EXAMPLES_SCALE"
 
@@ -204,9 +205,7 @@ def main() -> int:
     if found := problems(report):
         print("fuzz report not written to the README: " + "; ".join(found), file=sys.stderr)
         return 1
-    text = README.read_text()
-    head, rest = text.split(START, 1)
-    README.write_text(f"{head}{START}\n{markdown(report)}\n{END}{rest.split(END, 1)[1]}")
+    rewrite_section(START, END, markdown(report))
     return 0
 
 

@@ -35,17 +35,22 @@ def stack(sim: FeishuSimulator) -> Iterator[LocalStack]:
         yield running
 
 
-def mirror(stack: LocalStack, calendar_id: str) -> dict[str, dict[str, Any]]:
-    """Live events of one of the user's calendars in the mirror, Feishu fields only."""
+def event_items(stack: LocalStack, calendar_id: str) -> list[dict[str, Any]]:
+    """Every event item of one of the user's calendars in the mirror (tombstones included)."""
     items = stack.client().query(
         TableName=stack.template.table_names["EventsTable"],
         KeyConditionExpression="calendar_key = :k",
         ExpressionAttributeValues=attribute_values({":k": calendar_key(USER, calendar_id)}),
         ConsistentRead=True,
     )["Items"]
+    return [plain(item) for item in items]
+
+
+def mirror(stack: LocalStack, calendar_id: str) -> dict[str, dict[str, Any]]:
+    """Live events of one of the user's calendars in the mirror, Feishu fields only."""
     return {
         i["event_id"]: {k: v for k, v in i.items() if k in EVENT_FIELDS}
-        for i in map(plain, items)
+        for i in event_items(stack, calendar_id)
         if "deleted_at" not in i
     }
 
@@ -116,13 +121,8 @@ def test_a_deleted_calendar_takes_its_events_with_it(
     assert stack.wait_idle(60)
     # THEN its events are no longer live, and each one is kept as a tombstone
     assert mirror(stack, shared) == {}
-    items = stack.client().query(
-        TableName=stack.template.table_names["EventsTable"],
-        KeyConditionExpression="calendar_key = :k",
-        ExpressionAttributeValues=attribute_values({":k": calendar_key(USER, shared)}),
-        ConsistentRead=True,
-    )["Items"]
-    assert {i["event_id"]: "deleted_at" in i for i in map(plain, items)} == dict.fromkeys(events, True)
+    tombstoned = {i["event_id"]: "deleted_at" in i for i in event_items(stack, shared)}
+    assert tombstoned == dict.fromkeys(events, True)
 
 
 def test_event_changes_reach_consumers_as_calendar_event_domain_events(

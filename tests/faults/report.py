@@ -9,9 +9,9 @@ import json
 import sys
 
 from local.stack import ROOT
+from tests.readme import rewrite_section
 
 REPORT = ROOT / ".local" / "fault-report.json"
-README = ROOT / "README.md"
 START, END = "<!-- faults:start -->", "<!-- faults:end -->"
 EVENT_PREFIX = "event "  # fault kinds aimed at event listings (schedule.py names them so)
 
@@ -52,9 +52,7 @@ def main() -> int:
     if not REPORT.exists():
         print("no fault report: run the fault schedules first", file=sys.stderr)
         return 1
-    text = README.read_text()
-    head, rest = text.split(START, 1)
-    README.write_text(f"{head}{START}\n{markdown(json.loads(REPORT.read_text()))}\n{END}{rest.split(END, 1)[1]}")
+    rewrite_section(START, END, markdown(json.loads(REPORT.read_text())))
     return 0
 
 
