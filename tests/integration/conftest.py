@@ -80,15 +80,28 @@ def recorder() -> Iterator[LambdaRecorder]:
 
 
 @pytest.fixture
+def callback_env() -> dict[str, str]:
+    """Extra environment for the callback handler (a test module overrides this fixture to set some)."""
+    return {}
+
+
+@pytest.fixture
 def app(
     monkeypatch: pytest.MonkeyPatch,
+    *,
     settings: Settings,
     sim: FeishuSimulator,
     dynamodb_endpoint: str,
     recorder: LambdaRecorder,
+    callback_env: dict[str, str],
 ) -> Iterator[ModuleType]:
     """The callback handler on this test's tables and simulator, with the recording Lambda API."""
     with callback_app(
-        monkeypatch, settings=settings, sim=sim, dynamodb_endpoint=dynamodb_endpoint, lambda_endpoint=recorder.url
+        monkeypatch,
+        settings=settings,
+        sim=sim,
+        dynamodb_endpoint=dynamodb_endpoint,
+        lambda_endpoint=recorder.url,
+        extra_env=callback_env,
     ) as module:
         yield module

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
-from feishu_mirror.config import Settings
 from local.feishu_sim import FeishuSimulator
 from tests import fuzzing
 from tests.integration.callback_handler import (
     Context,
     LambdaRecorder,
     api_event,
-    callback_app,
     reply_body,
     signed_delivery,
     table_snapshot,
@@ -30,23 +27,9 @@ MAX_SKEW = 60
 
 
 @pytest.fixture
-def app(
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Settings,
-    sim: FeishuSimulator,
-    dynamodb_endpoint: str,
-    recorder: LambdaRecorder,
-) -> Iterator[ModuleType]:
-    """The handler with a one-minute timestamp window (CALLBACK_MAX_SKEW_SECONDS) and the recording Lambda API."""
-    with callback_app(
-        monkeypatch,
-        settings=settings,
-        sim=sim,
-        dynamodb_endpoint=dynamodb_endpoint,
-        lambda_endpoint=recorder.url,
-        extra_env={"CALLBACK_MAX_SKEW_SECONDS": str(MAX_SKEW)},
-    ) as module:
-        yield module
+def callback_env() -> dict[str, str]:
+    """The handler's timestamp window, one minute (CALLBACK_MAX_SKEW_SECONDS)."""
+    return {"CALLBACK_MAX_SKEW_SECONDS": str(MAX_SKEW)}
 
 
 def test_a_replayed_delivery_within_the_window_starts_one_sync(
