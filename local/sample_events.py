@@ -1,7 +1,8 @@
 """Writes the sample trigger payloads in ``events/`` (for ``sam local invoke -e`` and for reading).
 
 The callback samples are encrypted and signed with the credentials in ``events/env.json``; that file
-widens ``CALLBACK_MAX_SKEW_SECONDS`` so the recorded signatures stay acceptable when replayed.
+widens ``CALLBACK_MAX_SKEW_SECONDS`` so the recorded signatures stay acceptable when replayed (and
+``DEDUP_TTL_SECONDS`` with it, which must outlive the window).
 Run ``python -m local.sample_events`` after changing anything here.
 """
 
@@ -186,6 +187,7 @@ def samples() -> dict[str, Any]:
                 "FEISHU_ENCRYPT_KEY": ENCRYPT_KEY,
                 "FEISHU_VERIFICATION_TOKEN": VERIFICATION_TOKEN,
                 "CALLBACK_MAX_SKEW_SECONDS": "315360000",
+                "DEDUP_TTL_SECONDS": "315446400",  # must outlive the timestamp window
                 "POWERTOOLS_TRACE_DISABLED": "true",
             }
         },

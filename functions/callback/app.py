@@ -1,7 +1,8 @@
 """Callback function (``POST /feishu/events``): verify, deduplicate, start one sync per user, answer.
 
 Never calls Feishu. Bad input gets a 4xx with a short reason; an AWS dependency being down gets a
-503 so that Feishu retries the delivery (its retries are deduplicated on ``header.event_id``).
+503 so that Feishu retries the delivery (its retries are deduplicated on ``header.event_id``), and so
+does a deployment whose secret lacks the Encrypt Key or the Verification Token: it refuses everything.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def verifier(credentials: FeishuCredentials) -> CallbackVerifier:
         verification_token=credentials.verification_token,
         app_id=credentials.app_id,
         max_skew_seconds=settings.callback_max_skew_seconds,
+        max_ahead_seconds=settings.callback_max_ahead_seconds,
     )
 
 
@@ -134,6 +136,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("callback_rejected", extra={"status": exc.status, "reason": exc.reason})
         return _reply(exc.status, {"msg": exc.reason})
     except ConfigError as exc:
+        # Fails closed: nothing is accepted unverified. The metric drives the configuration alarm.
+        count("CallbackConfigurationErrors")
         logger.error("configuration_error", extra={"error": str(exc)})
         return _reply(503, {"msg": "not configured"})
     if isinstance(request, Challenge):

@@ -21,12 +21,13 @@ APP_ID = "cli_security_app"
 NOW = 1_800_000_000
 
 
-def verifier(*, max_skew_seconds: int = 300, encrypt_key: str = KEY) -> CallbackVerifier:
+def verifier(*, max_skew_seconds: int = 300, max_ahead_seconds: int = 300, encrypt_key: str = KEY) -> CallbackVerifier:
     return CallbackVerifier(
         encrypt_key=encrypt_key,
         verification_token=TOKEN,
         app_id=APP_ID,
         max_skew_seconds=max_skew_seconds,
+        max_ahead_seconds=max_ahead_seconds,
         clock=lambda: NOW + 0.5,
     )
 
@@ -111,15 +112,16 @@ def test_a_wrong_signature_is_refused_through_compare_digest(compare_digest: Spy
 # ------------------------------------------------------------------ replay window
 
 
-@pytest.mark.parametrize("skew", [60, 120])
-def test_timestamps_are_accepted_exactly_within_the_configured_skew(skew: int) -> None:
-    # GIVEN a verifier allowing ±skew seconds (CALLBACK_MAX_SKEW_SECONDS), the clock at NOW + 0.5
-    v = verifier(max_skew_seconds=skew)
+@pytest.mark.parametrize(("skew", "ahead"), [(60, 60), (120, 30)])
+def test_timestamps_are_accepted_exactly_within_the_configured_window(skew: int, ahead: int) -> None:
+    # GIVEN a verifier accepting timestamps up to skew seconds old (CALLBACK_MAX_SKEW_SECONDS) and ahead
+    # seconds in the future (CALLBACK_MAX_AHEAD_SECONDS), the clock at NOW + 0.5
+    v = verifier(max_skew_seconds=skew, max_ahead_seconds=ahead)
     payload = fuzzing.calendar_changed(TOKEN, APP_ID)
-    for offset in (-skew, 0, skew):
+    for offset in (-skew, 0, ahead):
         # WHEN a request signed at the edges of the window arrives THEN it is accepted
         assert isinstance(v.verify(*sealed_request(payload, timestamp=NOW + offset)), CalendarChanged)
-    for offset in (-skew - 1, skew + 1, -10 * skew, 10**6):
+    for offset in (-skew - 1, ahead + 1, -10 * skew, 10**6):
         # WHEN one signed just outside (or far outside) arrives THEN it is refused as stale
         refused = refusal(v, *sealed_request(payload, timestamp=NOW + offset))
         assert (refused.status, refused.reason) == (401, "stale timestamp")

@@ -19,6 +19,9 @@ def test_settings_defaults_and_overrides() -> None:
     assert settings.feishu_base_url == "http://127.0.0.1:8089"
     assert settings.feishu_accounts_url == "https://accounts.feishu.cn"
     assert settings.page_size == 50
+    # the callback's timestamp window covers Feishu's ~7.1 h of retries, the dedup TTL outlives it
+    assert (settings.callback_max_skew_seconds, settings.callback_max_ahead_seconds) == (8 * 3600, 300)
+    assert settings.dedup_ttl_seconds > settings.callback_max_skew_seconds + settings.callback_max_ahead_seconds
 
 
 @pytest.mark.parametrize(
@@ -27,6 +30,9 @@ def test_settings_defaults_and_overrides() -> None:
         ({"FEISHU_PAGE_SIZE": "10"}, "between 50 and 1000"),
         ({"FEISHU_PAGE_SIZE": "many"}, "integer"),
         ({"FEISHU_BASE_URL": "open.feishu.cn"}, "http"),
+        # the idempotency record must outlive the timestamp window, or a replay inside it is a new event
+        ({"DEDUP_TTL_SECONDS": "28800"}, "DEDUP_TTL_SECONDS"),
+        ({"CALLBACK_MAX_SKEW_SECONDS": "86400"}, "CALLBACK_MAX_SKEW_SECONDS"),
     ],
 )
 def test_malformed_settings_fail_with_the_variable_name(env: dict[str, str], message: str) -> None:

@@ -3,8 +3,15 @@
 Order of checks, cheapest and most decisive first: body size, JSON shape, signature and timestamp
 (over the raw bytes, before any decryption), decryption, verification token (constant time), app id,
 then the event itself. Every refusal is a ``CallbackRejected`` with a short reason and a 4xx status.
-With an Encrypt Key configured, plaintext bodies are refused, so the challenge path cannot be used
-to get around verification; only ``url_verification`` may arrive without signature headers.
+Configuration fails closed: without an Encrypt Key and a Verification Token there is no verifier
+(``ConfigError``), so nothing unsigned or unchecked is ever accepted. Plaintext bodies are refused, so
+the challenge path cannot be used to get around verification; only ``url_verification`` may arrive
+without signature headers.
+
+The timestamp window is wide on purpose (``docs/callback-security.md``): whether Feishu re-signs a
+retried delivery is not documented, so a retry carrying its first attempt's timestamp must still pass
+within Feishu's ~7.1 h retry schedule. A replay inside the window is a duplicate ``header.event_id``,
+answered from the idempotency record (kept longer than the window), so it costs at most one sync.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeIs
 
 from feishu_mirror import crypto
-from feishu_mirror.errors import CallbackRejected
+from feishu_mirror.errors import CallbackRejected, ConfigError
 
 CALENDAR_CHANGED = "calendar.calendar.changed_v4"
 EVENT_CHANGED = "calendar.calendar.event.changed_v4"
@@ -26,6 +33,13 @@ MAX_EVENT_ID_LENGTH = 128
 MAX_CALENDAR_ID_LENGTH = 512
 MAX_CHALLENGE_LENGTH = 1024
 MAX_USERS_PER_EVENT = 1000
+# Feishu retries a failed delivery after 15 s, 5 min, 1 h and 6 h (~7.1 h in all, each attempt given 3 s):
+# a retry that carries the first attempt's timestamp is that old at most. The default accepted age adds
+# most of an hour for Feishu's queueing and clock differences; a timestamp ahead of our clock is
+# accepted only by a clock difference.
+FEISHU_RETRY_SPAN_SECONDS = 15 + 5 * 60 + 3600 + 6 * 3600
+DEFAULT_MAX_AGE_SECONDS = 8 * 3600
+DEFAULT_MAX_AHEAD_SECONDS = 300
 TIMESTAMP_HEADER = "x-lark-request-timestamp"
 NONCE_HEADER = "x-lark-request-nonce"
 SIGNATURE_HEADER = "x-lark-signature"
@@ -88,8 +102,10 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
 class CallbackVerifier:
     """Checks a raw callback request and returns what it asks for.
 
-    ``encrypt_key`` empty means the app sends plaintext (no signatures). ``app_id``, when given, must
-    match ``header.app_id`` of v2 events. ``clock`` returns unix seconds.
+    ``encrypt_key`` and ``verification_token`` are both required (``ConfigError`` otherwise): an app
+    without them would send unsigned plaintext, which is never accepted. ``app_id``, when given, must
+    match ``header.app_id`` of v2 events. A signed timestamp may be up to ``max_skew_seconds`` old and
+    ``max_ahead_seconds`` ahead of ``clock`` (unix seconds).
     """
 
     def __init__(
@@ -98,15 +114,24 @@ class CallbackVerifier:
         encrypt_key: str,
         verification_token: str,
         app_id: str = "",
-        max_skew_seconds: int = 300,
+        max_skew_seconds: int = DEFAULT_MAX_AGE_SECONDS,
+        max_ahead_seconds: int = DEFAULT_MAX_AHEAD_SECONDS,
         max_body_bytes: int = MAX_BODY_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        missing = [
+            name
+            for name, value in (("FEISHU_ENCRYPT_KEY", encrypt_key), ("FEISHU_VERIFICATION_TOKEN", verification_token))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} missing: every Feishu callback is refused until set")
         self._encrypt_key = encrypt_key
-        self._aes = crypto.aes_key(encrypt_key) if encrypt_key else None
+        self._aes = crypto.aes_key(encrypt_key)
         self._token = verification_token.encode("utf-8")
         self._app_id = app_id
-        self._max_skew = max_skew_seconds
+        self._max_age = max_skew_seconds
+        self._max_ahead = max_ahead_seconds
         self._max_body = max_body_bytes
         self._clock = clock
 
@@ -117,11 +142,11 @@ class CallbackVerifier:
         if not raw_body.strip():
             raise CallbackRejected(400, "empty body")
         envelope = _json_object(raw_body, "body")
-        signed = self._check_signature(headers, raw_body) if self._encrypt_key else False
+        signed = self._check_signature(headers, raw_body)
         payload = self._open(envelope)
         if payload.get("type") == "url_verification":
             return self._challenge(payload)
-        if self._encrypt_key and not signed:
+        if not signed:
             raise CallbackRejected(401, "missing signature headers")
         return self._event(payload)
 
@@ -143,20 +168,16 @@ class CallbackVerifier:
             sent_at = int(timestamp)
         except ValueError as exc:
             raise CallbackRejected(401, "timestamp is not an integer") from exc
-        if abs(int(self._clock()) - sent_at) > self._max_skew:  # in ints: a 400-digit timestamp cannot overflow
+        age = int(self._clock()) - sent_at  # in ints: a 400-digit timestamp cannot overflow
+        if age > self._max_age or -age > self._max_ahead:
             raise CallbackRejected(401, "stale timestamp")
         return True
 
     def _open(self, envelope: dict[str, Any]) -> dict[str, Any]:
         encrypted = envelope.get("encrypt")
-        if not self._encrypt_key:
-            if encrypted is not None:
-                raise CallbackRejected(400, "encrypted body but no encrypt key is configured")
-            return envelope
         if not isinstance(encrypted, str):
             raise CallbackRejected(400, "body must be encrypted")
         try:
-            assert self._aes is not None
             return _json_object(crypto.decrypt(self._aes, encrypted), "decrypted body")
         except (crypto.DecryptionError, CallbackRejected) as exc:
             # One answer for every way decryption can fail: unsigned bodies (url_verification) must

@@ -56,8 +56,9 @@ class Settings:
     feishu_requests_per_minute: int = 950
     stale_after_seconds: int = 6 * 3600
     subscription_refresh_seconds: int = 24 * 3600
-    callback_max_skew_seconds: int = 300
-    dedup_ttl_seconds: int = 24 * 3600
+    callback_max_skew_seconds: int = 8 * 3600  # accepted age of a signed timestamp (Feishu retries for ~7.1 h)
+    callback_max_ahead_seconds: int = 300  # how far a signed timestamp may be ahead of our clock
+    dedup_ttl_seconds: int = 24 * 3600  # longer than the window above, so a replay inside it is a duplicate
     tombstone_ttl_seconds: int = 30 * 24 * 3600
     mass_delete_confirm_seconds: int = 3600
     resync_max_users_per_run: int = 14000
@@ -72,6 +73,15 @@ class Settings:
         page_size = _int(env, "FEISHU_PAGE_SIZE", 1000)
         if not 50 <= page_size <= 1000:
             raise ConfigError(f"FEISHU_PAGE_SIZE must be between 50 and 1000, got {page_size}")
+        max_age = _int(env, "CALLBACK_MAX_SKEW_SECONDS", 8 * 3600)
+        max_ahead = _int(env, "CALLBACK_MAX_AHEAD_SECONDS", 300)
+        dedup_ttl = _int(env, "DEDUP_TTL_SECONDS", 24 * 3600)
+        if dedup_ttl <= max_age + max_ahead:
+            # A delivery replayed inside the timestamp window must still find its idempotency record.
+            raise ConfigError(
+                f"DEDUP_TTL_SECONDS ({dedup_ttl}) must exceed CALLBACK_MAX_SKEW_SECONDS + CALLBACK_MAX_AHEAD_SECONDS"
+                f" ({max_age + max_ahead})"
+            )
         return cls(
             feishu_base_url=_origin(env, "FEISHU_BASE_URL", "https://open.feishu.cn"),
             feishu_accounts_url=_origin(env, "FEISHU_ACCOUNTS_URL", "https://accounts.feishu.cn"),
@@ -89,8 +99,9 @@ class Settings:
             feishu_requests_per_minute=_int(env, "FEISHU_REQUESTS_PER_MINUTE", 950),
             stale_after_seconds=_int(env, "RESYNC_STALE_AFTER_SECONDS", 6 * 3600),
             subscription_refresh_seconds=_int(env, "SUBSCRIPTION_REFRESH_SECONDS", 24 * 3600),
-            callback_max_skew_seconds=_int(env, "CALLBACK_MAX_SKEW_SECONDS", 300),
-            dedup_ttl_seconds=_int(env, "DEDUP_TTL_SECONDS", 24 * 3600),
+            callback_max_skew_seconds=max_age,
+            callback_max_ahead_seconds=max_ahead,
+            dedup_ttl_seconds=dedup_ttl,
             tombstone_ttl_seconds=_int(env, "TOMBSTONE_TTL_SECONDS", 30 * 24 * 3600),
             mass_delete_confirm_seconds=_int(env, "MASS_DELETE_CONFIRM_SECONDS", 3600),
             resync_max_users_per_run=_int(env, "RESYNC_MAX_USERS_PER_RUN", 14000),
