@@ -28,8 +28,8 @@ MAX_SKEW = 60
 
 @pytest.fixture
 def callback_env() -> dict[str, str]:
-    """The handler's timestamp window, one minute (CALLBACK_MAX_SKEW_SECONDS)."""
-    return {"CALLBACK_MAX_SKEW_SECONDS": str(MAX_SKEW)}
+    """The handler's timestamp window, one minute each way (CALLBACK_MAX_SKEW_SECONDS, CALLBACK_MAX_AHEAD_SECONDS)."""
+    return {"CALLBACK_MAX_SKEW_SECONDS": str(MAX_SKEW), "CALLBACK_MAX_AHEAD_SECONDS": str(MAX_SKEW)}
 
 
 def test_a_replayed_delivery_within_the_window_starts_one_sync(
