@@ -2,7 +2,8 @@
 
 One origin serves the OpenAPI paths (tenant token, OAuth token, user info, calendar list, change
 subscription) and the accounts paths (the OAuth consent page), so the app can point both
-`FEISHU_BASE_URL` and `FEISHU_ACCOUNTS_URL` at it. The world (users, calendars, tokens) is driven
+`FEISHU_BASE_URL` and `FEISHU_ACCOUNTS_URL` at it. Tokens carry the scopes granted with them: a user
+token without a calendar scope gets 99991679 with `error.permission_violations`, as Feishu answers. The world (users, calendars, tokens) is driven
 in-process from tests or over a small JSON admin API under `/_sim/`. Calendar changes are pushed to
 a callback URL as encrypted, signed `calendar.calendar.changed_v4` events, with Feishu-style retries.
 
@@ -66,6 +67,9 @@ EVENT_FIELD_DEFAULTS: dict[str, Any] = {
     "location": {"name": ""},
 }
 DEFAULT_SCOPE = "auth:user.id:read calendar:calendar:readonly offline_access"
+# The scopes a user token needs (any one of them) for the calendar list and subscription, and for events.
+CALENDAR_SCOPES = ("calendar:calendar:readonly", "calendar:calendar", "calendar:calendar:read")
+EVENT_SCOPES = ("calendar:calendar:readonly", "calendar:calendar", "calendar:calendar.event:read")
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 
@@ -122,11 +126,23 @@ _DEFAULT_HTTP_STATUS: dict[int, int] = {
 class Fault:
     """One injected misbehaviour, consumed by the next request whose path matches."""
 
-    kind: Literal["http_error", "feishu_error", "rate_limited", "delay", "drop", "empty_page"]
+    kind: Literal[
+        "http_error",
+        "feishu_error",
+        "rate_limited",
+        "delay",
+        "drop",
+        "empty_page",
+        "lost_reply",
+        "late_reply",
+        "gateway_timeout",
+        "unrotated_refresh",
+    ]
     status: int = 500
     code: int | None = None
     msg: str = ""
     seconds: float = 0.0
+    scopes: tuple[str, ...] = ()  # named in error.permission_violations
 
 
 def http_error(status: int = 500, code: int | None = None) -> Fault:
@@ -134,10 +150,40 @@ def http_error(status: int = 500, code: int | None = None) -> Fault:
     return Fault("http_error", status=status, code=code, msg="internal error")
 
 
-def feishu_error(code: int, http_status: int | None = None, msg: str = "simulated error") -> Fault:
-    """A Feishu error body `{code, msg}` (OAuth-shaped on the OAuth token path)."""
+def feishu_error(
+    code: int, http_status: int | None = None, msg: str = "simulated error", *, scopes: tuple[str, ...] = ()
+) -> Fault:
+    """A Feishu error body `{code, msg}` (OAuth-shaped on the OAuth token path); with `scopes`, the body's
+    `error.permission_violations` names them, as Feishu's missing-scope answers (99991672/76/79) do."""
     status = http_status if http_status is not None else _DEFAULT_HTTP_STATUS.get(code, 400)
-    return Fault("feishu_error", status=status, code=code, msg=msg)
+    return Fault("feishu_error", status=status, code=code, msg=msg, scopes=scopes)
+
+
+def scope_missing(code: int = 99991679, scopes: tuple[str, ...] = CALENDAR_SCOPES[:1]) -> Fault:
+    """Feishu's answer to a token without the scope a call needs (99991679 user, 99991672 app, 99991676)."""
+    return feishu_error(
+        code, 400, "Unauthorized. You do not have permission to perform the requested operation", scopes=scopes
+    )
+
+
+def lost_reply() -> Fault:
+    """Process the request (a refresh spends its token), then close the connection without an answer."""
+    return Fault("lost_reply")
+
+
+def late_reply(seconds: float) -> Fault:
+    """Process the request at once, answer only after `seconds` (past the client's read timeout)."""
+    return Fault("late_reply", seconds=seconds)
+
+
+def gateway_timeout() -> Fault:
+    """Process the request, then answer a gateway's bare 504 page instead of Feishu's answer."""
+    return Fault("gateway_timeout", status=504)
+
+
+def unrotated_refresh() -> Fault:
+    """On a refresh: answer a new access token without a `refresh_token`; the presented one stays valid."""
+    return Fault("unrotated_refresh")
 
 
 def rate_limited(reset_seconds: int = 1) -> Fault:
@@ -292,6 +338,8 @@ class _AccessToken:
     open_id: str | None
     expires_at: float
     forced_expired: bool = False
+    scopes: frozenset[str] = frozenset()
+    grant: int = 0  # the consent it descends from (user tokens)
 
 
 @dataclass
@@ -300,6 +348,7 @@ class _RefreshToken:
     scopes: list[str]
     expires_at: float
     access_token: str
+    grant: int = 0  # the consent it descends from: refreshes keep it, a new consent starts another
     state: Literal["active", "used", "revoked"] = "active"
 
 
@@ -333,6 +382,7 @@ class _Call:
     query: dict[str, str]
     headers: dict[str, str]  # lower-case names
     body: bytes
+    rotate_refresh_token: bool = True
 
 
 @dataclass(frozen=True)
@@ -511,6 +561,8 @@ class FeishuSimulator:
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._used_refresh_tokens: set[str] = set()
         self._refresh_reuse_count = 0
+        self._grants = 0
+        self._latest_grant: dict[str, int] = {}
         self._page_tokens: dict[str, _PageCursor] = {}
         self._sync_tokens: dict[str, _SyncPoint] = {}
         self._faults: list[tuple[str, deque[Fault]]] = []
@@ -716,12 +768,42 @@ class FeishuSimulator:
         with self._lock:
             return self._user(open_id).subscribed
 
-    def issue_user_tokens(self, open_id: str, *, scope: str = DEFAULT_SCOPE) -> dict[str, Any]:
-        """Mint a token pair as if the user had consented; returns the OAuth token response body."""
+    def issue_user_tokens(
+        self, open_id: str, *, scope: str = DEFAULT_SCOPE, revoke_previous: bool = False
+    ) -> dict[str, Any]:
+        """Mint a token pair as if the user had consented (again); returns the OAuth token response body.
+
+        With ``revoke_previous`` the user's earlier refresh tokens stop working (20064).
+        """
         with self._lock:
             user = self._user(open_id)
             self._grant_scopes(user, scope)
+            if revoke_previous:
+                self._revoke_refresh_tokens(open_id)
             return self._issue_user_tokens(open_id, list(user.granted_scopes))
+
+    def withdraw_scope(self, open_id: str, scope: str) -> None:
+        """The user's grant loses ``scope``: their tokens, refreshed ones included, no longer carry it."""
+        with self._lock:
+            user = self._user(open_id)
+            user.granted_scopes = [s for s in user.granted_scopes if s != scope]
+            for access in self._access_tokens.values():
+                if access.open_id == open_id:
+                    access.scopes = access.scopes - {scope}
+            for refresh in self._refresh_tokens.values():
+                if refresh.open_id == open_id:
+                    refresh.scopes = [s for s in refresh.scopes if s != scope]
+
+    def grant_of(self, token: str) -> int | None:
+        """The consent an access or refresh token descends from (numbered in issue order), or None."""
+        with self._lock:
+            record = self._refresh_tokens.get(token) or self._access_tokens.get(token)
+            return record.grant if record is not None else None
+
+    def latest_grant(self, open_id: str) -> int | None:
+        """The user's most recent consent."""
+        with self._lock:
+            return self._latest_grant.get(open_id)
 
     # -- faults and expiry ----------------------------------------------------------------------
 
@@ -749,9 +831,12 @@ class FeishuSimulator:
     def revoke_refresh_tokens(self, open_id: str) -> None:
         """The user's unused refresh tokens now give 20064."""
         with self._lock:
-            for token in self._refresh_tokens.values():
-                if token.open_id == open_id and token.state == "active":
-                    token.state = "revoked"
+            self._revoke_refresh_tokens(open_id)
+
+    def _revoke_refresh_tokens(self, open_id: str) -> None:
+        for token in self._refresh_tokens.values():
+            if token.open_id == open_id and token.state == "active":
+                token.state = "revoked"
 
     def inject(self, path_prefix: str, *faults: Fault) -> None:
         """Queue faults for requests whose path starts with `path_prefix`; one consumed per request."""
@@ -938,6 +1023,13 @@ class FeishuSimulator:
             reply = _rate_limit_reply(*rejection)
         elif fault is not None and fault.kind == "empty_page":
             reply = self._route(call, empty_page=True)
+        elif fault is not None and fault.kind in ("lost_reply", "late_reply", "gateway_timeout", "unrotated_refresh"):
+            call.rotate_refresh_token = fault.kind != "unrotated_refresh"
+            reply = self._route(call)  # processed: a refresh spends its token whatever reaches the client
+            if fault.kind == "lost_reply":
+                reply = None
+            elif fault.kind == "gateway_timeout":
+                reply = _html_reply(504, "504 Gateway Time-out")
         elif fault is not None and fault.kind != "delay":
             reply = self._fault_reply(fault, call.path)
         else:
@@ -946,6 +1038,8 @@ class FeishuSimulator:
             reply = self._route(call)
         fault_name = "rate_limit" if rejection is not None else (fault.kind if fault else None)
         self._record(call, started, reply, fault_name)
+        if fault is not None and fault.kind == "late_reply":
+            time.sleep(fault.seconds)
         return reply
 
     def _route(self, call: _Call, *, empty_page: bool = False) -> _Reply:
@@ -985,7 +1079,19 @@ class FeishuSimulator:
             error = _OAUTH_ERROR_NAMES.get(fault.code, "invalid_grant")
             payload = {"code": fault.code, "error": error, "error_description": fault.msg}
             return _json_reply(fault.status, payload)
+        if fault.scopes:
+            return self._scope_error(fault.code, fault.scopes, fault.msg, fault.status)
         return _json_reply(fault.status, {"code": fault.code, "msg": fault.msg})
+
+    @staticmethod
+    def _scope_error(code: int, scopes: tuple[str, ...], msg: str, status: int = 400) -> _Reply:
+        """A missing-scope answer, naming the scopes (any one would do) in error.permission_violations."""
+        violations = [
+            {"type": "action_privilege_required", "subject": scope, "description": f"requires scope {scope}"}
+            for scope in scopes
+        ]
+        error = {"log_id": _log_id(), "permission_violations": violations}
+        return _json_reply(status, {"code": code, "msg": msg, "error": error})
 
     def _record(self, call: _Call, started: float, reply: _Reply | None, fault: str | None) -> None:
         token = self._bearer(call.headers)
@@ -1060,8 +1166,10 @@ class FeishuSimulator:
         if not secrets.compare_digest(str(body["client_secret"]), self.app_secret):
             raise _oauth_error(20002, "client secret invalid")
         with self._lock:
-            redeem = self._redeem_code if grant_type == "authorization_code" else self._redeem_refresh_token
-            tokens = redeem(body)
+            if grant_type == "authorization_code":
+                tokens = self._redeem_code(body)
+            else:
+                tokens = self._redeem_refresh_token(body, rotate=call.rotate_refresh_token)
         return _json_reply(200, tokens)
 
     def _redeem_code(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -1092,7 +1200,7 @@ class FeishuSimulator:
         grant.used = True
         return self._issue_user_tokens(grant.open_id, scopes)
 
-    def _redeem_refresh_token(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _redeem_refresh_token(self, body: dict[str, Any], *, rotate: bool = True) -> dict[str, Any]:
         presented = body.get("refresh_token")
         if not isinstance(presented, str) or not presented:
             raise _oauth_error(20001, "missing required parameter: refresh_token")
@@ -1108,12 +1216,16 @@ class FeishuSimulator:
         if now >= record.expires_at:
             raise _oauth_error(20037, "refresh token expired")
         scopes = self._narrowed_scopes(record.scopes, body.get("scope"))
-        record.state = "used"
-        self._used_refresh_tokens.add(presented)
         previous = self._access_tokens.get(record.access_token)
         if previous is not None:
             previous.expires_at = min(previous.expires_at, now + self.refresh_grace_seconds)
-        return self._issue_user_tokens(record.open_id, scopes)
+        if not rotate:  # a new access token only: the presented refresh token stays valid
+            tokens = self._issue_user_tokens(record.open_id, scopes, grant=record.grant, with_refresh=False)
+            record.access_token = tokens["access_token"]
+            return tokens
+        record.state = "used"
+        self._used_refresh_tokens.add(presented)
+        return self._issue_user_tokens(record.open_id, scopes, grant=record.grant)
 
     def _user_info(self, call: _Call) -> _Reply:
         user = self._authenticated_user(call)
@@ -1129,7 +1241,9 @@ class FeishuSimulator:
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 
     def _list_calendars(self, call: _Call, *, empty_page: bool = False) -> _Reply:
-        user = self._authenticated_user(call, tenant_error=(404, 190007, "app bot_id not found"))
+        user = self._authenticated_user(
+            call, tenant_error=(404, 190007, "app bot_id not found"), scopes=CALENDAR_SCOPES
+        )
         page_size = self._page_size(call.query.get("page_size"))
         page_token = call.query.get("page_token", "")
         sync_token = call.query.get("sync_token", "")
@@ -1175,7 +1289,9 @@ class FeishuSimulator:
         return {"has_more": False, "page_token": "", "sync_token": sync_token, "calendar_list": page}
 
     def _events_route(self, call: _Call, calendar_id: str, action: str, *, empty_page: bool = False) -> _Reply:
-        user = self._authenticated_user(call, tenant_error=(400, 99991663, "tenant access token not support"))
+        user = self._authenticated_user(
+            call, tenant_error=(400, 99991663, "tenant access token not support"), scopes=EVENT_SCOPES
+        )
         with self._lock:
             calendar = user.calendars.get(calendar_id)
             if calendar is None or calendar.deleted:
@@ -1262,13 +1378,13 @@ class FeishuSimulator:
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
 
     def _subscribe(self, call: _Call) -> _Reply:
-        user = self._authenticated_user(call)
+        user = self._authenticated_user(call, scopes=CALENDAR_SCOPES)
         with self._lock:
             user.subscribed = True
         return _json_reply(200, {"code": 0, "msg": "success", "data": {}})
 
     def _unsubscribe(self, call: _Call) -> _Reply:
-        user = self._authenticated_user(call)
+        user = self._authenticated_user(call, scopes=CALENDAR_SCOPES)
         with self._lock:
             user.subscribed = False
         return _json_reply(200, {"code": 0, "msg": "success", "data": {}})
@@ -1284,7 +1400,11 @@ class FeishuSimulator:
         return token
 
     def _authenticated_user(
-        self, call: _Call, *, tenant_error: tuple[int, int, str] = (400, 99991663, "tenant access token not support")
+        self,
+        call: _Call,
+        *,
+        tenant_error: tuple[int, int, str] = (400, 99991663, "tenant access token not support"),
+        scopes: tuple[str, ...] = (),
     ) -> _User:
         token = self._bearer(call.headers)
         if token is None:
@@ -1301,6 +1421,8 @@ class FeishuSimulator:
                 raise _api_error(400, 99991677, "token expire")
             if record.kind == "tenant" or record.open_id is None:
                 raise _api_error(*tenant_error)
+            if scopes and not record.scopes & set(scopes):
+                raise _ApiError(self._scope_error(99991679, scopes, "Unauthorized. You do not have permission"))
             return self._user(record.open_id)
 
     @staticmethod
@@ -1373,14 +1495,24 @@ class FeishuSimulator:
             raise _oauth_error(20068, "scope not granted")
         return names
 
-    def _issue_user_tokens(self, open_id: str, scopes: list[str]) -> dict[str, Any]:
+    def _issue_user_tokens(
+        self, open_id: str, scopes: list[str], *, grant: int | None = None, with_refresh: bool = True
+    ) -> dict[str, Any]:
+        """A token pair; without ``grant`` it is a new consent (numbered), else a refresh within ``grant``."""
         now = time.time()
+        if grant is None:
+            self._grants += 1
+            grant = self._latest_grant[open_id] = self._grants
         access = _jwt_like_token()
-        self._access_tokens[access] = _AccessToken("user", open_id, now + self.access_token_ttl)
+        self._access_tokens[access] = _AccessToken(
+            "user", open_id, now + self.access_token_ttl, scopes=frozenset(scopes), grant=grant
+        )
         tokens: dict[str, Any] = {"code": 0, "access_token": access, "expires_in": self.access_token_ttl}
-        if "offline_access" in scopes:
+        if with_refresh and "offline_access" in scopes:
             refresh = _jwt_like_token()
-            self._refresh_tokens[refresh] = _RefreshToken(open_id, scopes, now + self.refresh_token_ttl, access)
+            self._refresh_tokens[refresh] = _RefreshToken(
+                open_id, scopes, now + self.refresh_token_ttl, access, grant=grant
+            )
             tokens["refresh_token"] = refresh
             tokens["refresh_token_expires_in"] = self.refresh_token_ttl
         tokens["scope"] = " ".join(scopes)
@@ -1556,13 +1688,16 @@ class _SimulatorRequestHandler(BaseHTTPRequestHandler):
         if reply is None:
             self.close_connection = True
             return
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except OSError:  # the client gave up waiting (a late answer): nothing to deliver it to
+            self.close_connection = True
 
     @override
     def log_message(self, format: str, *args: Any) -> None:

@@ -24,7 +24,12 @@ from local.feishu_sim import (
     drop,
     event_signature,
     feishu_error,
+    gateway_timeout,
     http_error,
+    late_reply,
+    lost_reply,
+    scope_missing,
+    unrotated_refresh,
 )
 
 REDIRECT_URI = "http://127.0.0.1:9/oauth/callback"
@@ -577,6 +582,81 @@ def test_feishu_error_on_oauth_path_is_oauth_shaped(sim: FeishuSimulator) -> Non
     assert response.json()["code"] == 20050
     assert response.json()["error"] == "server_error"
     assert sim.used_refresh_tokens() == frozenset()
+
+
+def test_a_lost_refresh_reply_still_spends_the_refresh_token(sim: FeishuSimulator) -> None:
+    # GIVEN refresh tokens, and each way a refresh's answer can be lost after Feishu processed it
+    tokens = [sim.issue_user_tokens("ou_alice")["refresh_token"] for _ in range(3)]
+    sim.inject(OAUTH_TOKEN_PATH, lost_reply(), late_reply(0.5), gateway_timeout())
+    # WHEN each is refreshed: the connection closes unanswered, the answer comes after the client gave up,
+    # a gateway answers 504 instead
+    with pytest.raises(requests.ConnectionError):
+        refresh(sim, tokens[0])
+    with pytest.raises(requests.ReadTimeout):
+        requests.post(
+            f"{sim.url}{OAUTH_TOKEN_PATH}",
+            json={
+                "grant_type": "refresh_token",
+                "client_id": sim.app_id,
+                "client_secret": sim.app_secret,
+                "refresh_token": tokens[1],
+            },
+            timeout=0.2,
+        )
+    assert refresh(sim, tokens[2]).status_code == 504
+    # THEN every one of them was spent all the same: presenting it again is a reuse (20073)
+    time.sleep(0.4)  # the late answer is processed at once, delivered after 0.5 s
+    assert sim.used_refresh_tokens() == frozenset(tokens)
+    assert refresh(sim, tokens[0]).json()["code"] == 20073
+    assert sim.refresh_token_reuse_count == 1
+
+
+def test_an_unrotated_refresh_keeps_the_refresh_token_valid(sim: FeishuSimulator) -> None:
+    # GIVEN a refresh answered without a new refresh token
+    first = sim.issue_user_tokens("ou_alice")
+    sim.inject(OAUTH_TOKEN_PATH, unrotated_refresh())
+    answer = refresh(sim, first["refresh_token"]).json()
+    # THEN it carries a new access token only, and the same refresh token works again, once
+    assert (answer["code"], "refresh_token" in answer) == (0, False)
+    assert list_page(sim, answer["access_token"]).json()["code"] == 0
+    again = refresh(sim, first["refresh_token"]).json()
+    assert again["code"] == 0
+    assert sim.refresh_token_reuse_count == 0
+    assert sim.grant_of(again["refresh_token"]) == sim.grant_of(first["refresh_token"])
+
+
+def test_tokens_descend_from_their_consent_and_a_new_consent_may_revoke_the_old(sim: FeishuSimulator) -> None:
+    # GIVEN a consent, a refresh of it, and a second consent that revokes the first one's refresh tokens
+    first = sim.issue_user_tokens("ou_alice")
+    refreshed = refresh(sim, first["refresh_token"]).json()
+    second = sim.issue_user_tokens("ou_alice", revoke_previous=True)
+    # THEN the refreshed pair belongs to the first consent, the latest consent is the second
+    assert sim.grant_of(refreshed["refresh_token"]) == sim.grant_of(first["access_token"])
+    assert sim.latest_grant("ou_alice") == sim.grant_of(second["refresh_token"]) != sim.grant_of(first["access_token"])
+    # AND the first consent's refresh token no longer works
+    assert refresh(sim, refreshed["refresh_token"]).json()["code"] == 20064
+
+
+def test_a_token_without_a_calendar_scope_is_refused_with_the_scopes_named(sim: FeishuSimulator) -> None:
+    # GIVEN a user who consented without any calendar scope, and one whose calendar scope was withdrawn
+    narrow = sim.issue_user_tokens("ou_alice", scope="offline_access")["access_token"]
+    sim.add_user("ou_bob", "Bob")
+    bob = sim.issue_user_tokens("ou_bob")
+    sim.withdraw_scope("ou_bob", "calendar:calendar:readonly")
+    for token in (narrow, bob["access_token"], refresh(sim, bob["refresh_token"]).json()["access_token"]):
+        # WHEN their calendars are listed THEN Feishu answers 99991679 and names the scopes, any of which
+        # would do, in error.permission_violations
+        body = list_page(sim, token).json()
+        assert body["code"] == 99991679
+        subjects = [v["subject"] for v in body["error"]["permission_violations"]]
+        assert "calendar:calendar:readonly" in subjects
+    # AND an injected missing-scope answer has the same shape
+    sim.inject(CALENDARS_PATH, scope_missing(99991672, ("calendar:calendar",)))
+    injected = list_page(sim, user_token(sim)).json()
+    assert (injected["code"], injected["error"]["permission_violations"][0]["subject"]) == (
+        99991672,
+        "calendar:calendar",
+    )
 
 
 def test_peak_rates(sim: FeishuSimulator) -> None:
