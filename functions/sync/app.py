@@ -19,7 +19,7 @@ from feishu_mirror import wiring
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
 from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.observability import logger, metrics
-from feishu_mirror.sync import CalendarSync
+from feishu_mirror.sync import CalendarSync, lease_owner
 
 settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "RATE_LIMIT_TABLE")
 tracer = Tracer()
@@ -75,7 +75,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     remaining = context.get_remaining_time_in_millis() / 1000
     result = calendar_sync(load_credentials(settings)).run(
         open_id,
-        owner=context.aws_request_id,
+        owner=lease_owner(context.aws_request_id),  # unique: Lambda may run one event twice at once
         deadline=time.monotonic() + remaining - SAFETY_SECONDS,
         lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
     )

@@ -22,7 +22,7 @@ from feishu_mirror.store import (
     plain,
 )
 from feishu_mirror.sync import CalendarSync, EventMirror
-from local.feishu_sim import FeishuSimulator
+from local.feishu_sim import OAUTH_TOKEN_PATH, FeishuSimulator
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -56,8 +56,9 @@ class Harness:
         self.invoker = RecordingInvoker(self.invoked)
         self.pings = PingDispatcher(self.users, self.invoker)
 
-    def feishu(self) -> FeishuClient:
-        """A client for the simulator behind the app-wide rate gate (short retries for fast tests)."""
+    def feishu(self, *, read_timeout: float = 10.0, clock_offset: float = 0) -> FeishuClient:
+        """A client for the simulator behind the app-wide rate gate (short retries for fast tests); its
+        clock (which dates the tokens it is granted) runs ``clock_offset`` ahead, as the sync's does."""
         gate = DynamoRateGate(self.client, self.settings.rate_limit_table, f"feishu-app:{self.sim.app_id}")
         return FeishuClient(
             base_url=self.sim.url,
@@ -65,7 +66,8 @@ class Harness:
             app_id=self.sim.app_id,
             app_secret=self.sim.app_secret,
             rate_gate=gate,
-            retry=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2),
+            retry=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2, read_timeout=read_timeout),
+            clock=lambda: time.time() + clock_offset,
         )
 
     def onboard(self, open_id: str, *, extra_calendars: int = 0) -> str:
@@ -73,7 +75,36 @@ class Harness:
         self.sim.add_user(open_id, f"User {open_id}")
         for n in range(extra_calendars):
             self.sim.create_calendar(open_id, summary=f"Calendar {n}", color=n)
-        body = self.sim.issue_user_tokens(open_id)
+        self.consent_again(open_id)
+        return open_id
+
+    def engine(
+        self,
+        *,
+        page_size: int | None = None,
+        clock_offset: float = 0,
+        feishu: FeishuClient | None = None,
+        users: UserStore | None = None,
+    ) -> CalendarSync:
+        """The sync engine as the sync function builds it (any part may be swapped for the test's)."""
+        settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
+        return CalendarSync(
+            users=users or self.users,
+            calendars=self.calendars,
+            feishu=feishu or self.feishu(clock_offset=clock_offset),
+            settings=settings,
+            events=self.events,
+            clock=lambda: time.time() + clock_offset,
+        )
+
+    def sync(self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0) -> SyncResult:
+        """One sync invocation, as the sync function runs it."""
+        engine = self.engine(page_size=page_size, clock_offset=clock_offset)
+        return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
+
+    def consent_again(self, open_id: str, *, revoke_previous: bool = False) -> dict[str, Any]:
+        """The user signs in again: Feishu issues a new pair, stored as the OAuth callback stores it."""
+        body = self.sim.issue_user_tokens(open_id, revoke_previous=revoke_previous)
         now = int(time.time())
         grant = TokenGrant(
             access_token=body["access_token"],
@@ -83,20 +114,11 @@ class Harness:
             scope=body.get("scope", ""),
         )
         self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), grant, now)
-        return open_id
+        return body
 
-    def sync(self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0) -> SyncResult:
-        """One sync invocation, as the sync function runs it."""
-        settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
-        engine = CalendarSync(
-            users=self.users,
-            calendars=self.calendars,
-            feishu=self.feishu(),
-            settings=settings,
-            events=self.events,
-            clock=lambda: time.time() + clock_offset,
-        )
-        return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
+    def token_requests(self) -> int:
+        """How many requests reached the simulator's OAuth token endpoint."""
+        return sum(1 for r in self.sim.requests_log if r.path == OAUTH_TOKEN_PATH)
 
     # ------------------------------------------------------------------ reading and poking the tables
     def items(self, open_id: str) -> dict[str, dict[str, Any]]:

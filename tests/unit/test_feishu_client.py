@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from feishu_mirror.errors import (
     AccessTokenRejected,
@@ -16,6 +17,8 @@ from feishu_mirror.errors import (
     FeishuError,
     FeishuUnavailable,
     ReauthorizationRequired,
+    RefreshOutcomeUnknown,
+    ScopeMissing,
     SyncTokenExpired,
 )
 from feishu_mirror.feishu import FeishuClient, RetryPolicy
@@ -182,7 +185,6 @@ def test_transient_failures_give_up_after_max_attempts() -> None:
         (200, 99991668, AccessTokenRejected),
         (404, 195100, ReauthorizationRequired),
         (400, 190002, FeishuError),
-        (403, 99991672, FeishuError),
     ],
 )
 def test_non_retryable_codes_raise_their_kind_after_one_call(status: int, code: int, kind: type[FeishuError]) -> None:
@@ -248,20 +250,118 @@ def test_a_bad_authorization_code_is_its_own_kind(code: int) -> None:
         client(session).exchange_code(code="c", redirect_uri="r", code_verifier="v", deadline=DEADLINE)
 
 
-@pytest.mark.parametrize("code", [20026, 20037, 20064, 20073, 20074])
-def test_refresh_rejections_require_reauthorization(code: int) -> None:
-    session = ScriptedSession(answer(400, {"code": code, "error": "invalid_grant"}))
-    with pytest.raises(ReauthorizationRequired):
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, 20026),
+        (400, 20037),
+        (400, 20064),
+        (400, 20073),
+        (400, 20074),
+        # every other code too: the official clients clear the token on anything but 20050
+        (400, 20001),
+        (400, 20002),
+        (400, 20063),
+        (200, 190003),
+        (400, 99991400 + 1),
+        (400, "not-a-number"),
+    ],
+)
+def test_every_refresh_refusal_but_20050_and_5xx_requires_reauthorization_at_once(status: int, code: object) -> None:
+    # GIVEN the token endpoint refusing the refresh token with a code other than 20050, below HTTP 500
+    session = ScriptedSession(answer(status, {"code": code, "error": "invalid_grant"}))
+    # WHEN the pair is refreshed THEN the user must authorise again, after a single request
+    with pytest.raises(ReauthorizationRequired) as caught:
         client(session).refresh_access_token("old-refresh-token", deadline=DEADLINE)
+    assert caught.value.cause == "refresh_token_refused"
+    assert len(session.calls) == 1
 
 
-def test_refresh_retries_feishu_server_errors() -> None:
-    session = ScriptedSession(
+@pytest.mark.parametrize(
+    "failure",
+    [
         answer(500, {"code": 20050, "error": "server_error"}),
-        answer(body={"code": 0, "access_token": "new", "expires_in": 60}),
-    )
+        answer(503, {"code": 20072, "error": "temporarily_unavailable"}),
+        answer(200, {"code": 20050, "error": "server_error"}),
+        answer(500, {"code": 1500, "msg": "internal error"}),
+        answer(503, None),  # a 503 page: the request was not handled (RFC 9110)
+        answer(429, {"code": 99991400, "msg": "limit"}, {"x-ogw-ratelimit-reset": "1"}),
+        requests.ConnectTimeout("connect timed out"),
+        requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "connection refused"))),  # type: ignore[arg-type]
+    ],
+)
+def test_a_refresh_feishu_certainly_did_not_process_is_retried(failure: requests.Response | Exception) -> None:
+    # GIVEN a first refresh attempt that certainly never reached the token service's processing
+    session = ScriptedSession(failure, answer(body={"code": 0, "access_token": "new", "expires_in": 60}))
+    # WHEN the pair is refreshed THEN the same refresh token is sent again and the grant comes back
     grant = client(session).refresh_access_token("rt", deadline=DEADLINE)
     assert (grant.access_token, grant.refresh_token) == ("new", None)
+    assert [call["json"]["refresh_token"] for call in session.calls] == ["rt", "rt"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        requests.ReadTimeout("read timed out"),
+        requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))),
+        requests.ConnectionError("connection closed after the request was sent"),
+        requests.exceptions.ChunkedEncodingError("response ended prematurely"),
+        answer(502, None),  # a gateway's page: the token service behind it may have answered
+        answer(504, None),
+        answer(500, None),
+        answer(200, None),  # processed, but the answer is unreadable
+        answer(200, {"code": 0, "expires_in": 60}),  # processed, but no access token in it
+    ],
+)
+def test_a_refresh_whose_outcome_is_unknown_is_never_sent_again(failure: requests.Response | Exception) -> None:
+    # GIVEN a refresh request that may have reached Feishu (which then spent the refresh token), but
+    # whose answer was lost or unusable
+    session = ScriptedSession(failure, answer(body={"code": 0, "access_token": "new", "expires_in": 60}))
+    # WHEN the pair is refreshed THEN the outcome is reported as unknown after that single request
+    with pytest.raises(RefreshOutcomeUnknown):
+        client(session).refresh_access_token("rt", deadline=DEADLINE)
+    assert len(session.calls) == 1
+
+
+def test_a_refresh_without_a_new_refresh_token_says_so() -> None:
+    session = ScriptedSession(answer(body={"code": 0, "access_token": "new", "expires_in": 60, "scope": "s"}))
+    grant = client(session).refresh_access_token("rt", deadline=DEADLINE)
+    assert (grant.refresh_token, grant.refresh_expires_at) == (None, None)
+
+
+@pytest.mark.parametrize("code", [99991672, 99991676, 99991679, 230027])
+def test_a_missing_scope_names_the_scopes_feishu_lists(code: int) -> None:
+    # GIVEN Feishu refusing a call for a missing scope, naming the candidates in permission_violations
+    body = {
+        "code": code,
+        "msg": "permission denied",
+        "error": {
+            "log_id": "L",
+            "permission_violations": [
+                {"type": "action_privilege_required", "subject": "calendar:calendar:readonly", "description": "x"},
+                {"type": "action_privilege_required", "subject": "calendar:calendar", "description": "y"},
+                {"type": "action_privilege_required", "subject": 7},
+            ],
+        },
+    }
+    session = ScriptedSession(answer(400, body))
+    # WHEN the calendars are listed THEN the user must authorise again, and the scopes are named
+    with pytest.raises(ScopeMissing) as caught:
+        client(session).list_calendars(TOKEN, deadline=DEADLINE)
+    assert isinstance(caught.value, ReauthorizationRequired)
+    assert (caught.value.cause, caught.value.scopes) == (
+        "scope_missing",
+        ("calendar:calendar:readonly", "calendar:calendar"),
+    )
+    assert caught.value.missing_scope == "calendar:calendar:readonly or calendar:calendar"
+    assert len(session.calls) == 1
+
+
+def test_a_missing_scope_without_violations_is_named_by_its_code() -> None:
+    session = ScriptedSession(answer(403, {"code": 99991679, "msg": "Unauthorized"}))
+    with pytest.raises(ScopeMissing) as caught:
+        client(session).list_events(TOKEN, "cal", deadline=DEADLINE)
+    assert caught.value.missing_scope == "not named by Feishu (code 99991679)"
 
 
 def test_authorize_url_carries_pkce_and_scopes() -> None:

@@ -39,9 +39,11 @@ class FakeEngine:
 
     runs: list[str] = field(default_factory=list)
     log_keys: list[dict[str, Any]] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
 
-    def run(self, open_id: str, **_kwargs: Any) -> SyncResult:
+    def run(self, open_id: str, *, owner: str, **_kwargs: Any) -> SyncResult:
         self.runs.append(open_id)
+        self.owners.append(owner)
         self.log_keys.append(dict(logger.get_current_keys()))
         return SyncResult(open_id, "synced", upserted=1)
 
@@ -129,3 +131,19 @@ def test_a_record_whose_payload_is_not_a_request_is_refused(app: ModuleType, mon
     reply, engine, lags = run(app, monkeypatch, record)
     assert reply["outcome"] == "invalid_request"
     assert (engine.runs, lags.users) == ([], [])
+
+
+def test_two_copies_of_one_event_sync_under_two_lease_owners(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN one asynchronous event that Lambda delivers twice, both copies with the same request id
+    engine = FakeEngine()
+    monkeypatch.setattr(app, "calendar_sync", lambda _credentials: engine)
+    monkeypatch.setattr(app, "record_event_to_mirror_lag", Lags())
+    # WHEN both copies run
+    for _ in range(2):
+        app.handler(dict(PUSHED), Context(aws_request_id="same-request"))
+    # THEN each claims the user's lease as an owner of its own (so only one can hold it), both named
+    # after the request for the logs
+    first, second = engine.owners
+    assert first != second
+    assert first.startswith("same-request/")
+    assert second.startswith("same-request/")

@@ -44,7 +44,58 @@ class AccessTokenRejected(FeishuError):
 
 
 class ReauthorizationRequired(FeishuError):
-    """The user must authorise again: refresh token rejected, user left the tenant, and the like."""
+    """The user must authorise again: refresh token rejected, user left the tenant, and the like.
+
+    ``cause`` is a short keyword for operators (``REAUTH_CAUSES``), kept in the user's health.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        cause: str = "refresh_token_refused",
+        http_status: int | None = None,
+        log_id: str = "",
+    ) -> None:
+        super().__init__(code, message, http_status=http_status, log_id=log_id)
+        self.cause = cause
+
+
+# Why a user must authorise again, as kept in ``reauth_cause`` on the user's item.
+REAUTH_CAUSES = (
+    "refresh_token_refused",  # the token endpoint refused the refresh token (any code but 20050 and 5xx)
+    "refresh_token_expired",  # no refresh token stored, or past its expiry (the 365-day cap)
+    "refresh_outcome_unknown",  # a refresh may have been spent without its answer arriving
+    "scope_missing",  # Feishu refused a call for a scope the user (or the app) has not been granted
+    "user_left_tenant",  # 195100: the user is no longer in the tenant
+)
+
+
+class ScopeMissing(ReauthorizationRequired):
+    """99991672/99991676/99991679 and kin: the token lacks a scope; ``scopes`` are Feishu's candidates."""
+
+    def __init__(
+        self, code: int, message: str, *, scopes: tuple[str, ...], http_status: int | None = None, log_id: str = ""
+    ) -> None:
+        super().__init__(code, message, cause="scope_missing", http_status=http_status, log_id=log_id)
+        self.scopes = scopes
+
+    @property
+    def missing_scope(self) -> str:
+        """The scope to name in the user's health: Feishu's candidates (any one will do), else the code."""
+        return " or ".join(self.scopes) if self.scopes else f"not named by Feishu (code {self.code})"
+
+
+class RefreshOutcomeUnknown(FeishuUnavailable):
+    """A refresh request may have reached Feishu but no usable answer came back (read timeout, connection
+    closed after sending, a gateway's 5xx, an unreadable 200): the refresh token may be spent, so it must
+    never be sent again."""
+
+
+class TokensSuperseded(MirrorError):
+    """The user's tokens changed under a running sync (the user consented again, or another sync stored a
+    newer pair): this sync must neither store tokens nor mark the user, only stop and leave them due."""
 
 
 class AuthorizationCodeRejected(FeishuError):

@@ -5,6 +5,10 @@ through ``FEISHU_ACCOUNTS_URL``) and first takes a slot from the app-wide ``Rate
 handled by kind: 429 / 99991400 waits for ``x-ogw-ratelimit-reset``; 5xx, retryable codes and
 transport errors back off with full jitter; everything else raises a typed ``FeishuError`` at once.
 Success is decided by the body's ``code``, never by the HTTP status. No token is ever logged.
+
+A token refresh is the one call that must not be repeated blindly: Feishu spends the refresh token
+when it processes the request, so only a failure that certainly happened before Feishu processed it
+is retried (see ``refresh_access_token``); any other failure raises ``RefreshOutcomeUnknown``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from feishu_mirror.errors import (
     AccessTokenRejected,
@@ -25,6 +30,8 @@ from feishu_mirror.errors import (
     FeishuError,
     FeishuUnavailable,
     ReauthorizationRequired,
+    RefreshOutcomeUnknown,
+    ScopeMissing,
     SyncTokenExpired,
 )
 from feishu_mirror.models import Calendar, Event, Item, Page, TokenGrant, UserIdentity
@@ -44,8 +51,15 @@ RETRYABLE_CODES = frozenset({190003, 190004, 190005, 190010, 20050, 20072, 1500,
 SYNC_TOKEN_EXPIRED = 190008
 ACCESS_TOKEN_CODES = frozenset({99991661, 99991668, 99991671, 99991677})
 USER_GONE_CODES = frozenset({195100})
+# The permission family (the official CLI's "permission" class): the app has not enabled the scope
+# (99991672), the token lacks it (99991676), the user has not granted it (99991679), the user has not
+# authorised the app (230027). The body's error.permission_violations[].subject names the scopes.
+SCOPE_CODES = frozenset({99991672, 99991676, 99991679, 230027})
 REAUTH_CODES = frozenset({20008, 20010, 20024, 20026, 20037, 20064, 20066, 20073, 20074})
 BAD_CODE_CODES = frozenset({20003, 20004, 20049, 20065, 20071})
+# A refresh that failed with one of these was certainly not processed by the token service: 20050 and
+# 20072 are its own "server error, retry" answers (the official clients retry 20050 with the same token).
+REFRESH_RETRYABLE_CODES = frozenset({20050, 20072})
 
 
 class RateGate(Protocol):
@@ -101,6 +115,30 @@ def _reset_seconds(headers: Mapping[str, str]) -> float:
         return 1.0
 
 
+def never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly never reached the server: no connection was made (refused, name
+    not resolved, connect timeout). A read timeout, or a connection closed or reset once the request was
+    on its way, leaves the outcome unknown."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    cause = exc.args[0] if exc.args else None
+    if isinstance(cause, MaxRetryError):
+        cause = cause.reason
+    return isinstance(cause, NewConnectionError | ConnectTimeoutError)
+
+
+def _scopes(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The scopes an error body names in ``error.permission_violations[].subject``."""
+    error = body.get("error")
+    violations = error.get("permission_violations") if isinstance(error, dict) else None
+    if not isinstance(violations, list):
+        return ()
+    subjects = (v.get("subject") for v in violations if isinstance(v, dict))
+    return tuple(dict.fromkeys(s[:200] for s in subjects if isinstance(s, str) and s))[:10]
+
+
 class FeishuClient:
     """A small, typed client for the Feishu endpoints the mirror needs.
 
@@ -127,6 +165,9 @@ class FeishuClient:
         self._app_secret = app_secret
         self._gate = rate_gate or NoRateGate()
         self._session = session or requests.Session()
+        # A refresh goes out on a new connection, never on a pooled one the server may have closed
+        # meanwhile (a reset on reuse could not be told from one after Feishu processed the request).
+        self._fresh_connection_for_refresh = session is None
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._monotonic = monotonic
@@ -250,9 +291,14 @@ class FeishuClient:
         return self._grant(self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body))
 
     def refresh_access_token(self, refresh_token: str, *, deadline: float) -> TokenGrant:
-        """Rotate the token pair. The old refresh token is dead as soon as Feishu answers.
+        """Rotate the token pair. The old refresh token is dead as soon as Feishu processes the request.
 
-        Raises ``ReauthorizationRequired`` when Feishu refuses the refresh token for good.
+        Retried only where Feishu certainly did not process it: no connection made, 429, a bare 503, or
+        an answer of the token service itself with HTTP 5xx or code 20050/20072 (``FeishuUnavailable``
+        when those run out). Every other code means the refresh token is gone, as the official clients
+        treat it: ``ReauthorizationRequired``. Anything else — a read timeout, a connection closed after
+        sending, a gateway's 500/502/504 without Feishu's body, a 200 without a token — raises
+        ``RefreshOutcomeUnknown``: the token may be spent and must not be sent again.
         """
         body = {
             "grant_type": "refresh_token",
@@ -260,10 +306,20 @@ class FeishuClient:
             "client_secret": self._app_secret,
             "refresh_token": refresh_token,
         }
+        session = requests.Session() if self._fresh_connection_for_refresh else None
         try:
-            return self._grant(self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body))
-        except AuthorizationCodeRejected as exc:
+            reply = self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body, session=session, replay=False)
+        except (FeishuUnavailable, ReauthorizationRequired):
+            raise
+        except FeishuError as exc:
             raise ReauthorizationRequired(exc.code, exc.message, http_status=exc.http_status) from exc
+        finally:
+            if session is not None:
+                session.close()
+        try:
+            return self._grant(reply)
+        except FeishuError as exc:
+            raise RefreshOutcomeUnknown(exc.code, exc.message, log_id=exc.log_id) from exc
 
     def get_user_info(self, access_token: str, *, deadline: float) -> UserIdentity:
         """Who the access token belongs to."""
@@ -300,7 +356,11 @@ class FeishuClient:
         access_token: str | None = None,
         params: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        session: requests.Session | None = None,
+        replay: bool = True,
     ) -> _Reply:
+        """One call with the retries its failures allow. ``replay=False`` (a refresh): a failure after
+        which Feishu may have processed the request raises ``RefreshOutcomeUnknown`` instead."""
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if access_token is not None:
             headers["Authorization"] = f"Bearer {access_token}"
@@ -311,12 +371,14 @@ class FeishuClient:
             self._gate.acquire(deadline)
             timeout = self._timeout(deadline)
             try:
-                response = self._session.request(
+                response = (session or self._session).request(
                     method, self._base + path, params=params, json=json_body, headers=headers, timeout=timeout
                 )
             except requests.RequestException as exc:
                 failure = f"transport error ({type(exc).__name__})"
                 logger.warning("feishu_transport_error", extra={"path": path, "error": type(exc).__name__})
+                if not replay and not never_sent(exc):
+                    raise RefreshOutcomeUnknown(-1, failure) from exc
                 delay = self._backoff(attempts, message=failure, deadline=deadline)
                 self._sleep(delay)
                 continue
@@ -331,6 +393,10 @@ class FeishuClient:
                 "feishu_call_failed",
                 extra={"path": path, "status": response.status_code, "code": code, "log_id": log_id},
             )
+            if not replay and body is None and response.status_code not in (429, 503):
+                # Not the token service's answer but a gateway's page (or an unreadable 200): the request
+                # may have been processed behind it. 429 and 503 say it was not handled (RFC 9110).
+                raise RefreshOutcomeUnknown(-1, message, http_status=response.status_code, log_id=log_id)
             if response.status_code == 429 or code in RATE_LIMITED_CODES:
                 wait = _reset_seconds(response.headers)
                 waited_for_rate += wait
@@ -340,7 +406,7 @@ class FeishuClient:
                 self._sleep(wait + random.uniform(0, 0.25))  # noqa: S311 - jitter, not crypto
                 attempts -= 1  # waiting out the limit is not a failed attempt
                 continue
-            if response.status_code >= 500 or code in RETRYABLE_CODES:
+            if response.status_code >= 500 or code in (RETRYABLE_CODES if replay else REFRESH_RETRYABLE_CODES):
                 self._sleep(
                     self._backoff(
                         attempts,
@@ -352,7 +418,7 @@ class FeishuClient:
                     )
                 )
                 continue
-            raise self._error(code, message, response.status_code, log_id)
+            raise self._error(code, message, response.status_code, log_id, body or {})
 
     def _timeout(self, deadline: float) -> tuple[float, float]:
         remaining = deadline - self._monotonic()
@@ -387,13 +453,19 @@ class FeishuClient:
         return body if isinstance(body, dict) else None
 
     @staticmethod
-    def _error(code: int, message: str, http_status: int, log_id: str) -> FeishuError:
+    def _error(code: int, message: str, http_status: int, log_id: str, body: Mapping[str, Any]) -> FeishuError:
+        if code in SCOPE_CODES:
+            return ScopeMissing(code, message, scopes=_scopes(body), http_status=http_status, log_id=log_id)
+        if code in USER_GONE_CODES:
+            return ReauthorizationRequired(
+                code, message, cause="user_left_tenant", http_status=http_status, log_id=log_id
+            )
         kind: type[FeishuError] = FeishuError
         if code == SYNC_TOKEN_EXPIRED:
             kind = SyncTokenExpired
         elif code in ACCESS_TOKEN_CODES:
             kind = AccessTokenRejected
-        elif code in USER_GONE_CODES or code in REAUTH_CODES:
+        elif code in REAUTH_CODES:
             kind = ReauthorizationRequired
         elif code in BAD_CODE_CODES:
             kind = AuthorizationCodeRejected

@@ -72,6 +72,8 @@ class UserHealth:
     last_error_code: int | None
     last_error_message: str | None
     reauth_required_at: int | None
+    reauth_cause: str | None  # why the user must consent again (``errors.REAUTH_CAUSES``)
+    missing_scope: str | None  # for ``scope_missing``: the scope Feishu named (any one of them), or its code
     held_deletions: int
     held_since: int | None
     syncing: bool
@@ -121,6 +123,8 @@ class UserHealth:
             last_error_code=_int(item.get("last_error_code")),
             last_error_message=str(error) if error else None,
             reauth_required_at=_int(item.get("reauth_required_at")),
+            reauth_cause=str(item["reauth_cause"]) if item.get("reauth_cause") else None,
+            missing_scope=str(item["missing_scope"]) if item.get("missing_scope") else None,
             held_deletions=held_deletions,
             held_since=_int(held.get("first_seen_at")),
             syncing=syncing,

@@ -208,6 +208,7 @@ class UserRecord:
     refresh_token: str | None = field(default=None, repr=False)
     refresh_expires_at: int | None = None
     token_version: int = 0
+    refresh_started_version: int | None = None  # a refresh of this version's pair went out, its answer unstored
     sync_token: str | None = None
     checkpoint: Checkpoint | None = None
     held_sweep: HeldSweep | None = None

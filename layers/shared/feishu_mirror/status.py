@@ -430,6 +430,8 @@ def render_user(view: UserDetail, *, flash: str = "") -> str:
             "Re-authorisation needed",
             "yes, since " + _e(_when(u.reauth_required_at, now)) if u.reauth_required else "no",
         ),
+        ("Why", _e(u.reauth_cause.replace("_", " ")) if u.reauth_required and u.reauth_cause else "—"),
+        ("Missing scope", _e(u.missing_scope) if u.reauth_required and u.missing_scope else "—"),
         ("Calendars mirrored", str(u.calendars_mirrored)),
         ("Last success", _e(_when(u.last_success_at, now))),
         ("Last attempt", _e(_when(u.last_attempt_at, now))),

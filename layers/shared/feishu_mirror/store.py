@@ -18,9 +18,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from feishu_mirror.errors import DeadlineExceeded, LeaseLost
+from feishu_mirror.errors import DeadlineExceeded, LeaseLost, TokensSuperseded
 from feishu_mirror.models import (
     CALENDAR_FIELDS,
     EVENT_FIELDS,
@@ -82,6 +83,25 @@ def _is_condition_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+# DynamoDB failures after which the same write may simply be sent again (boto3 has retried them already).
+_TRANSIENT_ERRORS = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+    }
+)
+
+
+def _is_transient(exc: Exception) -> bool:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code") in _TRANSIENT_ERRORS
+    return isinstance(exc, BotoConnectionError | HTTPClientError)
+
+
 def due_shard(open_id: str) -> int:
     """The due-index partition of a user: spreads index writes over ``DUE_SHARDS`` partitions."""
     return zlib.crc32(open_id.encode("utf-8")) % DUE_SHARDS
@@ -111,6 +131,7 @@ def _user(item: Mapping[str, Any]) -> UserRecord:
         refresh_token=raw.get("refresh_token"),
         refresh_expires_at=raw.get("refresh_expires_at"),
         token_version=raw.get("token_version", 0),
+        refresh_started_version=raw.get("refresh_started_version"),
         sync_token=raw.get("sync_token"),
         checkpoint=_checkpoint(raw.get("checkpoint")),
         held_sweep=HeldSweep(int(held["count"]), int(held["first_seen_at"])) if isinstance(held, dict) else None,
@@ -146,9 +167,12 @@ _PENDING_PING = "pending_ping_at = if_not_exists(pending_ping_at, :now)"
 class UserStore:
     """The users table: one item per authorised user, keyed by ``open_id``."""
 
-    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+    TOKEN_SAVE_ATTEMPTS = 8  # on top of boto3's own retries: a rotated pair exists nowhere else
+
+    def __init__(self, client: DynamoDBClient, table_name: str, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self._client = client
         self.table_name = table_name
+        self._sleep = sleep
 
     def get(self, open_id: str) -> UserRecord | None:
         """The user's record (strongly consistent), or None."""
@@ -198,7 +222,8 @@ class UserStore:
     def save_authorization(self, identity: UserIdentity, grant: TokenGrant, now: int) -> None:
         """Store a freshly authorised user's tokens and make the user due for a sync now.
 
-        A returning user keeps their sync state; a user marked ``reauth_required`` becomes active.
+        A returning user keeps their sync state; a user marked ``reauth_required`` becomes active. The
+        new ``token_version`` tells a sync still running with the old tokens that they were superseded.
         """
         refresh = "refresh_token = :rt, refresh_expires_at = :rx" if grant.refresh_token else None
         sets = [
@@ -228,7 +253,7 @@ class UserStore:
             ":now": now,
             ":shard": due_shard(identity.open_id),
         }
-        removes = ["last_error_code", "last_error_message"]
+        removes = ["last_error_code", "last_error_message", "refresh_started_version", "reauth_cause", "missing_scope"]
         if refresh:
             sets.append(refresh)
             values |= {":rt": grant.refresh_token, ":rx": grant.refresh_expires_at or 0}
@@ -314,7 +339,11 @@ class UserStore:
         return claimed is not None
 
     def acquire_lease(self, open_id: str, owner: str, now: int, expires_at: int) -> UserRecord | None:
-        """Take the user's sync lease; None when another sync holds it. Raises ``UnknownUser``."""
+        """Take the user's sync lease; None while any sync holds it. Raises ``UnknownUser``.
+
+        A held lease is never taken over, not even by the same ``owner``: every attempt must bring an
+        owner of its own (Lambda may run two copies of one asynchronous event, with one request id).
+        """
         try:
             response = self._client.update_item(
                 TableName=self.table_name,
@@ -324,8 +353,7 @@ class UserStore:
                     " REMOVE pending_invoke_until"
                 ),
                 ConditionExpression=(
-                    "attribute_exists(open_id) AND (attribute_not_exists(lease_expires_at)"
-                    " OR lease_expires_at <= :now OR lease_owner = :owner)"
+                    "attribute_exists(open_id) AND (attribute_not_exists(lease_expires_at) OR lease_expires_at <= :now)"
                 ),
                 ExpressionAttributeValues=attribute_values({":owner": owner, ":exp": expires_at, ":now": now}),
                 ReturnValues="ALL_NEW",
@@ -368,21 +396,96 @@ class UserStore:
             },
         )
 
-    def save_tokens(self, fence: Fence, now: int, grant: TokenGrant) -> None:
-        """Persist a rotated token pair in one atomic write (under the lease)."""
-        self._fenced(
-            fence,
-            now,
-            "SET access_token = :at, access_expires_at = :ax, refresh_token = :rt, refresh_expires_at = :rx,"
-            " token_version = token_version + :one, refreshed_at = :now",
-            {
-                ":at": grant.access_token,
-                ":ax": grant.access_expires_at,
-                ":rt": grant.refresh_token or "",
-                ":rx": grant.refresh_expires_at or 0,
-                ":one": 1,
-            },
+    def _version_check(self, open_id: str, token_version: int, exc: ClientError) -> None:
+        """After a failed condition: raise ``TokensSuperseded`` if the tokens moved on, else ``LeaseLost``."""
+        current = exc.response.get("Item")
+        if isinstance(current, dict) and _user(current).token_version != token_version:
+            raise TokensSuperseded(f"tokens of {open_id} replaced") from exc
+        raise LeaseLost(f"lease on {open_id} lost") from exc
+
+    def begin_refresh(self, fence: Fence, now: int, token_version: int) -> None:
+        """Record, before the refresh request goes out, that the stored refresh token is being spent.
+
+        Should the answer never be stored (lost, or this invocation killed), the next attempt finds the
+        mark and does not send that refresh token again. Raises ``TokensSuperseded`` when the user's tokens
+        are no longer those of ``token_version``, ``LeaseLost`` without the lease.
+        """
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key={"open_id": _av(fence.open_id)},
+                UpdateExpression="SET refresh_started_version = :v, refresh_started_at = :now",
+                ConditionExpression=f"{self._FENCE} AND token_version = :v",
+                ExpressionAttributeValues=attribute_values({":v": token_version, ":owner": fence.owner, ":now": now}),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            self._version_check(fence.open_id, token_version, exc)
+
+    def end_refresh(self, open_id: str, token_version: int) -> None:
+        """Clear the mark of ``begin_refresh`` after a refresh Feishu certainly did not process."""
+        self._update(
+            open_id,
+            "REMOVE refresh_started_version, refresh_started_at",
+            {":v": token_version},
+            condition="token_version = :v",
         )
+
+    def save_tokens(self, open_id: str, now: int, grant: TokenGrant, *, token_version: int) -> int:
+        """Persist a rotated token pair in place of ``token_version``'s, atomically; returns the new version.
+
+        Conditional on the version alone, not on the lease: the pair just received exists nowhere else and
+        the old refresh token is spent, so it is stored whenever no newer pair (a new consent) is. A grant
+        without a refresh token keeps the stored one. Transient DynamoDB failures are retried (the write is
+        idempotent: a retry finds its own pair and succeeds). Raises ``TokensSuperseded`` when a newer pair
+        is stored.
+        """
+        sets = [
+            "access_token = :at",
+            "access_expires_at = :ax",
+            "token_version = :next",
+            "refreshed_at = :now",
+        ]
+        values: dict[str, Any] = {
+            ":at": grant.access_token,
+            ":ax": grant.access_expires_at,
+            ":v": token_version,
+            ":next": token_version + 1,
+            ":now": now,
+        }
+        if grant.refresh_token:
+            sets.append("refresh_token = :rt")
+            values[":rt"] = grant.refresh_token
+            if grant.refresh_expires_at:
+                sets.append("refresh_expires_at = :rx")
+                values[":rx"] = grant.refresh_expires_at
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": {"open_id": _av(open_id)},
+            "UpdateExpression": f"SET {', '.join(sets)} REMOVE refresh_started_version, refresh_started_at",
+            "ConditionExpression": "token_version = :v OR (token_version = :next AND access_token = :at)",
+            "ExpressionAttributeValues": attribute_values(values),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        for attempt in range(self.TOKEN_SAVE_ATTEMPTS):
+            try:
+                self._client.update_item(**request)
+                return token_version + 1
+            except ClientError as exc:
+                if _is_condition_failure(exc):
+                    raise TokensSuperseded(f"tokens of {open_id} replaced") from exc
+                if not _is_transient(exc) or attempt == self.TOKEN_SAVE_ATTEMPTS - 1:
+                    raise
+                error: Exception = exc
+            except (BotoConnectionError, HTTPClientError) as exc:
+                if attempt == self.TOKEN_SAVE_ATTEMPTS - 1:
+                    raise
+                error = exc
+            logger.warning("token_save_retried", extra={"attempt": attempt + 1, "error": type(error).__name__})
+            self._sleep(random.uniform(0, min(2.0, 0.1 * 2**attempt)))  # noqa: S311 - jitter
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def commit_listing(
         self,
@@ -500,17 +603,62 @@ class UserStore:
             condition="lease_owner = :owner",
         )
 
-    def mark_reauth_required(self, fence: Fence, now: int, *, code: int, message: str) -> None:
-        """The user must authorise again: drop the dead tokens and leave the due index."""
-        self._update(
+    def mark_reauth_required(
+        self,
+        fence: Fence,
+        now: int,
+        *,
+        token_version: int,
+        code: int,
+        message: str,
+        cause: str,
+        missing_scope: str | None = None,
+    ) -> bool:
+        """The user must authorise again: drop the dead tokens, say why, and leave the due index.
+
+        Only while this sync holds the lease and the tokens are still those of ``token_version``: False
+        (nothing written) when the user has consented again meanwhile, or the lease is gone.
+        """
+        sets = [
+            "#status = :reauth",
+            "last_error_code = :code",
+            "last_error_message = :msg",
+            "reauth_required_at = :now",
+            "reauth_cause = :cause",
+        ]
+        values: dict[str, Any] = {
+            ":reauth": REAUTH_REQUIRED,
+            ":code": code,
+            ":msg": message[:500],
+            ":now": now,
+            ":owner": fence.owner,
+            ":cause": cause,
+            ":v": token_version,
+        }
+        removes = [
+            "lease_owner",
+            "lease_expires_at",
+            "due_at",
+            "access_token",
+            "refresh_token",
+            "pending_invoke_until",
+            "pending_ping_at",
+            "refresh_started_version",
+            "refresh_started_at",
+        ]
+        if missing_scope:
+            sets.append("missing_scope = :scope")
+            values[":scope"] = missing_scope[:500]
+        else:
+            removes.append("missing_scope")
+        done = self._update(
             fence.open_id,
-            "SET #status = :reauth, last_error_code = :code, last_error_message = :msg, reauth_required_at = :now"
-            " REMOVE lease_owner, lease_expires_at, due_at, access_token, refresh_token, pending_invoke_until,"
-            " pending_ping_at",
-            {":reauth": REAUTH_REQUIRED, ":code": code, ":msg": message[:500], ":now": now, ":owner": fence.owner},
-            condition="lease_owner = :owner",
+            f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
+            values,
+            condition="lease_owner = :owner AND token_version = :v",
             names={"#status": "status"},
         )
+        return done is not None
 
     def count_awaiting_reauth(self) -> int:
         """How many users must authorise again (a COUNT query of the status index: their keys only)."""
@@ -576,6 +724,8 @@ class UserStore:
         "full_resync_count",
         "calendars_mirrored",
         "reauth_required_at",
+        "reauth_cause",
+        "missing_scope",
         "held_sweep",
         "held_event_deletions",
         "pending_ping_at",

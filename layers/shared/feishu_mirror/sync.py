@@ -7,10 +7,16 @@ of, that calendar's events (state in the event-listings table) when it is new, w
 Calendars that left the list (or became unreadable) take their events with them as tombstones.
 Token refresh, deadlines, the lease and coalescing are handled here once for all listings: pings that
 arrive meanwhile make the sync loop again before it releases the lease.
+
+Refresh tokens are single-use, so a refresh is marked on the user before it is sent and its pair stored
+at once, both conditional on the ``token_version`` the sync holds: a refresh whose answer never arrives
+is never sent again (the next attempt asks the user to authorise again unless a newer pair appeared),
+and a user who consents again while a sync runs keeps the new consent (see ``_refresh``).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +29,11 @@ from feishu_mirror.errors import (
     FeishuError,
     FeishuUnavailable,
     LeaseLost,
+    MirrorError,
     ReauthorizationRequired,
+    RefreshOutcomeUnknown,
+    ScopeMissing,
+    TokensSuperseded,
 )
 from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.listing import ListingEngine, MetricNames, Tally, is_mass_deletion, plan_page
@@ -52,10 +62,14 @@ from feishu_mirror.store import (
     UserStore,
 )
 
-__all__ = ["CalendarSync", "EventMirror", "failure_backoff", "is_mass_deletion", "plan_page"]
+__all__ = ["CalendarSync", "EventMirror", "failure_backoff", "is_mass_deletion", "lease_owner", "plan_page"]
 
 MAX_PASSES = 5
 REFRESH_MARGIN_SECONDS = 300
+# A refresh is started only with this much of the invocation left: the call's connect and read timeouts
+# and the retried write of the new pair, so that the answer is stored before the invocation can end.
+REFRESH_TIME_NEEDED_SECONDS = 25
+MAX_SUPERSEDED = 2  # new consents a single invocation follows before it leaves the rest to the next sync
 MAX_FAILURE_BACKOFF = 6 * 3600
 # Feishu's answers for a calendar whose events this user cannot list (gone, no access, wrong type).
 EVENTS_UNAVAILABLE_CODES = frozenset({191000, 191001, 191002, 191003, 191004})
@@ -90,13 +104,35 @@ def failure_backoff(consecutive_failures: int) -> int:
     return int(min(MAX_FAILURE_BACKOFF, 60 * 2 ** min(consecutive_failures, 20)))
 
 
+def lease_owner(request_id: str) -> str:
+    """The lease owner of one sync attempt: the request id (for the logs) and a part of its own, since
+    Lambda may run two copies of one asynchronous event with the same request id."""
+    return f"{request_id[:100]}/{secrets.token_hex(8)}"
+
+
 # ------------------------------------------------------------------------------ the engine
 @dataclass(slots=True)
 class _Tokens:
+    """The token pair a sync works with, and the ``token_version`` it was stored under."""
+
     access_token: str = field(repr=False)
     access_expires_at: int
     refresh_token: str | None = field(repr=False)
     refresh_expires_at: int | None
+    version: int
+    refresh_in_doubt: bool = False  # a refresh of this pair went out and its answer was never stored
+
+    @classmethod
+    def of(cls, user: UserRecord) -> _Tokens:
+        """The stored pair of ``user``."""
+        return cls(
+            user.access_token,
+            user.access_expires_at,
+            user.refresh_token,
+            user.refresh_expires_at,
+            user.token_version,
+            user.refresh_started_version == user.token_version,
+        )
 
 
 @dataclass(slots=True)
@@ -113,6 +149,7 @@ class _Run:
     held_events: dict[str, int] = field(default_factory=dict)  # calendar_id → event deletions held back
     events_due_at: int | None = None  # when the earliest calendar not listed now is due
     subscription_checked: bool = False
+    superseded: int = 0  # new consents followed so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +187,9 @@ class CalendarSync:
     def run(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int) -> SyncResult:
         """Sync one user. Expected failures are recorded on the user and returned, not raised.
 
-        ``owner`` identifies this invocation (the Lambda request id); ``deadline`` is a
-        ``time.monotonic()`` value; the lease expires after ``lease_seconds`` even if we die.
+        ``owner`` identifies this attempt (``lease_owner``: unique even for two copies of one Lambda
+        event); ``deadline`` is a ``time.monotonic()`` value; the lease expires after ``lease_seconds``
+        even if we die.
         """
         now = self._now()
         try:
@@ -166,12 +204,7 @@ class CalendarSync:
         if user.status != ACTIVE:
             self._users.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
             return SyncResult(open_id, "reauth_required")
-        run = _Run(
-            fence,
-            deadline,
-            _Tokens(user.access_token, user.access_expires_at, user.refresh_token, user.refresh_expires_at),
-        )
-        return self._guarded(user, run)
+        return self._guarded(user, _Run(fence, deadline, _Tokens.of(user)))
 
     def _guarded(self, user: UserRecord, run: _Run) -> SyncResult:
         """Run the passes and map each expected failure to a recorded outcome."""
@@ -179,10 +212,9 @@ class CalendarSync:
         try:
             return self._loop(user, run)
         except ReauthorizationRequired as exc:
-            count("UsersNeedingReauth")
-            logger.warning("reauth_required", extra={"code": exc.code, "log_id": exc.log_id})
-            self._users.mark_reauth_required(fence, self._now(), code=exc.code, message=exc.message)
-            return self._result(run, "reauth_required", exc.code)
+            return self._reauthorization_required(run, exc)
+        except TokensSuperseded:
+            return self._superseded(run)
         except DeadlineExceeded:
             count("SyncsInterrupted")
             logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
@@ -202,6 +234,46 @@ class CalendarSync:
             # A bug or an AWS outage: release so a retry can start at once, then let Lambda retry.
             self._release_quietly(fence, user.consecutive_failures)
             raise
+
+    def _reauthorization_required(self, run: _Run, exc: ReauthorizationRequired) -> SyncResult:
+        """Mark the user ``reauth_required`` (with the cause and any missing scope), unless their tokens
+        changed meanwhile: a user who consented again keeps the new consent."""
+        missing_scope = exc.missing_scope if isinstance(exc, ScopeMissing) else None
+        marked = self._users.mark_reauth_required(
+            run.fence,
+            self._now(),
+            token_version=run.tokens.version,
+            code=exc.code,
+            message=exc.message,
+            cause=exc.cause,
+            missing_scope=missing_scope,
+        )
+        if not marked:
+            return self._superseded(run)
+        count("UsersNeedingReauth")
+        logger.warning(
+            "reauth_required",
+            extra={"code": exc.code, "cause": exc.cause, "missing_scope": missing_scope, "log_id": exc.log_id},
+        )
+        return self._result(run, "reauth_required", exc.code)
+
+    def _superseded(self, run: _Run) -> SyncResult:
+        """The user's tokens changed under this sync (a new consent): go on with them, or leave the user due."""
+        count("SyncsSuperseded")
+        logger.info("sync_superseded_by_new_tokens")
+        fresh = self._users.get(run.fence.open_id)
+        run.superseded += 1
+        if (
+            fresh is not None
+            and fresh.status == ACTIVE
+            and fresh.lease_active(self._now())
+            and fresh.lease_owner == run.fence.owner
+            and run.superseded <= MAX_SUPERSEDED
+        ):
+            run.tokens = _Tokens.of(fresh)
+            return self._guarded(fresh, run)
+        self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
+        return self._result(run, "interrupted")
 
     def _release_quietly(self, fence: Fence, failures: int) -> None:
         try:
@@ -241,7 +313,7 @@ class CalendarSync:
                 count("SyncResumedThenIncremental")
                 fresh_user = self._users.get(run.fence.open_id)
                 if fresh_user is not None:
-                    user = fresh_user
+                    user = self._adopt_tokens(run, fresh_user)
                     continue
             held = self._sync_events(user, run) or held
             self._assert_subscription(user, run)
@@ -275,10 +347,18 @@ class CalendarSync:
                 )
                 return self._result(run, "synced", pushed_at=user.pending_ping_at)
             count("SyncRepeatedForPing")
-            user = fresh
+            user = self._adopt_tokens(run, fresh)
         # Pings keep coming: stop here and leave the user due so the resync comes back soon.
         self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
         return self._result(run, "synced")
+
+    @staticmethod
+    def _adopt_tokens(run: _Run, fresh: UserRecord) -> UserRecord:
+        """Work on with the stored pair when it is newer than ours (the user consented again meanwhile)."""
+        if fresh.token_version != run.tokens.version:
+            logger.info("newer_tokens_adopted")
+            run.tokens = _Tokens.of(fresh)
+        return fresh
 
     # -------------------------------------------------------------------------- the collections
     def _calendar_list(self, run: _Run) -> _CalendarList:
@@ -401,7 +481,7 @@ class CalendarSync:
             self._with_token(
                 run, lambda token: self._feishu.subscribe_calendar_events(token, calendar_id, deadline=run.deadline)
             )
-        except ReauthorizationRequired:
+        except (ReauthorizationRequired, RefreshOutcomeUnknown):
             raise
         except (FeishuError, DeadlineExceeded) as exc:
             count("EventSubscriptionFailures")
@@ -427,19 +507,65 @@ class CalendarSync:
         return self._refresh(run)
 
     def _refresh(self, run: _Run) -> str:
-        """Rotate the token pair (we hold the lease, so no one else can) and persist it at once."""
+        """Rotate the token pair (we hold the lease, so no other sync can) and persist it at once.
+
+        The refresh token is sent at most once: the user is marked before the request goes out and the
+        new pair (or, for a refresh Feishu certainly did not process, the removal of the mark) is stored
+        after it, both only while the stored tokens are still ours (``TokensSuperseded`` otherwise). A
+        refresh whose outcome is unknown fails this attempt; the next one finds the mark and asks the
+        user to authorise again, unless a newer pair was stored meanwhile.
+        """
         tokens = run.tokens
+        if tokens.refresh_in_doubt:
+            raise ReauthorizationRequired(
+                -1,
+                "an earlier token refresh got no answer, so its refresh token may be spent; it is not sent again",
+                cause="refresh_outcome_unknown",
+            )
         if not tokens.refresh_token or (tokens.refresh_expires_at and tokens.refresh_expires_at <= self._now()):
-            raise ReauthorizationRequired(20037, "refresh token missing or expired")
+            raise ReauthorizationRequired(20037, "refresh token missing or expired", cause="refresh_token_expired")
+        if run.deadline - time.monotonic() < REFRESH_TIME_NEEDED_SECONDS:
+            raise DeadlineExceeded("not enough time left to refresh the token pair and store it")
+        self._users.begin_refresh(run.fence, self._now(), tokens.version)
         try:
             grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
+        except RefreshOutcomeUnknown as exc:
+            count("TokenRefreshFailures")
+            count("TokenRefreshesUnanswered")
+            tokens.refresh_in_doubt = True
+            raise self._unanswered_refresh(run, exc) from exc
+        except ReauthorizationRequired:
+            count("TokenRefreshFailures")
+            raise
         except (FeishuError, DeadlineExceeded):
-            count("TokenRefreshFailures")  # refused for good (re-auth) or not answered (retried later)
+            count("TokenRefreshFailures")  # Feishu certainly did not process it: the token may be sent again
+            self._users.end_refresh(run.fence.open_id, tokens.version)
             raise
         count("TokenRefreshes")
-        self._users.save_tokens(run.fence, self._now(), grant)
-        run.tokens = _Tokens(grant.access_token, grant.access_expires_at, grant.refresh_token, grant.refresh_expires_at)
+        version = self._users.save_tokens(run.fence.open_id, self._now(), grant, token_version=tokens.version)
+        kept = grant.refresh_token is None  # Feishu did not rotate it: the stored one stays valid
+        run.tokens = _Tokens(
+            grant.access_token,
+            grant.access_expires_at,
+            tokens.refresh_token if kept else grant.refresh_token,
+            tokens.refresh_expires_at if kept or not grant.refresh_expires_at else grant.refresh_expires_at,
+            version,
+        )
         return grant.access_token
+
+    def _unanswered_refresh(self, run: _Run, exc: RefreshOutcomeUnknown) -> MirrorError:
+        """After a refresh whose outcome is unknown: ``TokensSuperseded`` when a newer pair is stored
+        meanwhile, else the error that fails this attempt (the mark stays for the next one)."""
+        fresh = self._users.get(run.fence.open_id)
+        if fresh is not None and fresh.token_version != run.tokens.version:
+            return TokensSuperseded(f"tokens of {run.fence.open_id} replaced")
+        logger.warning("token_refresh_unanswered", extra={"error": exc.message, "log_id": exc.log_id})
+        return RefreshOutcomeUnknown(
+            exc.code,
+            f"a token refresh got no answer ({exc.message}); its refresh token is not sent again",
+            http_status=exc.http_status,
+            log_id=exc.log_id,
+        )
 
     def _assert_subscription(self, user: UserRecord, run: _Run) -> None:
         """Re-subscribe to calendar changes when it was never done or is due again; never fatal."""
@@ -451,7 +577,7 @@ class CalendarSync:
             return
         try:
             self._feishu.subscribe_calendar_changes(self._access_token(run), deadline=run.deadline)
-        except ReauthorizationRequired:
+        except (ReauthorizationRequired, RefreshOutcomeUnknown):
             raise
         except (FeishuError, DeadlineExceeded) as exc:
             count("SubscriptionFailures")
