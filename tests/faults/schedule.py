@@ -9,15 +9,24 @@ connections, empty pages with ``has_more``, 190008 on sync and page tokens, 1900
 event listings, expired access tokens (so refresh tokens rotate, also in the middle of event
 listings), syncs killed after some pages of the calendar list or at some event write (a page of
 events, a checkpoint, a commit: a Lambda timeout, no cleanup, the lease stays), and failing async
-invokes. Each schedule also picks how Feishu goes on with an event increment longer than a page
-(from each page's sync token, by page tokens, or not at all). Then it quiesces, runs one scheduled
-resync (and, for held mass deletions, the confirming one) and checks:
+invokes; and what can happen to tokens: refreshes refused (20026, 20037, 20064, 20073, 20074 and other
+codes), refresh answers lost after Feishu processed them (connection closed, read timeout, a gateway's
+504), refreshes that keep the refresh token, missing scopes (99991672/76/79 with
+``error.permission_violations``, or a grant that lost its calendar scope), one asynchronous event run
+twice at once with one request id, and the user signing in again while a sync runs (around its
+refresh, or at any moment). Each schedule also picks how Feishu goes on with an event increment longer
+than a page (from each page's sync token, by page tokens, or not at all). Then it quiesces, runs one
+scheduled resync, lets every user who must authorise again do so (each for a cause the schedule
+injected: a user in ``reauth_required`` for anything else is locked out), runs the resync again (and,
+for held mass deletions, the confirming one) and checks:
 
 * the calendar mirror equals Feishu's truth field by field, for every user;
 * the live events of every readable calendar equal Feishu's, field by field; every event of a
   calendar that is gone or unreadable is a tombstone; every readable calendar's event listing is
   finished (a sync token, no checkpoint) and no calendar is left marked dirty;
 * no refresh token was ever presented twice;
+* every user is active, synced, with tokens of their latest consent (a user who signed in again during a
+  sync keeps that consent);
 * every committed ``sync_token`` (calendar list or a calendar's events) came from the last page of a
   listing of the same collection that the same sync applied;
 * Feishu never saw more requests in any 1 s / 60 s window than its limits.
@@ -56,6 +65,7 @@ from feishu_mirror.models import (
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.resync import Resync
 from feishu_mirror.store import (
+    REAUTH_REQUIRED,
     CalendarStore,
     DynamoRateGate,
     EventListingStore,
@@ -65,9 +75,10 @@ from feishu_mirror.store import (
     attribute_values,
     plain,
 )
-from feishu_mirror.sync import CalendarSync, EventMirror
+from feishu_mirror.sync import CalendarSync, EventMirror, lease_owner
 from local.dynamodb_local import create_tables
 from local.feishu_sim import (
+    CALENDAR_SCOPES,
     EVENT_SYNCABLE_TYPES,
     Fault,
     FeishuSimulator,
@@ -75,8 +86,13 @@ from local.feishu_sim import (
     drop,
     empty_page,
     feishu_error,
+    gateway_timeout,
     http_error,
+    late_reply,
+    lost_reply,
     rate_limited,
+    scope_missing,
+    unrotated_refresh,
 )
 from local.stack import ROOT
 from local.template import load
@@ -100,6 +116,7 @@ INCREMENTAL_EVENT_PAGING: tuple[Literal["sync_token", "page_token", "none"], ...
 CALENDARS_PATH = "/open-apis/calendar/v4/calendars"
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"
 READER_ROLES = frozenset({"reader", "writer", "owner"})  # the simulator lists events for these roles only
+READ_TIMEOUT = 0.5  # the client's: a late_reply answers after it
 EXPIRED = "page_token or sync_token expired"
 TABLES = ("UsersTable", "CalendarsTable", "EventsTable", "EventListingsTable", "RateLimitTable")
 
@@ -204,15 +221,16 @@ class SyncThreads:
             raise ConnectionError("simulated Lambda API failure")
         self.start(open_id, reason)
 
-    def start(self, open_id: str, reason: str) -> None:
-        """Run a sync on a new thread (an invocation Lambda accepted or retried)."""
-        thread = threading.Thread(target=self._guarded, args=(open_id,), name=f"sync-{reason}")
+    def start(self, open_id: str, reason: str, request_id: str = "") -> None:
+        """Run a sync on a new thread (an invocation Lambda accepted or retried; one request id may run twice)."""
+        request_id = request_id or uuid.uuid4().hex
+        thread = threading.Thread(target=self._guarded, args=(open_id, request_id), name=f"sync-{reason}")
         self.threads.append(thread)
         thread.start()
 
-    def _guarded(self, open_id: str) -> None:
+    def _guarded(self, open_id: str, request_id: str) -> None:
         try:
-            self._run(open_id)
+            self._run(open_id, request_id=request_id)
         except LambdaKilled:
             pass
         except BaseException as exc:
@@ -264,6 +282,8 @@ class Schedule:
         self.kill_first_events_of: dict[str, str] = {}  # open_id → the calendar whose first event write dies
         self.event_traps: dict[str, list[Trap]] = {}
         self.bad_commits: list[str] = []
+        self.reauth_allowed: Counter[str] = Counter()  # reauth causes injected (each may stop one user)
+        self.consent_at_refresh: dict[str, bool] = {}  # open_id → revoke_previous: sign in again at its next refresh
         self.syncs = SyncThreads(self.sync)
         self.pings = PingDispatcher(self.users, self.syncs)
         self.open_ids: list[str] = []
@@ -280,7 +300,7 @@ class Schedule:
             app_id=self.sim.app_id,
             app_secret=self.sim.app_secret,
             rate_gate=self.gate,
-            retry=RetryPolicy(max_attempts=RETRY_ATTEMPTS, base_delay=0.2, max_delay=2.0, read_timeout=0.5),
+            retry=RetryPolicy(max_attempts=RETRY_ATTEMPTS, base_delay=0.2, max_delay=2.0, read_timeout=READ_TIMEOUT),
             sleep=lambda seconds: time.sleep(seconds / TIME_SCALE),
             clock=lambda: time.time() + clock_offset,
         )
@@ -301,7 +321,24 @@ class Schedule:
 
         client.list_calendars = recorded  # type: ignore[method-assign]
         client.list_events = recorded_events  # type: ignore[method-assign]
+        client.refresh_access_token = self._consenting_refresh(open_id, client.refresh_access_token)  # type: ignore[method-assign]
         return client
+
+    def _consenting_refresh(self, open_id: str, refresh: Callable[..., TokenGrant]) -> Callable[..., TokenGrant]:
+        """The client's refresh, around which the user signs in again when a consent is armed for it: just
+        before (revoking the old refresh tokens, so this refresh is refused) or once Feishu answered it."""
+
+        def refreshed(refresh_token: str, *, deadline: float) -> TokenGrant:
+            with self._lock:
+                revoke = self.consent_at_refresh.pop(open_id, None)
+            if revoke:
+                self._consent(open_id, revoke_previous=True)
+            grant = refresh(refresh_token, deadline=deadline)
+            if revoke is False:
+                self._consent(open_id)
+            return grant
+
+        return refreshed
 
     def _spring_trap(self, open_id: str, calendar_id: str, request: dict[str, Any]) -> None:
         """Before an event-list request: the first armed trap of the user that matches it goes off."""
@@ -326,8 +363,9 @@ class Schedule:
             listings=_ScheduleEventListings(self, kill, received),
         )
 
-    def sync(self, open_id: str, clock_offset: int = 0) -> SyncResult:
-        """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks."""
+    def sync(self, open_id: str, clock_offset: int = 0, request_id: str = "") -> SyncResult:
+        """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks;
+        its lease owner is made as the sync function makes it, from the invocation's request id."""
         received = LastPages()
         users = _ScheduleUsers(self, open_id, received)
         engine = CalendarSync(
@@ -338,9 +376,8 @@ class Schedule:
             events=self._event_mirror(open_id, received),
             clock=lambda: time.time() + clock_offset,
         )
-        result = engine.run(
-            open_id, owner=uuid.uuid4().hex, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS
-        )
+        owner = lease_owner(request_id or uuid.uuid4().hex)
+        result = engine.run(open_id, owner=owner, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS)
         with self._lock:
             self.report.syncs[result.outcome] += 1
         return result
@@ -377,10 +414,7 @@ class Schedule:
             self._add_events(open_id, rng.choice(readable), rng.randint(PAGE_SIZE + 1, 2 * PAGE_SIZE + 10))
         for cid in unreadable[:2]:  # events the user cannot list: never mirrored
             self._add_events(open_id, cid, rng.randint(0, 5))
-        body = self.sim.issue_user_tokens(open_id)
-        now = int(time.time())
-        grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        self.users.save_authorization(UserIdentity(open_id, open_id), grant, now)
+        self._store_consent(open_id, self.sim.issue_user_tokens(open_id))
         self.open_ids.append(open_id)
         events = sum(len(self.sim.events(open_id, cid)) for cid in readable)
         self.report.note(
@@ -404,6 +438,10 @@ class Schedule:
             "access": (6, self._access),
             "event_kill": (4, self._event_kill),
             "doomed_calendar": (3, self._doomed_calendar),
+            "twin_delivery": (3, self._twin_delivery),
+            "refresh_fault": (4, self._refresh_fault),
+            "scope_fault": (2, self._scope_fault),
+            "second_consent": (3, self._second_consent),
         }
         open_id = self.rng.choice(self.open_ids)
         _, run = self.rng.choices(list(steps.values()), weights=[weight for weight, _ in steps.values()])[0]
@@ -441,6 +479,83 @@ class Schedule:
         self.syncs.fail_next += 1
         self._count("async invoke failed")
         self.report.note("next async invoke fails")
+
+    # ------------------------------------------------------------------ tokens and consent
+    def _store_consent(self, open_id: str, body: dict[str, Any]) -> None:
+        now = int(time.time())
+        grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
+        self.users.save_authorization(UserIdentity(open_id, open_id), grant, now)
+
+    def _consent(self, open_id: str, *, revoke_previous: bool = False) -> None:
+        """The user signs in again, as the OAuth callback handles it: new tokens stored, a sync started."""
+        self._store_consent(open_id, self.sim.issue_user_tokens(open_id, revoke_previous=revoke_previous))
+        self.pings.dispatch([open_id], "onboarded")
+
+    def _twin_delivery(self, open_id: str) -> None:
+        """Lambda runs one asynchronous sync event twice at once, with one request id; the access token has
+        expired, so two copies holding the lease would present one refresh token twice."""
+        self.sim.expire_access_tokens(open_id)
+        request_id = uuid.uuid4().hex
+        for _ in range(2):
+            self.syncs.start(open_id, "twin", request_id)
+        self._act("one async event run twice at once (same request id)")
+        self.report.note(f"one sync event of {open_id} run twice at once, access token expired")
+
+    def _refresh_fault(self, open_id: str) -> None:
+        """A fault for the next refresh (the user's access token expires and a ping starts a sync): refused
+        for good, answered but lost, or answered without a new refresh token."""
+        rng = self.rng
+        refusals = [
+            (f"refresh refused ({code})", feishu_error(code, 400, "refresh token refused"), "refresh_token_refused")
+            for code in (20026, 20037, 20064, 20073, 20074, rng.choice([20002, 20024, 20063, 20066]))
+        ]
+        lost = [
+            ("refresh answer lost: connection closed", lost_reply(), "refresh_outcome_unknown"),
+            ("refresh answer lost: read timeout", late_reply(READ_TIMEOUT + 0.2), "refresh_outcome_unknown"),
+            ("refresh answer lost: gateway 504", gateway_timeout(), "refresh_outcome_unknown"),
+        ]
+        group = rng.choice([refusals, lost, [("refresh without a new refresh token", unrotated_refresh(), "")]])
+        kind, fault, cause = rng.choice(group)
+        self.sim.inject(TOKEN_PATH, fault)
+        if cause:
+            self.reauth_allowed[cause] += 1
+        self.sim.expire_access_tokens(open_id)
+        self.pings.dispatch([open_id], "calendar_changed")
+        self._count(kind)
+        self.report.note(f"fault: {kind} (next refresh; {open_id}'s access token expired, pinged)")
+
+    def _scope_fault(self, open_id: str) -> None:
+        """A missing scope: the user's grant loses the calendar scope, or one call is answered 99991672/76/79."""
+        rng = self.rng
+        if rng.random() < 0.5:
+            self.sim.withdraw_scope(open_id, CALENDAR_SCOPES[0])
+            kind = "calendar scope withdrawn from a grant (99991679)"
+        else:
+            code = rng.choice([99991679, 99991672, 99991676])
+            path = rng.choice([CALENDARS_PATH, events_path(self._pick_calendar(open_id, 1.0))])
+            self.sim.inject(path, scope_missing(code, (rng.choice(CALENDAR_SCOPES),)))
+            kind = f"missing scope ({code}) with permission_violations"
+        self.reauth_allowed["scope_missing"] += 1
+        self.pings.dispatch([open_id], "calendar_changed")
+        self._count(kind)
+        self.report.note(f"fault: {kind}, {open_id} pinged")
+
+    def _second_consent(self, open_id: str) -> None:
+        """The user signs in again while a sync runs: around its refresh (just before it, revoking the old
+        refresh tokens; or once Feishu answered it, before it is stored), or at any moment."""
+        rng = self.rng
+        when = rng.choice(["before its refresh", "after its refresh", "at any moment"])
+        if when == "at any moment":
+            self.pings.dispatch([open_id], "calendar_changed")
+            time.sleep(rng.uniform(0, 0.05))
+            self._consent(open_id, revoke_previous=rng.random() < 0.5)
+        else:
+            with self._lock:
+                self.consent_at_refresh[open_id] = when == "before its refresh"
+            self.sim.expire_access_tokens(open_id)
+            self.pings.dispatch([open_id], "calendar_changed")
+        self._act(f"signed in again during a sync, {when}")
+        self.report.note(f"{open_id} signs in again during a sync, {when}")
 
     def _pause(self, open_id: str) -> None:
         self._act("pause")
@@ -736,9 +851,11 @@ class Schedule:
         self.kill_events_after_pages.clear()
         self.kill_first_events_of.clear()
         self.event_traps.clear()
+        self.consent_at_refresh.clear()
         self.syncs.fail_next = 0
         assert not self.syncs.errors, f"a sync raised {self.syncs.errors[0]!r}\n{self.report}"
-        self._scheduled_resync(LATER)
+        self._scheduled_resync(LATER, reauth_allowed=True)
+        self._sign_in_again()
         if self._held():
             self.report.note("held mass deletion: the confirming resync")
             self._scheduled_resync(LATER + self.settings.mass_delete_confirm_seconds + 1)
@@ -751,7 +868,12 @@ class Schedule:
                 cid: {k: v for k, v in item.items() if k in CALENDAR_FIELDS} for cid, item in self.live(open_id).items()
             }
             assert mirror == truth, f"{open_id}: mirror {sorted(mirror)} != Feishu {sorted(truth)}\n{self.report}"
-            assert self.user(open_id)["status"] == "active", f"{open_id} needs reauth\n{self.report}"
+            user = self.user(open_id)
+            assert user["status"] == "active", f"{open_id} needs reauth\n{self.report}"
+            latest = self.sim.latest_grant(open_id)
+            assert self.sim.grant_of(user["refresh_token"]) == latest, (
+                f"{open_id} holds tokens of an older consent than {latest}\n{self.report}"
+            )
             self._check_events(open_id, stored_events)
         assert self.sim.refresh_token_reuse_count == 0, f"a refresh token was presented twice\n{self.report}"
         assert not self.bad_commits, f"sync_token committed without its last page: {self.bad_commits}\n{self.report}"
@@ -799,7 +921,7 @@ class Schedule:
             for o in self.open_ids
         )
 
-    def _scheduled_resync(self, offset: int) -> None:
+    def _scheduled_resync(self, offset: int, *, reauth_allowed: bool = False) -> None:
         started: list[str] = []
 
         class Collect:
@@ -809,7 +931,26 @@ class Schedule:
         Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
         for open_id in started:
             result = self.sync(open_id, clock_offset=offset)
-            assert result.outcome == "synced", f"resync of {open_id}: {result}\n{self.report}"
+            expected = ("synced", "reauth_required") if reauth_allowed else ("synced",)
+            assert result.outcome in expected, f"resync of {open_id}: {result}\n{self.report}"
+
+    def _sign_in_again(self) -> None:
+        """Users asked to authorise again were asked for a cause the schedule injected (else they are locked
+        out), with the missing scope named when it is one; they sign in again and the next resync syncs them."""
+        waiting = {o: self.user(o) for o in self.open_ids if self.user(o)["status"] == REAUTH_REQUIRED}
+        causes = Counter(str(user.get("reauth_cause")) for user in waiting.values())
+        for cause, users in causes.items():
+            assert users <= self.reauth_allowed[cause], (
+                f"{users} user(s) locked out for {cause} (injected {self.reauth_allowed[cause]})\n{self.report}"
+            )
+        for open_id, user in waiting.items():
+            cause = user["reauth_cause"]
+            assert cause != "scope_missing" or user.get("missing_scope"), f"{open_id}: no scope named\n{self.report}"
+            self.report.note(f"{open_id} signs in again ({cause})")
+            self._act("signed in again after reauth_required")
+            self._store_consent(open_id, self.sim.issue_user_tokens(open_id))
+        if waiting:
+            self._scheduled_resync(LATER)
 
     def user(self, open_id: str) -> dict[str, Any]:
         """The user's item."""
