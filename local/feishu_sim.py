@@ -350,6 +350,7 @@ class _RefreshToken:
     access_token: str
     grant: int = 0  # the consent it descends from: refreshes keep it, a new consent starts another
     state: Literal["active", "used", "revoked"] = "active"
+    refused_with: int | None = None  # an injected refusal sticks: Feishu refuses this token so from then on
 
 
 @dataclass(frozen=True)
@@ -1031,6 +1032,7 @@ class FeishuSimulator:
             elif fault.kind == "gateway_timeout":
                 reply = _html_reply(504, "504 Gateway Time-out")
         elif fault is not None and fault.kind != "delay":
+            self._refuse_refresh_token(call, fault)
             reply = self._fault_reply(fault, call.path)
         else:
             if fault is not None:
@@ -1067,6 +1069,22 @@ class FeishuSimulator:
             if queue and path.startswith(prefix):
                 return queue.popleft()
         return None
+
+    def _refuse_refresh_token(self, call: _Call, fault: Fault) -> None:
+        """A refresh refused by an injected code other than 20050/20072 (and 5xx) is refused for good."""
+        if call.path != OAUTH_TOKEN_PATH or fault.kind != "feishu_error" or fault.code in (20050, 20072):
+            return
+        if fault.status >= 500:
+            return
+        try:
+            body = json.loads(call.body or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return
+        if isinstance(body, dict) and body.get("grant_type") == "refresh_token":
+            with self._lock:
+                record = self._refresh_tokens.get(str(body.get("refresh_token")))
+                if record is not None and record.state == "active":
+                    record.refused_with = fault.code
 
     def _fault_reply(self, fault: Fault, path: str) -> _Reply | None:
         if fault.kind == "drop":
@@ -1207,6 +1225,8 @@ class FeishuSimulator:
         record = self._refresh_tokens.get(presented)
         if record is None:
             raise _oauth_error(20026, "refresh token invalid")
+        if record.refused_with is not None:
+            raise _oauth_error(record.refused_with, "refresh token refused")
         if record.state == "revoked":
             raise _oauth_error(20064, "refresh token revoked")
         if record.state == "used":

@@ -584,6 +584,17 @@ def test_feishu_error_on_oauth_path_is_oauth_shaped(sim: FeishuSimulator) -> Non
     assert sim.used_refresh_tokens() == frozenset()
 
 
+def test_an_injected_refresh_refusal_sticks_to_the_token(sim: FeishuSimulator) -> None:
+    # GIVEN a refresh refused with 20063, and one answered 20050
+    refused, retryable = (sim.issue_user_tokens("ou_alice")["refresh_token"] for _ in range(2))
+    sim.inject(OAUTH_TOKEN_PATH, feishu_error(20063), feishu_error(20050))
+    assert refresh(sim, refused).json()["code"] == 20063
+    assert refresh(sim, retryable).json()["code"] == 20050
+    # WHEN each is presented again THEN the refused token is refused the same way; the other works
+    assert refresh(sim, refused).json()["code"] == 20063
+    assert refresh(sim, retryable).json()["code"] == 0
+
+
 def test_a_lost_refresh_reply_still_spends_the_refresh_token(sim: FeishuSimulator) -> None:
     # GIVEN refresh tokens, and each way a refresh's answer can be lost after Feishu processed it
     tokens = [sim.issue_user_tokens("ou_alice")["refresh_token"] for _ in range(3)]
