@@ -439,7 +439,7 @@ class Schedule:
             "event_kill": (4, self._event_kill),
             "doomed_calendar": (3, self._doomed_calendar),
             "twin_delivery": (3, self._twin_delivery),
-            "refresh_fault": (4, self._refresh_fault),
+            "refresh_fault": (5, self._refresh_fault),
             "scope_fault": (2, self._scope_fault),
             "second_consent": (3, self._second_consent),
         }
@@ -507,7 +507,7 @@ class Schedule:
         rng = self.rng
         refusals = [
             (f"refresh refused ({code})", feishu_error(code, 400, "refresh token refused"), "refresh_token_refused")
-            for code in (20026, 20037, 20064, 20073, 20074, rng.choice([20002, 20024, 20063, 20066]))
+            for code in (20026, 20037, 20064, 20073, 20074, 20002, rng.choice([20024, 20063, 20066, 20071]))
         ]
         lost = [
             ("refresh answer lost: connection closed", lost_reply(), "refresh_outcome_unknown"),
