@@ -36,9 +36,11 @@ def markdown(report: dict[str, dict[str, int]]) -> str:
         f"{converged} seeded schedules took {sum(actions.values())} actions (changes, pushes, extra syncs), injected {sum(faults.values())} faults and "
         f"ran {sum(syncs.values())} syncs; every schedule converged: the mirror's calendars, and the events of "
         "every calendar whose events the user can read, equalled Feishu field by field; every event of a calendar "
-        "that was gone or unreadable was a tombstone; no refresh token was presented twice; no sync token (of a "
-        "calendar list or of a calendar's events) was committed before its last page; and Feishu's per-second "
-        "and per-minute limits were never exceeded."
+        "that was gone or unreadable was a tombstone; no refresh token was presented twice; every user asked to "
+        "authorise again was asked for a cause the schedule injected (none was locked out), signed in again and "
+        "synced; every user ended active with the tokens of their latest consent (also those who signed in again "
+        "while a sync ran); no sync token (of a calendar list or of a calendar's events) was committed before its "
+        "last page; and Feishu's per-second and per-minute limits were never exceeded."
     ]
     lines += table("fault injected (calendar API, token endpoint)", other_faults)
     lines += table("fault injected into event listings", event_faults)
