@@ -6,7 +6,8 @@ shows the mirror following — including an expired sync token. ``--demo`` then 
 mirror ever disagrees with Feishu); without it the app keeps serving, schedule included, until Ctrl-C.
 
 With ``FEISHU_APP_ID`` and ``FEISHU_APP_SECRET`` in the environment (and no ``--demo``), the app talks
-to the real Feishu instead and prints the onboarding URL to open in a browser.
+to the real Feishu instead and prints the onboarding URL to open in a browser; its callback accepts
+events only with ``FEISHU_ENCRYPT_KEY`` and ``FEISHU_VERIFICATION_TOKEN`` set too.
 """
 
 from __future__ import annotations
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             say(
                 "Feishu cannot reach 127.0.0.1 for event pushes: put a tunnel in front and set PUBLIC_BASE_URL, or rely on the schedule."
             )
+            unset = [name for name in CREDENTIAL_NAMES[2:] if not env[name]]
+            if unset:
+                say(f"{' and '.join(unset)} not set: the callback refuses every event (503) until they are.")
             say(f"Status page: {stack.api_url}/status (in the cloud this route is IAM-protected)")
             serve_forever(stack)
         return 0
