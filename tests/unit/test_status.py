@@ -104,6 +104,25 @@ def test_reauth_required_is_spelled_out() -> None:
     assert view.as_dict()["reauth_required"] is True
 
 
+def test_a_missing_scope_and_the_reauth_cause_are_shown() -> None:
+    # GIVEN a user asked to authorise again for a scope Feishu named
+    view = health(
+        status="reauth_required",
+        reauth_required_at=NOW - 60,
+        last_error_code=99991679,
+        reauth_cause="scope_missing",
+        missing_scope="calendar:calendar:readonly or calendar:calendar",
+    )
+    # THEN the health carries both, and the user's page names them
+    assert (view.as_dict()["reauth_cause"], view.as_dict()["missing_scope"]) == (
+        "scope_missing",
+        "calendar:calendar:readonly or calendar:calendar",
+    )
+    page = render_user(UserDetail(view, (), 0, NOW))
+    assert "<dt>Why</dt><dd>scope missing</dd>" in page
+    assert "<dt>Missing scope</dt><dd>calendar:calendar:readonly or calendar:calendar</dd>" in page
+
+
 def test_pages_escape_everything_that_came_from_feishu_or_the_table() -> None:
     # GIVEN a user and a calendar whose names are markup
     user = health(name="<b>Ada</b>", last_error_message="<img src=x onerror=alert(1)>", consecutive_failures=1)
