@@ -510,6 +510,7 @@ class FeishuSimulator:
         self._access_tokens: dict[str, _AccessToken] = {}
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._used_refresh_tokens: set[str] = set()
+        self._issued_user_tokens: set[str] = set()
         self._refresh_reuse_count = 0
         self._page_tokens: dict[str, _PageCursor] = {}
         self._sync_tokens: dict[str, _SyncPoint] = {}
@@ -886,6 +887,11 @@ class FeishuSimulator:
         with self._lock:
             times = list(self._app_request_times)
         return _peak(times, 1.0), _peak(times, 60.0)
+
+    def issued_user_tokens(self) -> frozenset[str]:
+        """Every user access token and refresh token this simulator ever issued."""
+        with self._lock:
+            return frozenset(self._issued_user_tokens)
 
     def used_refresh_tokens(self) -> frozenset[str]:
         """Refresh tokens that have been redeemed (each may be redeemed once)."""
@@ -1385,6 +1391,7 @@ class FeishuSimulator:
             tokens["refresh_token_expires_in"] = self.refresh_token_ttl
         tokens["scope"] = " ".join(scopes)
         tokens["token_type"] = "Bearer"
+        self._issued_user_tokens |= {access, tokens.get("refresh_token") or access}
         return tokens
 
     # -- push machinery -------------------------------------------------------------------------

@@ -23,7 +23,9 @@ from feishu_mirror.observability import logger, metrics
 from feishu_mirror.onboarding import Onboarding, redirect_uri
 from feishu_mirror.store import OAuthStateStore
 
-settings = Settings.from_env("USERS_TABLE", "OAUTH_STATE_TABLE", "RATE_LIMIT_TABLE", "SYNC_FUNCTION_NAME")
+settings = Settings.from_env(
+    "USERS_TABLE", "OAUTH_STATE_TABLE", "RATE_LIMIT_TABLE", "SYNC_FUNCTION_NAME", "TOKEN_KEY_ID"
+)
 tracer = Tracer()
 app = APIGatewayHttpResolver()
 SAFETY_SECONDS = 2
@@ -37,6 +39,7 @@ def onboarding(credentials: FeishuCredentials) -> Onboarding:
         users=wiring.users(settings),
         states=OAuthStateStore(wiring.dynamodb(), settings.oauth_state_table),
         pings=wiring.pings(settings),
+        vault=wiring.token_vault(settings),
     )
 
 

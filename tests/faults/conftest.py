@@ -1,4 +1,5 @@
-"""Fault-schedule fixtures: one DynamoDB Local for the session; figures written at the end."""
+"""Fault-schedule fixtures: one DynamoDB Local and one local KMS (the token key) for the session; figures
+written at the end."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.dynamodb_local import DynamoDBLocal
+from local.kms import LocalKms
 from local.stack import ROOT
 
 if TYPE_CHECKING:
@@ -23,6 +26,13 @@ def dynamodb_client() -> Iterator[DynamoDBClient]:
     """A client for a session-wide DynamoDB Local."""
     with DynamoDBLocal(ROOT / ".local" / "dynamodb") as instance:
         yield instance.client()
+
+
+@pytest.fixture(scope="session")
+def token_vault() -> Iterator[TokenVault]:
+    """The users' tokens are sealed with a key of a session-wide local KMS, as in the cloud."""
+    with LocalKms() as kms:
+        yield TokenVault(KmsDataKeys(kms.client(), kms.create_key("fault schedules' token key")))
 
 
 @pytest.fixture(scope="session")

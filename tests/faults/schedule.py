@@ -66,6 +66,7 @@ from feishu_mirror.store import (
     plain,
 )
 from feishu_mirror.sync import CalendarSync, EventMirror
+from feishu_mirror.token_vault import TokenVault
 from local.dynamodb_local import create_tables
 from local.feishu_sim import (
     EVENT_SYNCABLE_TYPES,
@@ -227,8 +228,9 @@ class SyncThreads:
 class Schedule:
     """One seeded schedule on fresh tables and a fresh simulator."""
 
-    def __init__(self, seed: int, client: DynamoDBClient) -> None:
+    def __init__(self, seed: int, client: DynamoDBClient, vault: TokenVault) -> None:
         self.rng = random.Random(seed)
+        self.vault = vault
         self.report = Report(seed)
         self.client = client
         prefix = f"f{uuid.uuid4().hex[:8]}-"
@@ -335,6 +337,7 @@ class Schedule:
             calendars=self.calendars,
             feishu=self.feishu(open_id, received, clock_offset),
             settings=self.settings,
+            vault=self.vault,
             events=self._event_mirror(open_id, received),
             clock=lambda: time.time() + clock_offset,
         )
@@ -380,7 +383,7 @@ class Schedule:
         body = self.sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        self.users.save_authorization(UserIdentity(open_id, open_id), grant, now)
+        self.users.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
         self.open_ids.append(open_id)
         events = sum(len(self.sim.events(open_id, cid)) for cid in readable)
         self.report.note(

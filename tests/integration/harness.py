@@ -1,4 +1,5 @@
-"""Test harness for the integration tier: real stores on DynamoDB Local, a real client on the simulator."""
+"""Test harness for the integration tier: real stores on DynamoDB Local, tokens sealed with the local KMS,
+a real client on the simulator."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from feishu_mirror.store import (
     plain,
 )
 from feishu_mirror.sync import CalendarSync, EventMirror
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.feishu_sim import FeishuSimulator
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_kms.client import KMSClient
 
 
 class RecordingInvoker:
@@ -42,10 +45,12 @@ class RecordingInvoker:
 class Harness:
     """The domain services wired to DynamoDB Local and the Feishu simulator, plus assertions."""
 
-    def __init__(self, client: DynamoDBClient, settings: Settings, sim: FeishuSimulator) -> None:
+    def __init__(self, client: DynamoDBClient, settings: Settings, sim: FeishuSimulator, kms: KMSClient) -> None:
         self.client = client
         self.settings = settings
         self.sim = sim
+        self.kms = kms
+        self.vault = TokenVault(KmsDataKeys(kms, settings.token_key_id))
         self.users = UserStore(client, settings.users_table)
         self.calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
         self.events = EventMirror(
@@ -82,17 +87,27 @@ class Harness:
             refresh_expires_at=now + int(body["refresh_token_expires_in"]),
             scope=body.get("scope", ""),
         )
-        self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), grant, now)
+        self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), self.vault.seal(open_id, grant), now)
         return open_id
 
-    def sync(self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0) -> SyncResult:
-        """One sync invocation, as the sync function runs it."""
+    def tokens(self, open_id: str) -> tuple[str, str | None]:
+        """The user's stored (access, refresh) tokens, opened with the token key."""
+        user = self.users.get(open_id)
+        assert user is not None, f"no user {open_id}"
+        opened = self.vault.open(open_id, user.access_token, user.refresh_token)
+        return opened.access_token, opened.refresh_token
+
+    def sync(
+        self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0, vault: TokenVault | None = None
+    ) -> SyncResult:
+        """One sync invocation, as the sync function runs it (``vault`` replaces the token vault)."""
         settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
         engine = CalendarSync(
             users=self.users,
             calendars=self.calendars,
             feishu=self.feishu(),
             settings=settings,
+            vault=vault or self.vault,
             events=self.events,
             clock=lambda: time.time() + clock_offset,
         )

@@ -24,6 +24,7 @@ def onboarding(harness: Harness, *, clock_offset: float = 0) -> Onboarding:
         users=harness.users,
         states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
         pings=harness.pings,
+        vault=harness.vault,
         clock=lambda: time.time() + clock_offset,
     )
 

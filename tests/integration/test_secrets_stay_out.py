@@ -92,11 +92,10 @@ class Secrets:
 
     def note_users(self, *open_ids: str) -> None:
         for open_id in open_ids:
-            user = self._harness.user(open_id)
-            self.values |= {str(user.get(name) or "") for name in ("access_token", "refresh_token")}
+            self.values |= {token or "" for token in self._harness.tokens(open_id)}
 
     def all(self) -> set[str]:
-        values = self.values | set(self._sim.used_refresh_tokens())
+        values = self.values | set(self._sim.issued_user_tokens())
         return {value for value in values if value}
 
 
@@ -121,6 +120,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         users=harness.users,
         states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
         pings=harness.pings,
+        vault=harness.vault,
     )
     # GIVEN two users who went through the real OAuth flow (one code is then replayed, which is refused)
     for open_id in ("ou_secret_a", "ou_secret_b"):

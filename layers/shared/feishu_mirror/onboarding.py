@@ -21,12 +21,14 @@ from feishu_mirror.errors import (
     FeishuError,
     FeishuUnavailable,
     OnboardingError,
+    TokenVaultUnavailable,
 )
 from feishu_mirror.feishu import DEFAULT_SCOPES, FeishuClient
 from feishu_mirror.models import UserIdentity
 from feishu_mirror.observability import count, logger
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.store import OAuthState, OAuthStateStore, UserStore
+from feishu_mirror.token_vault import TokenVault
 
 STATE_TTL_SECONDS = 600
 MAX_PARAM_LENGTH = 2048
@@ -65,6 +67,7 @@ class Onboarding:
         users: UserStore,
         states: OAuthStateStore,
         pings: PingDispatcher,
+        vault: TokenVault,
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -72,6 +75,7 @@ class Onboarding:
         self._users = users
         self._states = states
         self._pings = pings
+        self._vault = vault
         self._scopes = scopes
         self._clock = clock
 
@@ -118,7 +122,14 @@ class Onboarding:
         now = int(self._clock())
         if not grant.refresh_token:
             logger.warning("oauth_without_refresh_token")  # offline_access not granted: re-auth in ~2 h
-        self._users.save_authorization(identity, grant, now)
+        try:
+            sealed = self._vault.seal(identity.open_id, grant)
+        except TokenVaultUnavailable as exc:
+            logger.error("token_vault_unavailable", extra={"error": exc.message})
+            raise OnboardingError(
+                503, "Your sign-in could not be saved right now. Please try again in a minute."
+            ) from exc
+        self._users.save_authorization(identity, sealed, now)
         logger.append_keys(open_id=identity.open_id)
         try:
             self._feishu.subscribe_calendar_changes(grant.access_token, deadline=deadline)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from feishu_mirror.errors import DeadlineExceeded, LeaseLost
@@ -31,8 +31,9 @@ from feishu_mirror.models import (
     FieldValue,
     HeldSweep,
     ListingState,
+    SealedGrant,
     Stored,
-    TokenGrant,
+    StoredToken,
     UserIdentity,
     UserRecord,
 )
@@ -99,6 +100,14 @@ def _checkpoint(raw: Any) -> Checkpoint | None:
     )
 
 
+def _stored_token(value: Any) -> StoredToken | None:
+    """A token attribute as stored: sealed bytes, or a plaintext string from before encryption."""
+    if isinstance(value, Binary):
+        wrapped: Any = value  # boto3's stubs type Binary's payload loosely
+        return bytes(wrapped.value)
+    return value if isinstance(value, bytes | str) else None
+
+
 def _user(item: Mapping[str, Any]) -> UserRecord:
     raw = plain(item)
     held = raw.get("held_sweep")
@@ -106,9 +115,9 @@ def _user(item: Mapping[str, Any]) -> UserRecord:
         open_id=raw["open_id"],
         status=raw.get("status", ACTIVE),
         name=raw.get("name", ""),
-        access_token=raw.get("access_token", ""),
+        access_token=_stored_token(raw.get("access_token")) or b"",
         access_expires_at=raw.get("access_expires_at", 0),
-        refresh_token=raw.get("refresh_token"),
+        refresh_token=_stored_token(raw.get("refresh_token")),
         refresh_expires_at=raw.get("refresh_expires_at"),
         token_version=raw.get("token_version", 0),
         sync_token=raw.get("sync_token"),
@@ -195,8 +204,8 @@ class UserStore:
             raise
         return dict(response.get("Attributes") or {})
 
-    def save_authorization(self, identity: UserIdentity, grant: TokenGrant, now: int) -> None:
-        """Store a freshly authorised user's tokens and make the user due for a sync now.
+    def save_authorization(self, identity: UserIdentity, grant: SealedGrant, now: int) -> None:
+        """Store a freshly authorised user's tokens (sealed) and make the user due for a sync now.
 
         A returning user keeps their sync state; a user marked ``reauth_required`` becomes active.
         """
@@ -368,8 +377,8 @@ class UserStore:
             },
         )
 
-    def save_tokens(self, fence: Fence, now: int, grant: TokenGrant) -> None:
-        """Persist a rotated token pair in one atomic write (under the lease)."""
+    def save_tokens(self, fence: Fence, now: int, grant: SealedGrant) -> None:
+        """Persist a rotated token pair (sealed) in one atomic write (under the lease)."""
         self._fenced(
             fence,
             now,
@@ -378,11 +387,29 @@ class UserStore:
             {
                 ":at": grant.access_token,
                 ":ax": grant.access_expires_at,
-                ":rt": grant.refresh_token or "",
+                ":rt": grant.refresh_token or b"",
                 ":rx": grant.refresh_expires_at or 0,
                 ":one": 1,
             },
         )
+
+    def seal_stored_tokens(self, fence: Fence, now: int, sealed: SealedGrant, *, token_version: int) -> bool:
+        """Replace plaintext tokens (written before encryption) with the same tokens sealed; under the lease
+        and only while no new authorisation replaced them (``token_version``). False when one did."""
+        refresh = ", refresh_token = :rt" if sealed.refresh_token else ""
+        values: dict[str, Any] = {":at": sealed.access_token, ":v": token_version, ":owner": fence.owner, ":now": now}
+        if sealed.refresh_token:
+            values[":rt"] = sealed.refresh_token
+        unchanged = (
+            "token_version = :v" if token_version else "(attribute_not_exists(token_version) OR token_version = :v)"
+        )
+        done = self._update(
+            fence.open_id,
+            f"SET access_token = :at{refresh}, tokens_sealed_at = :now",
+            values,
+            condition=f"{self._FENCE} AND {unchanged}",
+        )
+        return done is not None
 
     def commit_listing(
         self,

@@ -24,6 +24,7 @@ from feishu_mirror.errors import (
     FeishuUnavailable,
     LeaseLost,
     ReauthorizationRequired,
+    TokenVaultUnavailable,
 )
 from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.listing import ListingEngine, MetricNames, Tally, is_mass_deletion, plan_page
@@ -38,6 +39,7 @@ from feishu_mirror.models import (
     Stored,
     SyncOutcome,
     SyncResult,
+    TokenGrant,
     UserRecord,
     has_readable_events,
 )
@@ -51,6 +53,7 @@ from feishu_mirror.store import (
     UnknownUser,
     UserStore,
 )
+from feishu_mirror.token_vault import TokenVault, needs_sealing
 
 __all__ = ["CalendarSync", "EventMirror", "failure_backoff", "is_mass_deletion", "plan_page"]
 
@@ -105,7 +108,8 @@ class _Run:
 
     fence: Fence
     deadline: float
-    tokens: _Tokens
+    stored: UserRecord  # as read when the lease was taken: its tokens are opened on first use
+    tokens: _Tokens | None = None
     passes: int = 0
     calendars: Tally = field(default_factory=Tally)
     events: Tally = field(default_factory=Tally)
@@ -133,10 +137,12 @@ class CalendarSync:
         calendars: CalendarStore,
         feishu: FeishuClient,
         settings: Settings,
+        vault: TokenVault,
         events: EventMirror | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
+        self._vault = vault
         self._calendars = calendars
         self._events = events
         self._feishu = feishu
@@ -166,12 +172,7 @@ class CalendarSync:
         if user.status != ACTIVE:
             self._users.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
             return SyncResult(open_id, "reauth_required")
-        run = _Run(
-            fence,
-            deadline,
-            _Tokens(user.access_token, user.access_expires_at, user.refresh_token, user.refresh_expires_at),
-        )
-        return self._guarded(user, run)
+        return self._guarded(user, _Run(fence, deadline, user))
 
     def _guarded(self, user: UserRecord, run: _Run) -> SyncResult:
         """Run the passes and map each expected failure to a recorded outcome."""
@@ -188,6 +189,13 @@ class CalendarSync:
             logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
             self._users.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
             return self._result(run, "interrupted")
+        except TokenVaultUnavailable as exc:
+            # KMS down or refusing: the stored tokens stay as they are; the user is tried again later.
+            count("TokenVaultFailures")
+            logger.warning("token_vault_unavailable", extra={"error": exc.message})
+            due = self._now() + failure_backoff(user.consecutive_failures)
+            self._users.release_after_failure(fence, code=None, message=exc.message, due_at=due)
+            return self._result(run, "failed")
         except LeaseLost:
             count("SyncLeaseLost")
             logger.error("sync_lease_lost")
@@ -421,23 +429,42 @@ class CalendarSync:
             logger.info("access_token_rejected")
             return call(self._refresh(run))
 
+    def _tokens(self, run: _Run) -> _Tokens:
+        """The user's tokens in plaintext, opened on first use (one KMS call per sync). Plaintext tokens
+        from before encryption are sealed in place now. Raises ``TokenVaultUnavailable``."""
+        if run.tokens is None:
+            user = run.stored
+            opened = self._vault.open(user.open_id, user.access_token, user.refresh_token)
+            tokens = _Tokens(opened.access_token, user.access_expires_at, opened.refresh_token, user.refresh_expires_at)
+            if needs_sealing(user.access_token, user.refresh_token):
+                grant = TokenGrant(tokens.access_token, tokens.access_expires_at, tokens.refresh_token, None)
+                sealed = self._vault.seal(user.open_id, grant)
+                if self._users.seal_stored_tokens(run.fence, self._now(), sealed, token_version=user.token_version):
+                    count("TokensSealed")
+            run.tokens = tokens
+        return run.tokens
+
     def _access_token(self, run: _Run) -> str:
-        if run.tokens.access_token and run.tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
-            return run.tokens.access_token
+        tokens = self._tokens(run)
+        if tokens.access_token and tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
+            return tokens.access_token
         return self._refresh(run)
 
     def _refresh(self, run: _Run) -> str:
         """Rotate the token pair (we hold the lease, so no one else can) and persist it at once."""
-        tokens = run.tokens
+        tokens = self._tokens(run)
         if not tokens.refresh_token or (tokens.refresh_expires_at and tokens.refresh_expires_at <= self._now()):
             raise ReauthorizationRequired(20037, "refresh token missing or expired")
+        # The data key first: Feishu's refresh consumes the old refresh token, so nothing may fail between
+        # its answer and the write of the new pair that a retry could not redo.
+        sealer = self._vault.sealer(run.fence.open_id)
         try:
             grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
         except (FeishuError, DeadlineExceeded):
             count("TokenRefreshFailures")  # refused for good (re-auth) or not answered (retried later)
             raise
         count("TokenRefreshes")
-        self._users.save_tokens(run.fence, self._now(), grant)
+        self._users.save_tokens(run.fence, self._now(), sealer.seal(grant))
         run.tokens = _Tokens(grant.access_token, grant.access_expires_at, grant.refresh_token, grant.refresh_expires_at)
         return grant.access_token
 

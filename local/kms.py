@@ -1,0 +1,90 @@
+"""The local stand-in for KMS: moto's KMS in server mode (``moto[server]`` from PyPI), on loopback.
+
+It speaks KMS's JSON API, so the code reaches it through boto3's ``AWS_ENDPOINT_URL_KMS`` and runs
+the same path as in the cloud: ``GenerateDataKey`` and ``Decrypt`` with an encryption context, which
+it enforces (a data key wrapped for one ``open_id`` does not unwrap for another, and a ``Decrypt``
+naming another key is refused). The template's ``AWS::KMS::Key`` resources are created in it with
+rotation on; their ARNs replace the template's ``!GetAtt <key>.Arn`` in the functions' environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+from local.dynamodb_local import free_port
+from local.processes import spawn, terminate
+from local.template import ACCOUNT, REGION
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms.client import KMSClient
+
+CREDENTIALS = {"region_name": REGION, "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+
+
+class LocalKms:
+    """A moto server process on a free loopback port; only its KMS API is used."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> LocalKms:
+        """Start the process and wait until it answers."""
+        return self.launch().wait_until_ready(timeout)
+
+    def launch(self) -> LocalKms:
+        """Start the process without waiting for it (see ``DynamoDBLocal.launch`` on threads)."""
+        self._process = spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env={**os.environ, "MOTO_ACCOUNT_ID": ACCOUNT},  # key ARNs in the local template's account
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return self
+
+    def wait_until_ready(self, timeout: float = 60) -> LocalKms:
+        """Wait until the launched process answers ListKeys."""
+        assert self._process is not None, "not launched"
+        probe = self.client(Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=5))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                probe.list_keys()
+                return self
+            except Exception:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the local KMS (moto server) did not start") from None
+                time.sleep(0.1)
+
+    def client(self, config: Config | None = None) -> KMSClient:
+        """A KMS client for this instance."""
+        return boto3.client("kms", endpoint_url=self.endpoint, config=config, **CREDENTIALS)  # type: ignore[call-overload,no-any-return]
+
+    def create_key(self, description: str) -> str:
+        """A symmetric encryption key with rotation on, as the template declares it; returns its ARN."""
+        kms = self.client()
+        arn = kms.create_key(Description=description, KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")[
+            "KeyMetadata"
+        ]["Arn"]
+        kms.enable_key_rotation(KeyId=arn)
+        return arn
+
+    def stop(self) -> None:
+        """Stop the process."""
+        terminate(self._process, timeout=10)
+        self._process = None
+
+    def __enter__(self) -> LocalKms:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
