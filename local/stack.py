@@ -48,7 +48,9 @@ class LocalStack:
         prefix: str = "fcm-",
         integration_timeout: float = INTEGRATION_TIMEOUT_SECONDS,
         streams: bool = True,
+        record_calls: Path | None = None,
     ) -> None:
+        """``record_calls``: a directory where every function process records the AWS calls it makes."""
         self.root = root
         self.state = state or root / ".local"
         self._prefix, self._parameters = prefix, parameters
@@ -63,6 +65,7 @@ class LocalStack:
         self.lambda_api: LambdaApi | None = None
         self.api: ApiGateway | None = None
         self._streams_enabled = streams
+        self._record_calls = record_calls
         self.event_bridge: LocalEventBridge | None = None
         self.streams: StreamMappings | None = None
         self.kms: LocalKms | None = None
@@ -93,7 +96,13 @@ class LocalStack:
         self.lambda_api = LambdaApi(api_host, self.state / "failures.jsonl")  # type: ignore[arg-type]
         env = {**lambda_port_env, "AWS_ENDPOINT_URL_LAMBDA": self.lambda_api.endpoint, **self._env}
         self.host = FunctionHost(
-            self.template, python=python, layer_dirs=layer_dirs, env_overrides=env, logs=self.state / "logs"
+            self.template,
+            python=python,
+            layer_dirs=layer_dirs,
+            env_overrides=env,
+            logs=self.state / "logs",
+            call_log=self._record_calls,
+            physical_names=self.physical_names,
         )
         api_host.bind(self.host)
         if self._streams_enabled and self.template.stream_sources:
@@ -156,6 +165,13 @@ class LocalStack:
     def table_names(self) -> dict[str, str]:
         """Local table name by logical id."""
         return dict(self.template.table_names)
+
+    @property
+    def physical_names(self) -> dict[str, str]:
+        """Logical id by local physical name: tables, functions, event buses and KMS key ARNs."""
+        template = self.template
+        named = {**template.table_names, **self.function_names, **template.event_buses}
+        return {name: lid for lid, name in named.items()} | {arn: lid for lid, arn in self.key_arns.items()}
 
     @property
     def function_names(self) -> dict[str, str]:

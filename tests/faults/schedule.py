@@ -53,7 +53,7 @@ from feishu_mirror.models import (
     TokenGrant,
     UserIdentity,
 )
-from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.pings import PingDispatcher, PingOutcome
 from feishu_mirror.resync import Resync
 from feishu_mirror.store import (
     CalendarStore,
@@ -67,6 +67,7 @@ from feishu_mirror.store import (
 )
 from feishu_mirror.sync import CalendarSync, EventMirror
 from feishu_mirror.token_vault import TokenVault
+from local.aws_calls import CallRecorder
 from local.dynamodb_local import create_tables
 from local.feishu_sim import (
     EVENT_SYNCABLE_TYPES,
@@ -225,12 +226,25 @@ class SyncThreads:
             thread.join(60)
 
 
+class _CallbackPings:
+    """The schedule's pushes: the callback function's ping dispatch, its AWS calls attributed to it."""
+
+    def __init__(self, pings: PingDispatcher, calls: CallRecorder) -> None:
+        self._pings = pings
+        self._calls = calls
+
+    def dispatch(self, open_ids: list[str], reason: str, *, calendar_id: str = "") -> PingOutcome:
+        with self._calls.acting_as("CallbackFunction"):
+            return self._pings.dispatch(open_ids, reason, calendar_id=calendar_id)
+
+
 class Schedule:
     """One seeded schedule on fresh tables and a fresh simulator."""
 
-    def __init__(self, seed: int, client: DynamoDBClient, vault: TokenVault) -> None:
+    def __init__(self, seed: int, client: DynamoDBClient, vault: TokenVault, calls: CallRecorder) -> None:
         self.rng = random.Random(seed)
         self.vault = vault
+        self.calls = calls  # attributes each AWS call to the function whose code makes it
         self.report = Report(seed)
         self.client = client
         prefix = f"f{uuid.uuid4().hex[:8]}-"
@@ -267,7 +281,7 @@ class Schedule:
         self.event_traps: dict[str, list[Trap]] = {}
         self.bad_commits: list[str] = []
         self.syncs = SyncThreads(self.sync)
-        self.pings = PingDispatcher(self.users, self.syncs)
+        self.pings = _CallbackPings(PingDispatcher(self.users, self.syncs), calls)
         self.open_ids: list[str] = []
         self.labels: dict[str, str] = {}  # calendar_id → a short name for the printed schedule
         self._lock = threading.Lock()
@@ -330,6 +344,10 @@ class Schedule:
 
     def sync(self, open_id: str, clock_offset: int = 0) -> SyncResult:
         """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks."""
+        with self.calls.acting_as("SyncFunction"):
+            return self._sync(open_id, clock_offset)
+
+    def _sync(self, open_id: str, clock_offset: int) -> SyncResult:
         received = LastPages()
         users = _ScheduleUsers(self, open_id, received)
         engine = CalendarSync(
@@ -383,7 +401,8 @@ class Schedule:
         body = self.sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        self.users.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
+        with self.calls.acting_as("OAuthFunction"):  # what the OAuth callback stores
+            self.users.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
         self.open_ids.append(open_id)
         events = sum(len(self.sim.events(open_id, cid)) for cid in readable)
         self.report.note(
@@ -809,7 +828,8 @@ class Schedule:
             def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
                 started.append(open_id)
 
-        Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
+        with self.calls.acting_as("ResyncFunction"):
+            Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
         for open_id in started:
             result = self.sync(open_id, clock_offset=offset)
             assert result.outcome == "synced", f"resync of {open_id}: {result}\n{self.report}"
