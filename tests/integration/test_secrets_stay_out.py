@@ -19,8 +19,9 @@ import requests
 
 from feishu_mirror.config import FeishuCredentials
 from feishu_mirror.errors import MirrorError, OnboardingError
+from feishu_mirror.oauth_state import StateSigner
 from feishu_mirror.observability import logger
-from feishu_mirror.onboarding import Onboarding
+from feishu_mirror.onboarding import STATE_TTL_SECONDS, Onboarding
 from feishu_mirror.store import OAuthStateStore
 from local.feishu_sim import CALENDARS_PATH, OAUTH_TOKEN_PATH, FeishuSimulator, http_error, rate_limited
 from tests.integration.callback_handler import Context, api_event, signed_delivery
@@ -119,6 +120,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         feishu=harness.feishu(),
         users=harness.users,
         states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
+        signer=StateSigner(sim.app_secret, STATE_TTL_SECONDS),
         pings=harness.pings,
         vault=harness.vault,
     )

@@ -1076,49 +1076,28 @@ class EventListingStore:
 
 
 # ----------------------------------------------------------------------------------- OAuth state
-@dataclass(frozen=True, slots=True)
-class OAuthState:
-    """A pending authorisation: single use, expiring."""
-
-    state: str
-    code_verifier: str
-    redirect_uri: str
-    expires_at: int
-
-
 class OAuthStateStore:
-    """The OAuth state table: ``state`` → PKCE verifier and redirect URI, with a TTL."""
+    """The OAuth state table: the nonces of signed states already used (``feishu_mirror.oauth_state``),
+    each until its state expires (TTL). Only the callback writes, once per state this app issued."""
 
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._client = client
         self.table_name = table_name
 
-    def put(self, pending: OAuthState) -> None:
-        """Store a new state (never overwrites an existing one)."""
-        self._client.put_item(
-            TableName=self.table_name,
-            Item=attribute_values(
-                {
-                    "state": pending.state,
-                    "code_verifier": pending.code_verifier,
-                    "redirect_uri": pending.redirect_uri,
-                    "expires_at": pending.expires_at,
-                }
-            ),
-            ConditionExpression="attribute_not_exists(#s)",
-            ExpressionAttributeNames={"#s": "state"},
-        )
-
-    def take(self, state: str) -> OAuthState | None:
-        """Delete and return the state: a second take of the same state returns None."""
-        response = self._client.delete_item(
-            TableName=self.table_name, Key={"state": _av(state)}, ReturnValues="ALL_OLD"
-        )
-        item = response.get("Attributes")
-        if not item:
-            return None
-        raw = plain(item)
-        return OAuthState(raw["state"], raw["code_verifier"], raw["redirect_uri"], raw["expires_at"])
+    def claim(self, nonce: str, expires_at: int) -> bool:
+        """Mark a state used; False when it already was (a replayed callback)."""
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=attribute_values({"state": nonce, "expires_at": expires_at}),
+                ConditionExpression="attribute_not_exists(#s)",
+                ExpressionAttributeNames={"#s": "state"},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
 
 # ------------------------------------------------------------------------------------ rate gate
