@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
 
 CREDENTIALS = {"region_name": REGION, "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+SAM_LOCAL_PORT = 4599  # what events/env.json points `sam local invoke` at
+SAM_LOCAL_KEY_ALIAS = "alias/feishu-calendar-mirror-tokens"
 
 
 class LocalKms:
@@ -88,3 +90,20 @@ class LocalKms:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python -m local.kms``: the local KMS on port 4599 with a token key under the alias that
+    ``events/env.json`` names, for ``sam local invoke`` (its containers reach it as host.docker.internal)."""
+    with LocalKms(SAM_LOCAL_PORT) as kms:
+        kms.client().create_alias(AliasName=SAM_LOCAL_KEY_ALIAS, TargetKeyId=kms.create_key("sam local token key"))
+        print(f"local KMS on {kms.endpoint} with {SAM_LOCAL_KEY_ALIAS}; Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 """Writes the sample trigger payloads in ``events/`` (for ``sam local invoke -e`` and for reading).
 
 The callback samples are encrypted and signed with the credentials in ``events/env.json``; that file
-widens ``CALLBACK_MAX_SKEW_SECONDS`` so the recorded signatures stay acceptable when replayed.
+widens ``CALLBACK_MAX_SKEW_SECONDS`` so the recorded signatures stay acceptable when replayed, and points
+the functions at a local KMS (``python -m local.kms``) and its token key.
 Run ``python -m local.sample_events`` after changing anything here.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from feishu_mirror import crypto
+from local import kms
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 APP_ID = "cli_sample_app"
@@ -187,6 +189,8 @@ def samples() -> dict[str, Any]:
                 "FEISHU_VERIFICATION_TOKEN": VERIFICATION_TOKEN,
                 "CALLBACK_MAX_SKEW_SECONDS": "315360000",
                 "POWERTOOLS_TRACE_DISABLED": "true",
+                "AWS_ENDPOINT_URL_KMS": f"http://host.docker.internal:{kms.SAM_LOCAL_PORT}",
+                "TOKEN_KEY_ID": kms.SAM_LOCAL_KEY_ALIAS,
             }
         },
     }

@@ -225,6 +225,8 @@ def _status_function_grants(tables: dict[str, str]) -> set[tuple[str, str]]:
     granted: set[tuple[str, str]] = set()
     for policy in template["Resources"]["StatusFunction"]["Properties"]["Policies"]:
         for statement in policy.get("Statement", []):
+            if not statement["Action"][0].startswith("dynamodb:"):
+                continue  # the sync invoke: not a DynamoDB call
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             for resource in resources:
                 table = tables[resource["Fn::GetAtt"][0]]  # a table's Arn, nothing wider (no index, no *)
