@@ -13,13 +13,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 
 from local.dynamodb_local import free_port
-from local.processes import spawn, terminate
+from local.processes import PROBE_CONFIG, LocalService, spawn
 from local.template import ACCOUNT, REGION
 
 if TYPE_CHECKING:
@@ -30,42 +31,26 @@ SAM_LOCAL_PORT = 4599  # what events/env.json points `sam local invoke` at
 SAM_LOCAL_KEY_ALIAS = "alias/feishu-calendar-mirror-tokens"
 
 
-class LocalKms:
+class LocalKms(LocalService):
     """A moto server process on a free loopback port; only its KMS API is used."""
 
+    name = "the local KMS (moto server)"
+
     def __init__(self, port: int = 0) -> None:
+        super().__init__()
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> LocalKms:
-        """Start the process and wait until it answers."""
-        return self.launch().wait_until_ready(timeout)
-
-    def launch(self) -> LocalKms:
-        """Start the process without waiting for it (see ``DynamoDBLocal.launch`` on threads)."""
-        self._process = spawn(
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return spawn(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             env={**os.environ, "MOTO_ACCOUNT_ID": ACCOUNT},  # key ARNs in the local template's account
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        return self
 
-    def wait_until_ready(self, timeout: float = 60) -> LocalKms:
-        """Wait until the launched process answers ListKeys."""
-        assert self._process is not None, "not launched"
-        probe = self.client(Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=5))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                probe.list_keys()
-                return self
-            except Exception:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("the local KMS (moto server) did not start") from None
-                time.sleep(0.1)
+    def _probe(self) -> Callable[[], object]:
+        return self.client(PROBE_CONFIG).list_keys
 
     def client(self, config: Config | None = None) -> KMSClient:
         """A KMS client for this instance."""
@@ -79,17 +64,6 @@ class LocalKms:
         ]["Arn"]
         kms.enable_key_rotation(KeyId=arn)
         return arn
-
-    def stop(self) -> None:
-        """Stop the process."""
-        terminate(self._process, timeout=10)
-        self._process = None
-
-    def __enter__(self) -> LocalKms:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:
