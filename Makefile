@@ -94,9 +94,11 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 # Every failed checkov check is fixed in template.yaml or skipped there, on the resource, with the reason
 # (Metadata: checkov: skip). BC_SKIP_MAPPING and --skip-download keep checkov offline.
 # bandit -ll: medium severity and up; the one yaml.load (a SafeLoader subclass) is marked nosec in place.
-security: setup $(CHECKOV_VENV)/.installed  ## checkov on template.yaml, bandit on the code
+# The IAM test checks each role against the AWS calls `make faults e2e` recorded (make test runs those first).
+security: setup $(CHECKOV_VENV)/.installed  ## checkov on template.yaml, bandit on the code, IAM equal to the recorded calls
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
 	$(BIN)/bandit -q -r layers/shared/feishu_mirror functions local -ll
+	$(BIN)/pytest tests/security -q
 
 build: setup  ## sam build (no Docker needed)
 	$(BIN)/sam build

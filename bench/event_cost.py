@@ -19,8 +19,10 @@ from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.models import TokenGrant, UserIdentity
 from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
 from feishu_mirror.sync import CalendarSync, EventMirror
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.feishu_sim import FeishuSimulator
+from local.kms import LocalKms
 from local.template import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +36,12 @@ def event_cost() -> list[Entry]:
     """Full listing of 5,000 events, increments of k = 1, 10, 100 and 2,500 changed events, a push
     without a change, a quiet resync."""
     entries: list[Entry] = []
-    with DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb, FeishuSimulator(app_id="cli_bench_events") as sim:
+    with (
+        DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb,
+        FeishuSimulator(app_id="cli_bench_events") as sim,
+        LocalKms() as kms,
+    ):
+        vault = TokenVault(KmsDataKeys(kms.client(), kms.create_key("bench token key")))
         client = dynamodb.client()
         template = load(ROOT, prefix=f"e{uuid.uuid4().hex[:6]}-")
         create_tables(client, template.tables, template.table_names)
@@ -62,6 +69,7 @@ def event_cost() -> list[Entry]:
             calendars=CalendarStore(client, settings.calendars_table, settings.users_table),
             feishu=feishu,
             settings=settings,
+            vault=vault,
             events=mirror,
         )
         open_id = "ou_bench_events"
@@ -71,7 +79,7 @@ def event_cost() -> list[Entry]:
         body = sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        users.save_authorization(UserIdentity(open_id, "Bench"), grant, now)
+        users.save_authorization(UserIdentity(open_id, "Bench"), vault.seal(open_id, grant), now)
         path = f"/open-apis/calendar/v4/calendars/{calendar_id}/events"
 
         def listing_calls() -> int:

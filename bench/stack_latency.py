@@ -13,6 +13,7 @@ import requests
 from bench.common import Entry, percentile, simulated_stack
 from feishu_mirror.models import TokenGrant, UserIdentity
 from feishu_mirror.store import UserStore
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.feishu_sim import FeishuSimulator
 from local.stack import LocalStack
 
@@ -23,6 +24,8 @@ LATENCY_SAMPLES = 60
 
 def _seed_users(stack: LocalStack, sim: FeishuSimulator, count: int) -> list[str]:
     users = UserStore(stack.client(), stack.template.table_names["UsersTable"])
+    assert stack.kms is not None
+    vault = TokenVault(KmsDataKeys(stack.kms.client(), stack.key_arns["TokenKey"]))
     open_ids = []
     for n in range(count):
         open_id = f"ou_bench_{n}"
@@ -31,7 +34,7 @@ def _seed_users(stack: LocalStack, sim: FeishuSimulator, count: int) -> list[str
         body = sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        users.save_authorization(UserIdentity(open_id, f"Bench {n}"), grant, now)
+        users.save_authorization(UserIdentity(open_id, f"Bench {n}"), vault.seal(open_id, grant), now)
         open_ids.append(open_id)
     return open_ids
 

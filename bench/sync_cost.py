@@ -16,8 +16,10 @@ from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.models import TokenGrant, UserIdentity
 from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore
 from feishu_mirror.sync import CalendarSync
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.feishu_sim import FeishuSimulator
+from local.kms import LocalKms
 from local.template import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,12 @@ TRANSACTION_ITEMS = 99
 def sync_cost() -> list[Entry]:
     """Full listing of 1,000 calendars, increments of k = 1, 10, 100 changes, and a no-change resync."""
     entries: list[Entry] = []
-    with DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb, FeishuSimulator(app_id="cli_bench") as sim:
+    with (
+        DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb,
+        FeishuSimulator(app_id="cli_bench") as sim,
+        LocalKms() as kms,
+    ):
+        vault = TokenVault(KmsDataKeys(kms.client(), kms.create_key("bench token key")))
         client = dynamodb.client()
         template = load(ROOT, prefix=f"b{uuid.uuid4().hex[:6]}-")
         create_tables(client, template.tables, template.table_names)
@@ -49,7 +56,7 @@ def sync_cost() -> list[Entry]:
             app_secret=sim.app_secret,
             rate_gate=DynamoRateGate(client, settings.rate_limit_table, "bench"),
         )
-        engine = CalendarSync(users=users, calendars=calendars, feishu=feishu, settings=settings)
+        engine = CalendarSync(users=users, calendars=calendars, feishu=feishu, settings=settings, vault=vault)
         open_id = "ou_bench_1000"
         sim.add_user(open_id, "Bench")
         for n in range(CALENDARS - 1):
@@ -57,7 +64,7 @@ def sync_cost() -> list[Entry]:
         body = sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        users.save_authorization(UserIdentity(open_id, "Bench"), grant, now)
+        users.save_authorization(UserIdentity(open_id, "Bench"), vault.seal(open_id, grant), now)
         sim.set_subscribed(open_id)
         users.mark_subscribed(open_id, now)
 

@@ -12,14 +12,14 @@ import socket
 import subprocess
 import tarfile
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 
-from local.processes import spawn, terminate
+from local.processes import PROBE_CONFIG, LocalService, spawn
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -61,24 +61,20 @@ def ensure_jar(cache: Path) -> Path:
     return emulator
 
 
-class DynamoDBLocal:
+class DynamoDBLocal(LocalService):
     """A DynamoDB Local process on a free loopback port, in memory, one shared database."""
 
+    name = "DynamoDB Local (is Java 17 installed?)"
+
     def __init__(self, cache: Path, port: int = 0) -> None:
+        super().__init__()
         self._cache = cache.resolve()
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> DynamoDBLocal:
-        """Start the process and wait until it answers."""
-        return self.launch().wait_until_ready(timeout)
-
-    def launch(self) -> DynamoDBLocal:
-        """Start the process without waiting for it. Call from the thread that will outlive it: the
-        child's parent-death signal fires when the *thread* that spawned it ends."""
+    def _spawn(self) -> subprocess.Popen[bytes]:
         emulator = ensure_jar(self._cache)
-        self._process = spawn(
+        return spawn(
             [
                 "java",
                 *JVM_OPTIONS,
@@ -95,38 +91,14 @@ class DynamoDBLocal:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        return self
 
-    def wait_until_ready(self, timeout: float = 60) -> DynamoDBLocal:
-        """Wait until the launched process answers ListTables."""
-        assert self._process is not None, "not launched"
+    def _probe(self) -> Callable[[], object]:
         # One attempt per probe: botocore's own retries would back off for seconds on "connection refused".
-        probe = self.client(Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=5))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                probe.list_tables()
-                return self
-            except Exception:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("DynamoDB Local did not start (is Java 17 installed?)") from None
-                time.sleep(0.1)
+        return self.client(PROBE_CONFIG).list_tables
 
     def client(self, config: Config | None = None) -> DynamoDBClient:
         """A client for this instance (any credentials work with -sharedDb)."""
         return boto3.client("dynamodb", endpoint_url=self.endpoint, config=config, **CREDENTIALS)  # type: ignore[call-overload,no-any-return]
-
-    def stop(self) -> None:
-        """Stop the process."""
-        terminate(self._process, timeout=10)
-        self._process = None
-
-    def __enter__(self) -> DynamoDBLocal:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def create_tables(client: DynamoDBClient, tables: dict[str, dict[str, Any]], names: dict[str, str]) -> None:

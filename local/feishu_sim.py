@@ -561,6 +561,7 @@ class FeishuSimulator:
         self._access_tokens: dict[str, _AccessToken] = {}
         self._refresh_tokens: dict[str, _RefreshToken] = {}
         self._used_refresh_tokens: set[str] = set()
+        self._issued_user_tokens: set[str] = set()
         self._refresh_reuse_count = 0
         self._grants = 0
         self._latest_grant: dict[str, int] = {}
@@ -795,8 +796,10 @@ class FeishuSimulator:
                 if refresh.open_id == open_id:
                     refresh.scopes = [s for s in refresh.scopes if s != scope]
 
-    def grant_of(self, token: str) -> int | None:
+    def grant_of(self, token: str | None) -> int | None:
         """The consent an access or refresh token descends from (numbered in issue order), or None."""
+        if token is None:
+            return None
         with self._lock:
             record = self._refresh_tokens.get(token) or self._access_tokens.get(token)
             return record.grant if record is not None else None
@@ -972,6 +975,11 @@ class FeishuSimulator:
         with self._lock:
             times = list(self._app_request_times)
         return _peak(times, 1.0), _peak(times, 60.0)
+
+    def issued_user_tokens(self) -> frozenset[str]:
+        """Every user access token and refresh token this simulator ever issued."""
+        with self._lock:
+            return frozenset(self._issued_user_tokens)
 
     def used_refresh_tokens(self) -> frozenset[str]:
         """Refresh tokens that have been redeemed (each may be redeemed once)."""
@@ -1537,6 +1545,7 @@ class FeishuSimulator:
             tokens["refresh_token_expires_in"] = self.refresh_token_ttl
         tokens["scope"] = " ".join(scopes)
         tokens["token_type"] = "Bearer"
+        self._issued_user_tokens |= {access, tokens.get("refresh_token") or access}
         return tokens
 
     # -- push machinery -------------------------------------------------------------------------

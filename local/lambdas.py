@@ -33,6 +33,7 @@ from urllib.parse import unquote
 
 import requests
 
+from local.aws_calls import write_site_hook
 from local.dynamodb_local import free_port
 from local.http import LoopbackHandler, serve
 from local.processes import spawn, terminate
@@ -174,12 +175,24 @@ class FunctionHost:
         env_overrides: Mapping[str, str],
         logs: Path,
         max_pool: int = 3,
+        call_log: Path | None = None,
+        physical_names: Mapping[str, str] | None = None,
     ) -> None:
+        """``call_log``: a directory where each function process records its AWS calls (``local.aws_calls``),
+        with ``physical_names`` (physical name → logical id) naming the resources they touch."""
         self.template = template
         self._pools: dict[str, queue.Queue[_Emulator]] = {}
         self._emulators: list[_Emulator] = []
         logs.mkdir(parents=True, exist_ok=True)
         layer_by_id = {directory.parent.name: directory for directory in layer_dirs}
+        recording: dict[str, str] = {}  # the call recorder's environment, when calls are recorded
+        hook_path: list[str] = []
+        if call_log is not None:
+            hook_path = [str(write_site_hook(call_log.parent / "site-hook"))]
+            recording = {
+                "LOCAL_AWS_CALL_LOG": str(call_log),
+                "LOCAL_AWS_CALL_NAMES": json.dumps(dict(physical_names or {})),
+            }
         for function in template.functions.values():
             size = max(1, min(function.reserved_concurrency or 2, max_pool))
             env = {
@@ -188,7 +201,10 @@ class FunctionHost:
                 # Only the function's own layers; Lambda extracts them into /opt in order, so a later
                 # layer's files win.
                 "PYTHONPATH": os.pathsep.join(
-                    str(layer_by_id[layer]) for layer in reversed(function.layers) if layer in layer_by_id
+                    [
+                        *hook_path,
+                        *(str(layer_by_id[layer]) for layer in reversed(function.layers) if layer in layer_by_id),
+                    ]
                 ),
                 "AWS_LAMBDA_FUNCTION_NAME": function.name,
                 "AWS_LAMBDA_FUNCTION_TIMEOUT": str(function.timeout),
@@ -200,6 +216,8 @@ class FunctionHost:
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 **function.environment,
                 **env_overrides,
+                **recording,
+                **({"LOCAL_AWS_CALL_FUNCTION": function.logical_id} if recording else {}),
             }
             pool: queue.Queue[_Emulator] = queue.Queue()
             for _ in range(size):

@@ -2,7 +2,8 @@
 
 The callback samples are encrypted and signed with the credentials in ``events/env.json``; that file
 widens ``CALLBACK_MAX_SKEW_SECONDS`` so the recorded signatures stay acceptable when replayed (and
-``DEDUP_TTL_SECONDS`` with it, which must outlive the window).
+``DEDUP_TTL_SECONDS`` with it, which must outlive the window), and points the functions at a local KMS
+(``python -m local.kms``) and its token key.
 Run ``python -m local.sample_events`` after changing anything here.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from feishu_mirror import crypto
+from local import kms
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 APP_ID = "cli_sample_app"
@@ -189,6 +191,8 @@ def samples() -> dict[str, Any]:
                 "CALLBACK_MAX_SKEW_SECONDS": "315360000",
                 "DEDUP_TTL_SECONDS": "315446400",  # must outlive the timestamp window
                 "POWERTOOLS_TRACE_DISABLED": "true",
+                "AWS_ENDPOINT_URL_KMS": f"http://host.docker.internal:{kms.SAM_LOCAL_PORT}",
+                "TOKEN_KEY_ID": kms.SAM_LOCAL_KEY_ALIAS,
             }
         },
     }

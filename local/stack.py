@@ -1,7 +1,7 @@
 """The whole app on a laptop, from ``template.yaml`` alone: DynamoDB Local, the functions under the
 Lambda runtime interface emulator, a local Lambda Invoke API, the schedule, the HTTP front, the
-tables' DynamoDB Streams feeding their functions (``local.streams``) and a local EventBridge
-(``local.eventbridge``).
+tables' DynamoDB Streams feeding their functions (``local.streams``), a local EventBridge
+(``local.eventbridge``) and a local KMS holding the template's keys (``local.kms``).
 
 ``LocalStack`` is used by ``make run`` / ``make demo`` and by the end-to-end tests. Feishu is
 whatever ``FEISHU_BASE_URL`` / ``FEISHU_ACCOUNTS_URL`` in ``env`` point at (the simulator, locally).
@@ -22,6 +22,7 @@ from feishu_mirror.changes import SOURCE as CHANGE_SOURCE
 from local.api_gateway import INTEGRATION_TIMEOUT_SECONDS, ApiGateway
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.eventbridge import LocalEventBridge
+from local.kms import LocalKms
 from local.lambdas import FunctionHost, Invocation, LambdaApi, build_runtime, stop_quietly
 from local.streams import StreamMappings
 from local.template import REGION, Template, load
@@ -47,9 +48,12 @@ class LocalStack:
         prefix: str = "fcm-",
         integration_timeout: float = INTEGRATION_TIMEOUT_SECONDS,
         streams: bool = True,
+        record_calls: Path | None = None,
     ) -> None:
+        """``record_calls``: a directory where every function process records the AWS calls it makes."""
         self.root = root
         self.state = state or root / ".local"
+        self._prefix, self._parameters = prefix, parameters
         self.template: Template = load(root, prefix=prefix, parameters=parameters)
         self._env = dict(env)
         self._api_port = api_port
@@ -61,15 +65,22 @@ class LocalStack:
         self.lambda_api: LambdaApi | None = None
         self.api: ApiGateway | None = None
         self._streams_enabled = streams
+        self._record_calls = record_calls
         self.event_bridge: LocalEventBridge | None = None
         self.streams: StreamMappings | None = None
+        self.kms: LocalKms | None = None
+        self.key_arns: dict[str, str] = {}  # the local KMS key of each of the template's keys
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> LocalStack:
         """Start everything (the first run also builds the runtime and fetches DynamoDB Local)."""
         atexit.register(self.stop)
         self.dynamodb = DynamoDBLocal(self.state / "dynamodb").launch()  # the JVM starts while pip runs
+        self.kms = LocalKms().launch()
         python, layer_dirs = build_runtime(self.template, self.state)
+        self.kms.wait_until_ready()
+        self.key_arns = {lid: self.kms.create_key(description) for lid, description in self.template.kms_keys.items()}
+        self.template = load(self.root, prefix=self._prefix, parameters=self._parameters, key_arns=self.key_arns)
         self.dynamodb.wait_until_ready()
         create_tables(self.dynamodb.client(), self.template.tables, self.template.table_names)
         self.event_bridge = LocalEventBridge()
@@ -77,6 +88,7 @@ class LocalStack:
             "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb.endpoint,
             # boto3's override for the "EventBridge" service id (there is no AWS_ENDPOINT_URL_EVENTS)
             "AWS_ENDPOINT_URL_EVENTBRIDGE": self.event_bridge.endpoint,
+            "AWS_ENDPOINT_URL_KMS": self.kms.endpoint,
         }
         # The Lambda API needs the host and the host's functions need the API's endpoint: start the
         # API on a reserved port first, then the emulators with that endpoint in their environment.
@@ -84,7 +96,13 @@ class LocalStack:
         self.lambda_api = LambdaApi(api_host, self.state / "failures.jsonl")  # type: ignore[arg-type]
         env = {**lambda_port_env, "AWS_ENDPOINT_URL_LAMBDA": self.lambda_api.endpoint, **self._env}
         self.host = FunctionHost(
-            self.template, python=python, layer_dirs=layer_dirs, env_overrides=env, logs=self.state / "logs"
+            self.template,
+            python=python,
+            layer_dirs=layer_dirs,
+            env_overrides=env,
+            logs=self.state / "logs",
+            call_log=self._record_calls,
+            physical_names=self.physical_names,
         )
         api_host.bind(self.host)
         if self._streams_enabled and self.template.stream_sources:
@@ -114,9 +132,9 @@ class LocalStack:
     def stop(self) -> None:
         """Stop everything; safe to call twice."""
         self._stopping.set()
-        stop_quietly(self.streams, self.api, self.lambda_api, self.host, self.event_bridge, self.dynamodb)
+        stop_quietly(self.streams, self.api, self.lambda_api, self.host, self.event_bridge, self.dynamodb, self.kms)
         self.api = self.lambda_api = self.host = self.dynamodb = None
-        self.streams, self.event_bridge = None, None
+        self.streams, self.event_bridge, self.kms = None, None, None
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -147,6 +165,13 @@ class LocalStack:
     def table_names(self) -> dict[str, str]:
         """Local table name by logical id."""
         return dict(self.template.table_names)
+
+    @property
+    def physical_names(self) -> dict[str, str]:
+        """Logical id by local physical name: tables, functions, event buses and KMS key ARNs."""
+        template = self.template
+        named = {**template.table_names, **self.function_names, **template.event_buses}
+        return {name: lid for lid, name in named.items()} | {arn: lid for lid, arn in self.key_arns.items()}
 
     @property
     def function_names(self) -> dict[str, str]:

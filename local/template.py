@@ -1,8 +1,9 @@
-"""Reads ``template.yaml`` the way the local stack needs it: functions, routes, schedules, tables.
+"""Reads ``template.yaml`` the way the local stack needs it: functions, routes, schedules, tables, keys.
 
 Understands CloudFormation's short tags and resolves the intrinsics the template uses in
 environment variables (``Ref``, ``Fn::If`` with conditions, ``Fn::Sub``, ``Fn::GetAtt``) against
-local resource names, so nothing about the app is hard-coded in ``local/``.
+local resource names, so nothing about the app is hard-coded in ``local/``. A KMS key's ``Ref`` / ``!GetAtt .Arn`` resolve to the
+key the local stand-in created for it (``key_arns``), or to a placeholder ARN before it exists.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Template:
     layers: dict[str, Path] = field(default_factory=dict)
     stream_sources: list[StreamSource] = field(default_factory=list)
     event_buses: dict[str, str] = field(default_factory=dict)  # local name by logical id
+    kms_keys: dict[str, str] = field(default_factory=dict)  # description by logical id
 
     def function_by_name(self, name: str) -> Function | None:
         """Look a function up by its local name, logical id or ARN."""
@@ -134,9 +136,21 @@ def rate_seconds(expression: str) -> int:
 
 
 class _Resolver:
-    def __init__(self, raw: Mapping[str, Any], names: Mapping[str, str], parameters: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        raw: Mapping[str, Any],
+        names: Mapping[str, str],
+        parameters: Mapping[str, str],
+        key_arns: Mapping[str, str] | None = None,
+    ) -> None:
         self.raw = raw
         self.names = names
+        resources = raw.get("Resources") or {}
+        self.key_arns = {
+            lid: (key_arns or {}).get(lid) or f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{lid}"
+            for lid, res in resources.items()
+            if res.get("Type") == "AWS::KMS::Key"
+        }
         self.parameters = {
             name: str(parameters.get(name, spec.get("Default", "")))
             for name, spec in (raw.get("Parameters") or {}).items()
@@ -156,6 +170,8 @@ class _Resolver:
             return pseudo[name]
         if name in self.parameters:
             return self.parameters[name]
+        if name in self.key_arns:
+            return self.key_arns[name].rsplit("/", 1)[-1]  # a key's Ref is its key id
         return self.names.get(name, name)
 
     def condition(self, name: str) -> bool:
@@ -179,6 +195,8 @@ class _Resolver:
             return not self.value(arg[0])
         if key == "Fn::Equals":
             return self.value(arg[0]) == self.value(arg[1])
+        if key == "Fn::GetAtt" and arg[0] in self.key_arns and arg[1] == "Arn":
+            return self.key_arns[arg[0]]
         if key == "Fn::GetAtt":
             return f"arn:aws:local:{REGION}:{ACCOUNT}:{self.names.get(arg[0], arg[0])}/{arg[1]}"
         if key == "Fn::Sub":
@@ -190,9 +208,15 @@ class _Resolver:
 
 
 def load(
-    root: Path, *, prefix: str = "fcm-", parameters: Mapping[str, str] | None = None, template: str = "template.yaml"
+    root: Path,
+    *,
+    prefix: str = "fcm-",
+    parameters: Mapping[str, str] | None = None,
+    template: str = "template.yaml",
+    key_arns: Mapping[str, str] | None = None,
 ) -> Template:
-    """Read the template under ``root``; local resource names are ``prefix + logical id``."""
+    """Read the template under ``root``; local resource names are ``prefix + logical id``, a KMS key's
+    ARN the one in ``key_arns`` (by logical id)."""
     # _Loader is a SafeLoader subclass (it only adds CloudFormation's short tags), so this load is safe.
     raw = yaml.load((root / template).read_text(), Loader=_Loader)  # noqa: S506  # nosec B506
     resources: dict[str, Any] = raw.get("Resources") or {}
@@ -202,7 +226,7 @@ def load(
         if res["Type"]
         in ("AWS::Serverless::Function", "AWS::DynamoDB::Table", "AWS::Lambda::Function", "AWS::Events::EventBus")
     }
-    resolver = _Resolver(raw, names, parameters or {})
+    resolver = _Resolver(raw, names, parameters or {}, key_arns)
     out = Template(root=root)
     globals_ = (raw.get("Globals") or {}).get("Function") or {}
     invoke_configs = {
@@ -217,6 +241,8 @@ def load(
             out.table_names[lid] = names[lid]
         elif res["Type"] == "AWS::Events::EventBus":
             out.event_buses[lid] = names[lid]
+        elif res["Type"] == "AWS::KMS::Key":
+            out.kms_keys[lid] = str(props.get("Description", lid))
         elif res["Type"] == "AWS::Serverless::LayerVersion":
             out.layers[lid] = root / props["ContentUri"]
         elif res["Type"] == "AWS::Serverless::Function":

@@ -21,7 +21,7 @@ from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.observability import logger, metrics
 from feishu_mirror.sync import CalendarSync, lease_owner
 
-settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "RATE_LIMIT_TABLE")
+settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "RATE_LIMIT_TABLE", "TOKEN_KEY_ID")
 tracer = Tracer()
 SAFETY_SECONDS = 10  # left for the final writes after the last Feishu call
 LEASE_MARGIN_SECONDS = 30  # the lease outlives the invocation's timeout by this much
@@ -36,6 +36,7 @@ def calendar_sync(credentials: FeishuCredentials) -> CalendarSync:
         calendars=wiring.calendars(settings),
         feishu=wiring.feishu(settings, credentials),
         settings=settings,
+        vault=wiring.token_vault(settings),
         events=wiring.event_mirror(settings),
     )
 

@@ -5,6 +5,7 @@ stream read by the local event source mapping, the publisher under the emulator,
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from feishu_mirror.models import CALENDAR_FIELDS
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
 from local.stack import LocalStack
+from tests.e2e.conftest import assert_no_plaintext_token
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +29,8 @@ def sim() -> Iterator[FeishuSimulator]:
 
 
 @pytest.fixture(scope="module")
-def stack(sim: FeishuSimulator) -> Iterator[LocalStack]:
-    with LocalStack(sim.app_environment(), prefix="e2e-changes-") as running:
+def stack(sim: FeishuSimulator, aws_calls: Path) -> Iterator[LocalStack]:
+    with LocalStack(sim.app_environment(), prefix="e2e-changes-", record_calls=aws_calls) as running:
         running.warm(WARM_EVENTS)
         sim.set_callback_url(f"{running.api_url}/feishu/events", auto_push=False)
         yield running
@@ -121,3 +123,9 @@ def test_a_change_eventbridge_refuses_is_published_by_the_retry(stack: LocalStac
     assert (updated["detail-type"], updated["detail"]["changed"]) == ("CalendarUpdated", ["description"])
     assert updated["detail"] == refused["detail"]
     assert stack.failures == []
+
+
+def test_no_table_item_holds_a_token_in_plaintext(stack: LocalStack, sim: FeishuSimulator) -> None:
+    # GIVEN everything this module did through the local stack (onboarding, syncs, refreshes, pushes)
+    # WHEN every table is scanned THEN no item holds a token Feishu issued, as text or inside binary
+    assert assert_no_plaintext_token(stack, sim.issued_user_tokens()) > 0

@@ -5,6 +5,7 @@ current — the template's functions under the Lambda emulator, the simulator, D
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from feishu_mirror.store import attribute_values, calendar_key, plain
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
 from local.stack import LocalStack
+from tests.e2e.conftest import assert_no_plaintext_token
 
 pytestmark = pytest.mark.e2e
 USER = "ou_e2e_events"
@@ -27,8 +29,8 @@ def sim() -> Iterator[FeishuSimulator]:
 
 
 @pytest.fixture(scope="module")
-def stack(sim: FeishuSimulator) -> Iterator[LocalStack]:
-    with LocalStack(sim.app_environment(), prefix="e2e-events-") as running:
+def stack(sim: FeishuSimulator, aws_calls: Path) -> Iterator[LocalStack]:
+    with LocalStack(sim.app_environment(), prefix="e2e-events-", record_calls=aws_calls) as running:
         running.warm(WARM_EVENTS)
         # The simulator pushes every change of a subscribed calendar by itself, as Feishu does.
         sim.set_callback_url(f"{running.api_url}/feishu/events", auto_push=True)
@@ -162,3 +164,9 @@ def test_event_changes_reach_consumers_as_calendar_event_domain_events(
     assert changes[2]["detail"]["after"] is None
     assert changes[2]["detail"]["open_id"] == USER
     assert stack.failures == []
+
+
+def test_no_table_item_holds_a_token_in_plaintext(stack: LocalStack, sim: FeishuSimulator) -> None:
+    # GIVEN everything this module did through the local stack (onboarding, syncs, refreshes, pushes)
+    # WHEN every table is scanned THEN no item holds a token Feishu issued, as text or inside binary
+    assert assert_no_plaintext_token(stack, sim.issued_user_tokens()) > 0

@@ -62,7 +62,7 @@ from feishu_mirror.models import (
     TokenGrant,
     UserIdentity,
 )
-from feishu_mirror.pings import PingDispatcher
+from feishu_mirror.pings import PingDispatcher, PingOutcome
 from feishu_mirror.resync import Resync
 from feishu_mirror.store import (
     REAUTH_REQUIRED,
@@ -76,6 +76,8 @@ from feishu_mirror.store import (
     plain,
 )
 from feishu_mirror.sync import CalendarSync, EventMirror, lease_owner
+from feishu_mirror.token_vault import TokenVault
+from local.aws_calls import CallRecorder
 from local.dynamodb_local import create_tables
 from local.feishu_sim import (
     CALENDAR_SCOPES,
@@ -242,11 +244,25 @@ class SyncThreads:
             thread.join(60)
 
 
+class _CallbackPings:
+    """The schedule's pushes: the callback function's ping dispatch, its AWS calls attributed to it."""
+
+    def __init__(self, pings: PingDispatcher, calls: CallRecorder) -> None:
+        self._pings = pings
+        self._calls = calls
+
+    def dispatch(self, open_ids: list[str], reason: str, *, calendar_id: str = "") -> PingOutcome:
+        with self._calls.acting_as("CallbackFunction"):
+            return self._pings.dispatch(open_ids, reason, calendar_id=calendar_id)
+
+
 class Schedule:
     """One seeded schedule on fresh tables and a fresh simulator."""
 
-    def __init__(self, seed: int, client: DynamoDBClient) -> None:
+    def __init__(self, seed: int, client: DynamoDBClient, vault: TokenVault, calls: CallRecorder) -> None:
         self.rng = random.Random(seed)
+        self.vault = vault
+        self.calls = calls  # attributes each AWS call to the function whose code makes it
         self.report = Report(seed)
         self.client = client
         prefix = f"f{uuid.uuid4().hex[:8]}-"
@@ -285,7 +301,7 @@ class Schedule:
         self.reauth_allowed: Counter[str] = Counter()  # reauth causes injected (each may stop one user)
         self.consent_at_refresh: dict[str, bool] = {}  # open_id → revoke_previous: sign in again at its next refresh
         self.syncs = SyncThreads(self.sync)
-        self.pings = PingDispatcher(self.users, self.syncs)
+        self.pings = _CallbackPings(PingDispatcher(self.users, self.syncs), calls)
         self.open_ids: list[str] = []
         self.labels: dict[str, str] = {}  # calendar_id → a short name for the printed schedule
         self._lock = threading.Lock()
@@ -366,6 +382,10 @@ class Schedule:
     def sync(self, open_id: str, clock_offset: int = 0, request_id: str = "") -> SyncResult:
         """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks;
         its lease owner is made as the sync function makes it, from the invocation's request id."""
+        with self.calls.acting_as("SyncFunction"):
+            return self._sync(open_id, clock_offset, request_id)
+
+    def _sync(self, open_id: str, clock_offset: int, request_id: str) -> SyncResult:
         received = LastPages()
         users = _ScheduleUsers(self, open_id, received)
         engine = CalendarSync(
@@ -373,6 +393,7 @@ class Schedule:
             calendars=self.calendars,
             feishu=self.feishu(open_id, received, clock_offset),
             settings=self.settings,
+            vault=self.vault,
             events=self._event_mirror(open_id, received),
             clock=lambda: time.time() + clock_offset,
         )
@@ -482,9 +503,11 @@ class Schedule:
 
     # ------------------------------------------------------------------ tokens and consent
     def _store_consent(self, open_id: str, body: dict[str, Any]) -> None:
+        """What the OAuth callback stores: the new pair, sealed."""
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        self.users.save_authorization(UserIdentity(open_id, open_id), grant, now)
+        with self.calls.acting_as("OAuthFunction"):
+            self.users.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
 
     def _consent(self, open_id: str, *, revoke_previous: bool = False) -> None:
         """The user signs in again, as the OAuth callback handles it: new tokens stored, a sync started."""
@@ -871,7 +894,10 @@ class Schedule:
             user = self.user(open_id)
             assert user["status"] == "active", f"{open_id} needs reauth\n{self.report}"
             latest = self.sim.latest_grant(open_id)
-            assert self.sim.grant_of(user["refresh_token"]) == latest, (
+            stored = self.users.get(open_id)
+            assert stored is not None
+            refresh_token = self.vault.open(open_id, stored.access_token, stored.refresh_token).refresh_token
+            assert self.sim.grant_of(refresh_token) == latest, (
                 f"{open_id} holds tokens of an older consent than {latest}\n{self.report}"
             )
             self._check_events(open_id, stored_events)
@@ -928,7 +954,8 @@ class Schedule:
             def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
                 started.append(open_id)
 
-        Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
+        with self.calls.acting_as("ResyncFunction"):
+            Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
         for open_id in started:
             result = self.sync(open_id, clock_offset=offset)
             expected = ("synced", "reauth_required") if reauth_allowed else ("synced",)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from feishu_mirror.token_vault import TokenVault
+from local.aws_calls import CallRecorder
 from tests.faults.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -25,9 +27,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("seed", range(START, START + COUNT))
-def test_schedule_converges(seed: int, dynamodb_client: DynamoDBClient, fault_totals: dict[str, Counter[str]]) -> None:
+def test_schedule_converges(
+    seed: int,
+    dynamodb_client: DynamoDBClient,
+    token_vault: TokenVault,
+    aws_calls: CallRecorder,
+    fault_totals: dict[str, Counter[str]],
+) -> None:
     # GIVEN a seeded schedule of calendar and event changes, pings, concurrent syncs and faults
-    schedule = Schedule(seed, dynamodb_client)
+    schedule = Schedule(seed, dynamodb_client, token_vault, aws_calls)
     # WHEN it runs, quiesces and the scheduled resync has run THEN every invariant holds (see schedule.py)
     schedule.run()
     fault_totals["faults"].update(schedule.report.faults)

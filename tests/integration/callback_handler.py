@@ -184,7 +184,9 @@ def table_snapshot(client: DynamoDBClient, settings: Settings) -> dict[str, list
     for table in tables:
         pages = client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
         items = [plain(item) for page in pages for item in page["Items"]]
-        snapshot[table] = sorted(items, key=lambda item: json.dumps(item, sort_keys=True, default=str))
+        snapshot[table] = sorted(
+            items, key=lambda item: json.dumps(item, sort_keys=True, default=repr)
+        )  # repr: sealed tokens are Binary
     return snapshot
 
 

@@ -1,5 +1,5 @@
 """Integration tier fixtures: DynamoDB Local with fresh copies of the template's tables per test,
-and a fresh Feishu simulator per test."""
+a fresh Feishu simulator per test, and the local KMS with the template's token key."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from feishu_mirror.config import Settings
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.feishu_sim import FeishuSimulator
+from local.kms import LocalKms
 from local.stack import ROOT
 from local.template import Template, load
 from tests.integration.callback_handler import LambdaRecorder, callback_app
@@ -20,6 +21,7 @@ from tests.integration.harness import Harness
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_kms.client import KMSClient
 
 TABLE_SETTINGS = {
     "CalendarsTable": "CALENDARS_TABLE",
@@ -51,12 +53,32 @@ def dynamodb_client(dynamodb: DynamoDBLocal) -> DynamoDBClient:
     return dynamodb.client()
 
 
+@pytest.fixture(scope="session")
+def local_kms() -> Iterator[LocalKms]:
+    """One local KMS (moto's server) for the session."""
+    with LocalKms() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def kms_client(local_kms: LocalKms) -> KMSClient:
+    """A client for it."""
+    return local_kms.client()
+
+
+@pytest.fixture(scope="session")
+def token_key(local_kms: LocalKms) -> str:
+    """The ARN of the session's token key (the template's TokenKey: symmetric, rotation on)."""
+    return local_kms.create_key("integration tests' token key")
+
+
 @pytest.fixture
-def settings(dynamodb_client: DynamoDBClient) -> Settings:
+def settings(dynamodb_client: DynamoDBClient, token_key: str) -> Settings:
     """Settings naming fresh copies of the template's tables (so tests never see each other's data)."""
     template: Template = load(ROOT, prefix=f"t{uuid.uuid4().hex[:10]}-")
     create_tables(dynamodb_client, template.tables, template.table_names)
-    return Settings.from_env(env={TABLE_SETTINGS[lid]: name for lid, name in template.table_names.items()})
+    env = {TABLE_SETTINGS[lid]: name for lid, name in template.table_names.items()}
+    return Settings.from_env(env={**env, "TOKEN_KEY_ID": token_key})
 
 
 @pytest.fixture
@@ -67,9 +89,11 @@ def sim() -> Iterator[FeishuSimulator]:
 
 
 @pytest.fixture
-def harness(dynamodb_client: DynamoDBClient, settings: Settings, sim: FeishuSimulator) -> Harness:
-    """Domain services on DynamoDB Local and the simulator."""
-    return Harness(dynamodb_client, settings, sim)
+def harness(
+    dynamodb_client: DynamoDBClient, settings: Settings, sim: FeishuSimulator, kms_client: KMSClient
+) -> Harness:
+    """Domain services on DynamoDB Local, the local KMS and the simulator."""
+    return Harness(dynamodb_client, settings, sim, kms_client)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Test harness for the integration tier: real stores on DynamoDB Local, a real client on the simulator."""
+"""Test harness for the integration tier: real stores on DynamoDB Local, tokens sealed with the local KMS,
+a real client on the simulator."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from feishu_mirror.store import (
     plain,
 )
 from feishu_mirror.sync import CalendarSync, EventMirror
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.feishu_sim import OAUTH_TOKEN_PATH, FeishuSimulator
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_kms.client import KMSClient
 
 
 class RecordingInvoker:
@@ -42,10 +45,12 @@ class RecordingInvoker:
 class Harness:
     """The domain services wired to DynamoDB Local and the Feishu simulator, plus assertions."""
 
-    def __init__(self, client: DynamoDBClient, settings: Settings, sim: FeishuSimulator) -> None:
+    def __init__(self, client: DynamoDBClient, settings: Settings, sim: FeishuSimulator, kms: KMSClient) -> None:
         self.client = client
         self.settings = settings
         self.sim = sim
+        self.kms = kms
+        self.vault = TokenVault(KmsDataKeys(kms, settings.token_key_id))
         self.users = UserStore(client, settings.users_table)
         self.calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
         self.events = EventMirror(
@@ -85,6 +90,7 @@ class Harness:
         clock_offset: float = 0,
         feishu: FeishuClient | None = None,
         users: UserStore | None = None,
+        vault: TokenVault | None = None,
     ) -> CalendarSync:
         """The sync engine as the sync function builds it (any part may be swapped for the test's)."""
         settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
@@ -93,13 +99,16 @@ class Harness:
             calendars=self.calendars,
             feishu=feishu or self.feishu(clock_offset=clock_offset),
             settings=settings,
+            vault=vault or self.vault,
             events=self.events,
             clock=lambda: time.time() + clock_offset,
         )
 
-    def sync(self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0) -> SyncResult:
-        """One sync invocation, as the sync function runs it."""
-        engine = self.engine(page_size=page_size, clock_offset=clock_offset)
+    def sync(
+        self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0, vault: TokenVault | None = None
+    ) -> SyncResult:
+        """One sync invocation, as the sync function runs it (``vault`` replaces the token vault)."""
+        engine = self.engine(page_size=page_size, clock_offset=clock_offset, vault=vault)
         return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
 
     def consent_again(self, open_id: str, *, revoke_previous: bool = False) -> dict[str, Any]:
@@ -113,12 +122,19 @@ class Harness:
             refresh_expires_at=now + int(body["refresh_token_expires_in"]),
             scope=body.get("scope", ""),
         )
-        self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), grant, now)
+        self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), self.vault.seal(open_id, grant), now)
         return body
 
     def token_requests(self) -> int:
         """How many requests reached the simulator's OAuth token endpoint."""
         return sum(1 for r in self.sim.requests_log if r.path == OAUTH_TOKEN_PATH)
+
+    def tokens(self, open_id: str) -> tuple[str, str | None]:
+        """The user's stored (access, refresh) tokens, opened with the token key."""
+        user = self.users.get(open_id)
+        assert user is not None, f"no user {open_id}"
+        opened = self.vault.open(open_id, user.access_token, user.refresh_token)
+        return opened.access_token, opened.refresh_token
 
     # ------------------------------------------------------------------ reading and poking the tables
     def items(self, open_id: str) -> dict[str, dict[str, Any]]:

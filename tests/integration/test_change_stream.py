@@ -20,7 +20,7 @@ import requests
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from feishu_mirror.changes import SOURCE
-from feishu_mirror.models import Calendar, TokenGrant, UserIdentity
+from feishu_mirror.models import Calendar, SealedGrant, UserIdentity
 from feishu_mirror.store import CalendarStore, Fence, UserStore, attribute_values
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.eventbridge import LocalEventBridge
@@ -140,7 +140,7 @@ class Mirror:
         self.now = int(time.time())
         self.users = UserStore(client, names["UsersTable"])
         self.users.save_authorization(
-            UserIdentity(open_id), TokenGrant("at", self.now + 7200, "rt", self.now + 86400), self.now
+            UserIdentity(open_id), SealedGrant(b"sealed-at", self.now + 7200, b"sealed-rt", self.now + 86400), self.now
         )
         assert self.users.acquire_lease(open_id, "test", self.now, self.now + 600) is not None
         self.fence = Fence(open_id, "test")

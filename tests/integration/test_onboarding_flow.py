@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from feishu_mirror.errors import OnboardingError
-from feishu_mirror.onboarding import Onboarding
-from feishu_mirror.store import OAuthState, OAuthStateStore
+from feishu_mirror.oauth_state import StateSigner
+from feishu_mirror.onboarding import STATE_TTL_SECONDS, Onboarding
+from feishu_mirror.store import OAuthStateStore
 from local.feishu_sim import FeishuSimulator, http_error
 from tests.integration.harness import Harness
 
@@ -23,7 +24,9 @@ def onboarding(harness: Harness, *, clock_offset: float = 0) -> Onboarding:
         feishu=harness.feishu(),
         users=harness.users,
         states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
+        signer=StateSigner(harness.sim.app_secret, STATE_TTL_SECONDS),
         pings=harness.pings,
+        vault=harness.vault,
         clock=lambda: time.time() + clock_offset,
     )
 
@@ -87,7 +90,8 @@ def test_declined_consent_is_a_403_and_consumes_the_state(harness: Harness, sim:
         flow.complete(code=None, state=params["state"], error=params["error"], deadline=time.monotonic() + 30)
     assert declined.value.status == 403
     assert harness.users.get("ou_no") is None
-    assert OAuthStateStore(harness.client, harness.settings.oauth_state_table).take(params["state"]) is None
+    nonce = StateSigner(sim.app_secret, STATE_TTL_SECONDS).verify(params["state"], time.time()).nonce
+    assert not OAuthStateStore(harness.client, harness.settings.oauth_state_table).claim(nonce, 0)
 
 
 @pytest.mark.parametrize("state", [None, "", "never-issued", "x" * 5000])
@@ -108,19 +112,50 @@ def test_an_expired_state_is_refused(harness: Harness, sim: FeishuSimulator) -> 
     assert late.value.status == 400
 
 
-def test_a_reused_code_or_a_wrong_verifier_is_a_400(harness: Harness, sim: FeishuSimulator) -> None:
+def test_a_code_with_another_consents_state_fails_pkce_and_is_a_400(harness: Harness, sim: FeishuSimulator) -> None:
     sim.add_user("ou_pkce", "P")
     sim.set_consent_user("ou_pkce")
     flow = onboarding(harness)
-    states = OAuthStateStore(harness.client, harness.settings.oauth_state_table)
-    # GIVEN a consent whose stored verifier was tampered with
-    params = consent(flow.start(CALLBACK))
-    pending = states.take(params["state"])
-    assert pending is not None
-    states.put(OAuthState(pending.state, "x" * 64, pending.redirect_uri, pending.expires_at))
+    # GIVEN two consents: the code of the first comes back with the state (so the verifier) of the second
+    first, second = consent(flow.start(CALLBACK)), consent(flow.start(CALLBACK))
     with pytest.raises(OnboardingError, match="expired or was already used"):
-        flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+        flow.complete(code=first["code"], state=second["state"], error=None, deadline=time.monotonic() + 30)
     assert harness.users.get("ou_pkce") is None
+
+
+def test_starting_writes_nothing_and_forged_or_foreign_states_write_nothing_and_call_no_one(
+    harness: Harness, sim: FeishuSimulator
+) -> None:
+    sim.add_user("ou_flood", "F")
+    sim.set_consent_user("ou_flood")
+    flow = onboarding(harness)
+    table = harness.settings.oauth_state_table
+    # WHEN /oauth/start is called a hundred times THEN the state table stays empty
+    states = [parse_qs(urlsplit(flow.start(CALLBACK)).query)["state"][0] for _ in range(100)]
+    assert len(set(states)) == 100
+    assert harness.client.scan(TableName=table, Select="COUNT")["Count"] == 0
+    # AND a state with a flipped byte, or one signed with another app's secret, is refused before any write
+    # or Feishu call
+    genuine = states[0]
+    forged = genuine[:-2] + ("A" if genuine[-2] != "A" else "B") + genuine[-1]
+    foreign = Onboarding(
+        feishu=harness.feishu(),
+        users=harness.users,
+        states=OAuthStateStore(harness.client, table),
+        signer=StateSigner("another app's secret", STATE_TTL_SECONDS),
+        pings=harness.pings,
+        vault=harness.vault,
+    ).start(CALLBACK)
+    calls_before = len(sim.requests_log)
+    for state in (forged, parse_qs(urlsplit(foreign).query)["state"][0]):
+        with pytest.raises(OnboardingError, match="already used or is unknown"):
+            flow.complete(code="c", state=state, error=None, deadline=time.monotonic() + 30)
+    assert harness.client.scan(TableName=table, Select="COUNT")["Count"] == 0
+    assert len(sim.requests_log) == calls_before
+    # AND a genuine one is written once, when it comes back
+    params = consent(flow.start(CALLBACK))
+    flow.complete(code=params["code"], state=params["state"], error=None, deadline=time.monotonic() + 30)
+    assert harness.client.scan(TableName=table, Select="COUNT")["Count"] == 1
 
 
 def test_feishu_being_down_is_a_503_page_not_a_crash(harness: Harness, sim: FeishuSimulator) -> None:

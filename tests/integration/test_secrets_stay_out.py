@@ -19,8 +19,9 @@ import requests
 
 from feishu_mirror.config import FeishuCredentials
 from feishu_mirror.errors import MirrorError, OnboardingError
+from feishu_mirror.oauth_state import StateSigner
 from feishu_mirror.observability import logger
-from feishu_mirror.onboarding import Onboarding
+from feishu_mirror.onboarding import STATE_TTL_SECONDS, Onboarding
 from feishu_mirror.store import OAuthStateStore
 from local.feishu_sim import CALENDARS_PATH, OAUTH_TOKEN_PATH, FeishuSimulator, http_error, rate_limited
 from tests.integration.callback_handler import Context, api_event, signed_delivery
@@ -92,11 +93,10 @@ class Secrets:
 
     def note_users(self, *open_ids: str) -> None:
         for open_id in open_ids:
-            user = self._harness.user(open_id)
-            self.values |= {str(user.get(name) or "") for name in ("access_token", "refresh_token")}
+            self.values |= {token or "" for token in self._harness.tokens(open_id)}
 
     def all(self) -> set[str]:
-        values = self.values | set(self._sim.used_refresh_tokens())
+        values = self.values | set(self._sim.issued_user_tokens())
         return {value for value in values if value}
 
 
@@ -120,7 +120,9 @@ def test_no_secret_in_logs_metrics_or_errors(
         feishu=harness.feishu(),
         users=harness.users,
         states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
+        signer=StateSigner(sim.app_secret, STATE_TTL_SECONDS),
         pings=harness.pings,
+        vault=harness.vault,
     )
     # GIVEN two users who went through the real OAuth flow (one code is then replayed, which is refused)
     for open_id in ("ou_secret_a", "ou_secret_b"):

@@ -173,12 +173,15 @@ def test_an_expired_access_token_is_refreshed_once_and_persisted(harness: Harnes
     open_id = harness.onboard("ou_refresh", extra_calendars=1)
     harness.sync(open_id)
     old = harness.user(open_id)
+    old_access, old_refresh = harness.tokens(open_id)
     sim.expire_access_tokens(open_id)
     sim.create_calendar(open_id, summary="after expiry")
     assert harness.sync(open_id).outcome == "synced"
     new = harness.user(open_id)
-    assert new["access_token"] != old["access_token"]
-    assert new["refresh_token"] != old["refresh_token"]
+    new_access, new_refresh = harness.tokens(open_id)
+    assert new_access != old_access
+    assert new_refresh != old_refresh
+    assert new_refresh not in sim.used_refresh_tokens()
     assert new["token_version"] == old["token_version"] + 1
     assert sim.refresh_token_reuse_count == 0
     harness.assert_mirror_matches(open_id)

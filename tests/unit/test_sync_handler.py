@@ -65,6 +65,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
         "USERS_TABLE": "users",
         "CALENDARS_TABLE": "calendars",
         "RATE_LIMIT_TABLE": "rate",
+        "TOKEN_KEY_ID": "arn:aws:kms:us-east-1:000000000000:key/test",
         "FEISHU_APP_ID": "cli_test",
         "FEISHU_APP_SECRET": "secret",
     }.items():

@@ -9,8 +9,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
 from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
+
+from tests.security.iam_policies import expanded_template
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = (
@@ -35,21 +36,9 @@ def resources(kind: str) -> dict[str, dict[str, Any]]:
     return {lid: res for lid, res in template()["Resources"].items() if res["Type"] == kind}
 
 
-class _NoManagedPolicies:
-    def load(self) -> dict[str, str]:
-        return {}
-
-
 def test_only_the_status_routes_require_iam_and_all_of_them_do() -> None:
     # GIVEN the template as SAM translates it for CloudFormation (code locations stubbed)
-    raw = yaml_parse((ROOT / "template.yaml").read_text())
-    for res in raw["Resources"].values():
-        for key in ("CodeUri", "ContentUri"):
-            if key in res.get("Properties", {}):
-                res["Properties"][key] = "s3://bucket/key"
-    translated = transform(
-        raw, {"FeishuSecretArn": "arn:aws:secretsmanager:us-east-1:1:secret:x"}, _NoManagedPolicies()
-    )
+    translated = expanded_template(ROOT)
     paths = translated["Resources"]["HttpApi"]["Properties"]["Body"]["paths"]
     # WHEN each route's security is read THEN /status… are SigV4 (IAM) and Feishu's and the user's are open
     security = {
@@ -68,7 +57,7 @@ def test_only_the_status_routes_require_iam_and_all_of_them_do() -> None:
 def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log_group() -> None:
     # GIVEN the status function's policies
     props = template()["Resources"]["StatusFunction"]["Properties"]
-    inline, invoke = props["Policies"]
+    (inline,) = props["Policies"]
     # THEN DynamoDB is granted action by action, on the tables' ARNs only (no index, no wildcard):
     # reading and pinging users, querying one user's calendars and event listings; and invoking the sync
     granted = {
@@ -85,8 +74,8 @@ def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log
         ("dynamodb:UpdateItem", users),
         ("dynamodb:Query", calendars),
         ("dynamodb:Query", listings),
+        ("lambda:InvokeFunction", json.dumps({"Fn::GetAtt": ["SyncFunction", "Arn"]})),
     }
-    assert invoke == {"LambdaInvokePolicy": {"FunctionName": {"Ref": "SyncFunction"}}}
     assert props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"] == {
         "Fn::GetAtt": ["FailureQueue", "Arn"]
     }
@@ -192,3 +181,21 @@ def test_the_dashboards_alarm_widget_lists_every_alarm_of_the_template() -> None
 
 def test_the_status_url_is_an_output() -> None:
     assert template()["Outputs"]["StatusUrl"]["Value"]["Fn::Sub"].endswith("/status")
+
+
+def test_each_unauthenticated_route_has_throttling_sized_for_it_and_every_setting_names_a_route() -> None:
+    # GIVEN the HTTP API as SAM translates it: its routes (from the functions' events, in the API's
+    # OpenAPI body, so they exist before the stage) and the stage's throttling
+    translated = expanded_template(ROOT)["Resources"]
+    paths = translated["HttpApi"]["Properties"]["Body"]["paths"]
+    routes = {f"{method.upper()} {path}" for path, ops in paths.items() for method in ops}
+    (stage,) = (res["Properties"] for res in translated.values() if res["Type"] == "AWS::ApiGatewayV2::Stage")
+    settings = stage["RouteSettings"]
+    # THEN every route setting names a route (an unknown key fails the deployment) ...
+    assert set(settings) <= routes
+    limits = {key: (v["ThrottlingRateLimit"], v["ThrottlingBurstLimit"]) for key, v in settings.items()}
+    # ... Feishu's pushes keep room, and the OAuth routes, which anyone can call, are held to what
+    # people signing in need; everything else (the IAM-signed operator routes) gets the default
+    assert limits == {"POST /feishu/events": (100, 200), "GET /oauth/start": (2, 10), "GET /oauth/callback": (2, 10)}
+    default = stage["DefaultRouteSettings"]
+    assert (default["ThrottlingRateLimit"], default["ThrottlingBurstLimit"]) == (10, 20)

@@ -2,8 +2,9 @@
 
 Organised by concern: ``config`` (settings and credentials), ``observability`` (logger, tracer,
 metrics), ``errors``, ``models``, ``crypto`` and ``callback`` (verifying Feishu pushes), ``feishu``
-(the HTTP client), ``store`` (all DynamoDB access), ``sync`` (the sync algorithm), ``pings`` (turning
-a push into sync invocations), ``resync`` (the scheduled safety net), ``onboarding`` (OAuth),
+(the HTTP client), ``store`` (all DynamoDB access), ``token_vault`` (users' tokens sealed with KMS
+envelope encryption), ``sync`` (the sync algorithm), ``pings`` (turning a push into sync invocations),
+``resync`` (the scheduled safety net), ``onboarding`` and ``oauth_state`` (OAuth, signed states),
 ``health`` (per-user health, the event → mirror lag metric) and ``status`` (the operator's pages).
 Nothing here imports Lambda-specific code; the handlers in ``functions/`` wire it to triggers.
 """

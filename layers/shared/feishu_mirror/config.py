@@ -51,6 +51,7 @@ class Settings:
     idempotency_table: str = ""
     rate_limit_table: str = ""
     sync_function_name: str = ""
+    token_key_id: str = ""  # the KMS key that seals users' tokens (its ARN in the template)
     public_base_url: str = ""
     page_size: int = 1000
     feishu_requests_per_minute: int = 950
@@ -94,6 +95,7 @@ class Settings:
             idempotency_table=env.get("IDEMPOTENCY_TABLE", ""),
             rate_limit_table=env.get("RATE_LIMIT_TABLE", ""),
             sync_function_name=env.get("SYNC_FUNCTION_NAME", ""),
+            token_key_id=env.get("TOKEN_KEY_ID", "").strip(),
             public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/"),
             page_size=page_size,
             feishu_requests_per_minute=_int(env, "FEISHU_REQUESTS_PER_MINUTE", 950),

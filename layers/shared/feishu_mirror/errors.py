@@ -117,3 +117,12 @@ class OnboardingError(MirrorError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class TokenVaultUnavailable(MirrorError):
+    """A user's tokens could not be sealed or opened: KMS failed or refused, or a stored ciphertext does
+    not belong to that user. Nothing is dropped: the sync records it and is retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -169,6 +169,22 @@ class TokenGrant:
     scope: str = ""
 
 
+# A token attribute of the users table: sealed bytes (``feishu_mirror.token_vault``), or a plaintext
+# string written before tokens were encrypted (sealed by the user's next sync).
+type StoredToken = bytes | str
+
+
+@dataclass(frozen=True, slots=True)
+class SealedGrant:
+    """A ``TokenGrant`` whose tokens are sealed for one user: what the users table stores."""
+
+    access_token: bytes = field(repr=False)
+    access_expires_at: int
+    refresh_token: bytes | None = field(repr=False)
+    refresh_expires_at: int | None
+    scope: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class UserIdentity:
     """Who authorised: from ``GET /open-apis/authen/v1/user_info``."""
@@ -203,9 +219,9 @@ class UserRecord:
     open_id: str
     status: str = "active"
     name: str = ""
-    access_token: str = field(default="", repr=False)
+    access_token: StoredToken = field(default=b"", repr=False)  # sealed; opened only by the sync
     access_expires_at: int = 0
-    refresh_token: str | None = field(default=None, repr=False)
+    refresh_token: StoredToken | None = field(default=None, repr=False)
     refresh_expires_at: int | None = None
     token_version: int = 0
     refresh_started_version: int | None = None  # a refresh of this version's pair went out, its answer unstored

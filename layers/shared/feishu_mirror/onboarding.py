@@ -1,6 +1,7 @@
-"""OAuth onboarding: the consent redirect (PKCE S256, single-use expiring state) and its callback.
+"""OAuth onboarding: the consent redirect (PKCE S256, signed single-use expiring state) and its callback.
 
-The callback consumes the state before anything else, trades the code for tokens, learns the
+The start writes nothing: the state is signed (``feishu_mirror.oauth_state``). The callback verifies
+the state and claims it once before anything else, trades the code for tokens, learns the
 user's ``open_id``, stores the tokens, subscribes the user to calendar changes and starts the first
 (full) sync. Each way it can fail maps to an ``OnboardingError`` with a status and a sentence for
 the user; Feishu's own failures never surface as a 5xx from our code except when Feishu is down.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
 
@@ -21,12 +21,15 @@ from feishu_mirror.errors import (
     FeishuError,
     FeishuUnavailable,
     OnboardingError,
+    TokenVaultUnavailable,
 )
 from feishu_mirror.feishu import DEFAULT_SCOPES, FeishuClient
 from feishu_mirror.models import UserIdentity
+from feishu_mirror.oauth_state import StateRefused, StateSigner
 from feishu_mirror.observability import count, logger
 from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import OAuthState, OAuthStateStore, UserStore
+from feishu_mirror.store import OAuthStateStore, UserStore
+from feishu_mirror.token_vault import TokenVault
 
 STATE_TTL_SECONDS = 600
 MAX_PARAM_LENGTH = 2048
@@ -64,22 +67,24 @@ class Onboarding:
         feishu: FeishuClient,
         users: UserStore,
         states: OAuthStateStore,
+        signer: StateSigner,
         pings: PingDispatcher,
+        vault: TokenVault,
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._feishu = feishu
         self._users = users
         self._states = states
+        self._signer = signer
         self._pings = pings
+        self._vault = vault
         self._scopes = scopes
         self._clock = clock
 
     def start(self, callback_uri: str) -> str:
-        """Create a single-use state with a PKCE verifier; returns the Feishu consent URL."""
-        state = secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(64)
-        self._states.put(OAuthState(state, verifier, callback_uri, int(self._clock()) + STATE_TTL_SECONDS))
+        """Issue a signed state (no write) with a PKCE verifier; returns the Feishu consent URL."""
+        state, verifier = self._signer.issue(callback_uri, int(self._clock()))
         count("OnboardingStarted")
         return self._feishu.authorize_url(
             redirect_uri=callback_uri, state=state, code_challenge=pkce_challenge(verifier), scopes=self._scopes
@@ -89,11 +94,14 @@ class Onboarding:
         """Finish the flow for the redirect Feishu sent back; raises ``OnboardingError``."""
         if not state or len(state) > MAX_PARAM_LENGTH:
             raise OnboardingError(400, "The sign-in response has no valid state. Please start again.")
-        pending = self._states.take(state)
-        if pending is None:
+        try:
+            pending = self._signer.verify(state, self._clock())
+        except StateRefused as exc:
+            if exc.reason == "expired":
+                raise OnboardingError(400, "This sign-in link expired. Please start again.") from exc
+            raise OnboardingError(400, "This sign-in link was already used or is unknown. Please start again.") from exc
+        if not self._states.claim(pending.nonce, pending.expires_at):
             raise OnboardingError(400, "This sign-in link was already used or is unknown. Please start again.")
-        if pending.expires_at < self._clock():
-            raise OnboardingError(400, "This sign-in link expired. Please start again.")
         if error:
             count("OnboardingDeclined")
             raise OnboardingError(403, "Access was not granted, so your calendars will not be mirrored.")
@@ -118,7 +126,14 @@ class Onboarding:
         now = int(self._clock())
         if not grant.refresh_token:
             logger.warning("oauth_without_refresh_token")  # offline_access not granted: re-auth in ~2 h
-        self._users.save_authorization(identity, grant, now)
+        try:
+            sealed = self._vault.seal(identity.open_id, grant)
+        except TokenVaultUnavailable as exc:
+            logger.error("token_vault_unavailable", extra={"error": exc.message})
+            raise OnboardingError(
+                503, "Your sign-in could not be saved right now. Please try again in a minute."
+            ) from exc
+        self._users.save_authorization(identity, sealed, now)
         logger.append_keys(open_id=identity.open_id)
         try:
             self._feishu.subscribe_calendar_changes(grant.access_token, deadline=deadline)

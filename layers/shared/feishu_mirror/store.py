@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -32,8 +32,9 @@ from feishu_mirror.models import (
     FieldValue,
     HeldSweep,
     ListingState,
+    SealedGrant,
     Stored,
-    TokenGrant,
+    StoredToken,
     UserIdentity,
     UserRecord,
 )
@@ -119,6 +120,14 @@ def _checkpoint(raw: Any) -> Checkpoint | None:
     )
 
 
+def _stored_token(value: Any) -> StoredToken | None:
+    """A token attribute as stored: sealed bytes, or a plaintext string from before encryption."""
+    if isinstance(value, Binary):
+        wrapped: Any = value  # boto3's stubs type Binary's payload loosely
+        return bytes(wrapped.value)
+    return value if isinstance(value, bytes | str) else None
+
+
 def _user(item: Mapping[str, Any]) -> UserRecord:
     raw = plain(item)
     held = raw.get("held_sweep")
@@ -126,9 +135,9 @@ def _user(item: Mapping[str, Any]) -> UserRecord:
         open_id=raw["open_id"],
         status=raw.get("status", ACTIVE),
         name=raw.get("name", ""),
-        access_token=raw.get("access_token", ""),
+        access_token=_stored_token(raw.get("access_token")) or b"",
         access_expires_at=raw.get("access_expires_at", 0),
-        refresh_token=raw.get("refresh_token"),
+        refresh_token=_stored_token(raw.get("refresh_token")),
         refresh_expires_at=raw.get("refresh_expires_at"),
         token_version=raw.get("token_version", 0),
         refresh_started_version=raw.get("refresh_started_version"),
@@ -219,8 +228,8 @@ class UserStore:
             raise
         return dict(response.get("Attributes") or {})
 
-    def save_authorization(self, identity: UserIdentity, grant: TokenGrant, now: int) -> None:
-        """Store a freshly authorised user's tokens and make the user due for a sync now.
+    def save_authorization(self, identity: UserIdentity, grant: SealedGrant, now: int) -> None:
+        """Store a freshly authorised user's tokens (sealed) and make the user due for a sync now.
 
         A returning user keeps their sync state; a user marked ``reauth_required`` becomes active. The
         new ``token_version`` tells a sync still running with the old tokens that they were superseded.
@@ -433,8 +442,8 @@ class UserStore:
             condition="token_version = :v",
         )
 
-    def save_tokens(self, open_id: str, now: int, grant: TokenGrant, *, token_version: int) -> int:
-        """Persist a rotated token pair in place of ``token_version``'s, atomically; returns the new version.
+    def save_tokens(self, open_id: str, now: int, grant: SealedGrant, *, token_version: int) -> int:
+        """Persist a rotated token pair (sealed) in place of ``token_version``'s, atomically; returns the new version.
 
         Conditional on the version alone, not on the lease: the pair just received exists nowhere else and
         the old refresh token is spent, so it is stored whenever no newer pair (a new consent) is. A grant
@@ -486,6 +495,24 @@ class UserStore:
             logger.warning("token_save_retried", extra={"attempt": attempt + 1, "error": type(error).__name__})
             self._sleep(random.uniform(0, min(2.0, 0.1 * 2**attempt)))  # noqa: S311 - jitter
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def seal_stored_tokens(self, fence: Fence, now: int, sealed: SealedGrant, *, token_version: int) -> bool:
+        """Replace plaintext tokens (written before encryption) with the same tokens sealed; under the lease
+        and only while no new authorisation replaced them (``token_version``). False when one did."""
+        refresh = ", refresh_token = :rt" if sealed.refresh_token else ""
+        values: dict[str, Any] = {":at": sealed.access_token, ":v": token_version, ":owner": fence.owner, ":now": now}
+        if sealed.refresh_token:
+            values[":rt"] = sealed.refresh_token
+        unchanged = (
+            "token_version = :v" if token_version else "(attribute_not_exists(token_version) OR token_version = :v)"
+        )
+        done = self._update(
+            fence.open_id,
+            f"SET access_token = :at{refresh}, tokens_sealed_at = :now",
+            values,
+            condition=f"{self._FENCE} AND {unchanged}",
+        )
+        return done is not None
 
     def commit_listing(
         self,
@@ -1199,49 +1226,28 @@ class EventListingStore:
 
 
 # ----------------------------------------------------------------------------------- OAuth state
-@dataclass(frozen=True, slots=True)
-class OAuthState:
-    """A pending authorisation: single use, expiring."""
-
-    state: str
-    code_verifier: str
-    redirect_uri: str
-    expires_at: int
-
-
 class OAuthStateStore:
-    """The OAuth state table: ``state`` → PKCE verifier and redirect URI, with a TTL."""
+    """The OAuth state table: the nonces of signed states already used (``feishu_mirror.oauth_state``),
+    each until its state expires (TTL). Only the callback writes, once per state this app issued."""
 
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._client = client
         self.table_name = table_name
 
-    def put(self, pending: OAuthState) -> None:
-        """Store a new state (never overwrites an existing one)."""
-        self._client.put_item(
-            TableName=self.table_name,
-            Item=attribute_values(
-                {
-                    "state": pending.state,
-                    "code_verifier": pending.code_verifier,
-                    "redirect_uri": pending.redirect_uri,
-                    "expires_at": pending.expires_at,
-                }
-            ),
-            ConditionExpression="attribute_not_exists(#s)",
-            ExpressionAttributeNames={"#s": "state"},
-        )
-
-    def take(self, state: str) -> OAuthState | None:
-        """Delete and return the state: a second take of the same state returns None."""
-        response = self._client.delete_item(
-            TableName=self.table_name, Key={"state": _av(state)}, ReturnValues="ALL_OLD"
-        )
-        item = response.get("Attributes")
-        if not item:
-            return None
-        raw = plain(item)
-        return OAuthState(raw["state"], raw["code_verifier"], raw["redirect_uri"], raw["expires_at"])
+    def claim(self, nonce: str, expires_at: int) -> bool:
+        """Mark a state used; False when it already was (a replayed callback)."""
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item=attribute_values({"state": nonce, "expires_at": expires_at}),
+                ConditionExpression="attribute_not_exists(#s)",
+                ExpressionAttributeNames={"#s": "state"},
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
 
 
 # ------------------------------------------------------------------------------------ rate gate

@@ -34,6 +34,7 @@ from feishu_mirror.errors import (
     RefreshOutcomeUnknown,
     ScopeMissing,
     TokensSuperseded,
+    TokenVaultUnavailable,
 )
 from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.listing import ListingEngine, MetricNames, Tally, is_mass_deletion, plan_page
@@ -48,6 +49,7 @@ from feishu_mirror.models import (
     Stored,
     SyncOutcome,
     SyncResult,
+    TokenGrant,
     UserRecord,
     has_readable_events,
 )
@@ -61,6 +63,7 @@ from feishu_mirror.store import (
     UnknownUser,
     UserStore,
 )
+from feishu_mirror.token_vault import TokenVault, needs_sealing
 
 __all__ = ["CalendarSync", "EventMirror", "failure_backoff", "is_mass_deletion", "lease_owner", "plan_page"]
 
@@ -113,7 +116,7 @@ def lease_owner(request_id: str) -> str:
 # ------------------------------------------------------------------------------ the engine
 @dataclass(slots=True)
 class _Tokens:
-    """The token pair a sync works with, and the ``token_version`` it was stored under."""
+    """The token pair a sync works with (opened), and the ``token_version`` it was stored under."""
 
     access_token: str = field(repr=False)
     access_expires_at: int
@@ -122,18 +125,6 @@ class _Tokens:
     version: int
     refresh_in_doubt: bool = False  # a refresh of this pair went out and its answer was never stored
 
-    @classmethod
-    def of(cls, user: UserRecord) -> _Tokens:
-        """The stored pair of ``user``."""
-        return cls(
-            user.access_token,
-            user.access_expires_at,
-            user.refresh_token,
-            user.refresh_expires_at,
-            user.token_version,
-            user.refresh_started_version == user.token_version,
-        )
-
 
 @dataclass(slots=True)
 class _Run:
@@ -141,7 +132,8 @@ class _Run:
 
     fence: Fence
     deadline: float
-    tokens: _Tokens
+    stored: UserRecord  # the user as last read: its tokens are opened on first use
+    tokens: _Tokens | None = None
     passes: int = 0
     calendars: Tally = field(default_factory=Tally)
     events: Tally = field(default_factory=Tally)
@@ -150,6 +142,15 @@ class _Run:
     events_due_at: int | None = None  # when the earliest calendar not listed now is due
     subscription_checked: bool = False
     superseded: int = 0  # new consents followed so far
+
+    @property
+    def token_version(self) -> int:
+        """The ``token_version`` of the pair this sync works with (every token write is conditional on it)."""
+        return self.tokens.version if self.tokens else self.stored.token_version
+
+    def adopt(self, user: UserRecord) -> None:
+        """Work with ``user``'s stored tokens from now on (opened again on first use)."""
+        self.stored, self.tokens = user, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +171,12 @@ class CalendarSync:
         calendars: CalendarStore,
         feishu: FeishuClient,
         settings: Settings,
+        vault: TokenVault,
         events: EventMirror | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
+        self._vault = vault
         self._calendars = calendars
         self._events = events
         self._feishu = feishu
@@ -204,9 +207,9 @@ class CalendarSync:
         if user.status != ACTIVE:
             self._users.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
             return SyncResult(open_id, "reauth_required")
-        return self._guarded(user, _Run(fence, deadline, _Tokens.of(user)))
+        return self._guarded(user, _Run(fence, deadline, user))
 
-    def _guarded(self, user: UserRecord, run: _Run) -> SyncResult:
+    def _guarded(self, user: UserRecord, run: _Run) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
         """Run the passes and map each expected failure to a recorded outcome."""
         fence = run.fence
         try:
@@ -220,6 +223,13 @@ class CalendarSync:
             logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
             self._users.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
             return self._result(run, "interrupted")
+        except TokenVaultUnavailable as exc:
+            # KMS down or refusing: the stored tokens stay as they are; the user is tried again later.
+            count("TokenVaultFailures")
+            logger.warning("token_vault_unavailable", extra={"error": exc.message})
+            due = self._now() + failure_backoff(user.consecutive_failures)
+            self._users.release_after_failure(fence, code=None, message=exc.message, due_at=due)
+            return self._result(run, "failed")
         except LeaseLost:
             count("SyncLeaseLost")
             logger.error("sync_lease_lost")
@@ -242,7 +252,7 @@ class CalendarSync:
         marked = self._users.mark_reauth_required(
             run.fence,
             self._now(),
-            token_version=run.tokens.version,
+            token_version=run.token_version,
             code=exc.code,
             message=exc.message,
             cause=exc.cause,
@@ -270,7 +280,7 @@ class CalendarSync:
             and fresh.lease_owner == run.fence.owner
             and run.superseded <= MAX_SUPERSEDED
         ):
-            run.tokens = _Tokens.of(fresh)
+            run.adopt(fresh)
             return self._guarded(fresh, run)
         self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
         return self._result(run, "interrupted")
@@ -355,9 +365,9 @@ class CalendarSync:
     @staticmethod
     def _adopt_tokens(run: _Run, fresh: UserRecord) -> UserRecord:
         """Work on with the stored pair when it is newer than ours (the user consented again meanwhile)."""
-        if fresh.token_version != run.tokens.version:
+        if fresh.token_version != run.token_version:
             logger.info("newer_tokens_adopted")
-            run.tokens = _Tokens.of(fresh)
+            run.adopt(fresh)
         return fresh
 
     # -------------------------------------------------------------------------- the collections
@@ -501,9 +511,32 @@ class CalendarSync:
             logger.info("access_token_rejected")
             return call(self._refresh(run))
 
+    def _tokens(self, run: _Run) -> _Tokens:
+        """The user's tokens in plaintext, opened on first use (one KMS call per sync). Plaintext tokens
+        from before encryption are sealed in place now. Raises ``TokenVaultUnavailable``."""
+        if run.tokens is None:
+            user = run.stored
+            opened = self._vault.open(user.open_id, user.access_token, user.refresh_token)
+            tokens = _Tokens(
+                opened.access_token,
+                user.access_expires_at,
+                opened.refresh_token,
+                user.refresh_expires_at,
+                user.token_version,
+                refresh_in_doubt=user.refresh_started_version == user.token_version,
+            )
+            if needs_sealing(user.access_token, user.refresh_token):
+                grant = TokenGrant(tokens.access_token, tokens.access_expires_at, tokens.refresh_token, None)
+                sealed = self._vault.seal(user.open_id, grant)
+                if self._users.seal_stored_tokens(run.fence, self._now(), sealed, token_version=user.token_version):
+                    count("TokensSealed")
+            run.tokens = tokens
+        return run.tokens
+
     def _access_token(self, run: _Run) -> str:
-        if run.tokens.access_token and run.tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
-            return run.tokens.access_token
+        tokens = self._tokens(run)
+        if tokens.access_token and tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
+            return tokens.access_token
         return self._refresh(run)
 
     def _refresh(self, run: _Run) -> str:
@@ -515,7 +548,7 @@ class CalendarSync:
         refresh whose outcome is unknown fails this attempt; the next one finds the mark and asks the
         user to authorise again, unless a newer pair was stored meanwhile.
         """
-        tokens = run.tokens
+        tokens = self._tokens(run)
         if tokens.refresh_in_doubt:
             raise ReauthorizationRequired(
                 -1,
@@ -526,6 +559,9 @@ class CalendarSync:
             raise ReauthorizationRequired(20037, "refresh token missing or expired", cause="refresh_token_expired")
         if run.deadline - time.monotonic() < REFRESH_TIME_NEEDED_SECONDS:
             raise DeadlineExceeded("not enough time left to refresh the token pair and store it")
+        # The data key first: Feishu's refresh consumes the old refresh token, so nothing may fail between
+        # its answer and the write of the new pair that a retry could not redo.
+        sealer = self._vault.sealer(run.fence.open_id)
         self._users.begin_refresh(run.fence, self._now(), tokens.version)
         try:
             grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
@@ -542,7 +578,9 @@ class CalendarSync:
             self._users.end_refresh(run.fence.open_id, tokens.version)
             raise
         count("TokenRefreshes")
-        version = self._users.save_tokens(run.fence.open_id, self._now(), grant, token_version=tokens.version)
+        version = self._users.save_tokens(
+            run.fence.open_id, self._now(), sealer.seal(grant), token_version=tokens.version
+        )
         kept = grant.refresh_token is None  # Feishu did not rotate it: the stored one stays valid
         run.tokens = _Tokens(
             grant.access_token,
@@ -557,7 +595,7 @@ class CalendarSync:
         """After a refresh whose outcome is unknown: ``TokensSuperseded`` when a newer pair is stored
         meanwhile, else the error that fails this attempt (the mark stays for the next one)."""
         fresh = self._users.get(run.fence.open_id)
-        if fresh is not None and fresh.token_version != run.tokens.version:
+        if fresh is not None and fresh.token_version != run.token_version:
             return TokensSuperseded(f"tokens of {run.fence.open_id} replaced")
         logger.warning("token_refresh_unanswered", extra={"error": exc.message, "log_id": exc.log_id})
         return RefreshOutcomeUnknown(

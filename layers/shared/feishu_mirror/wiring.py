@@ -1,8 +1,8 @@
 """Building the clients and services the handlers use, once per container.
 
-AWS endpoints are never hard-coded: boto3 honours ``AWS_ENDPOINT_URL_DYNAMODB`` and
-``AWS_ENDPOINT_URL_LAMBDA``, which is how the same code runs against DynamoDB Local and a local
-Lambda API.
+AWS endpoints are never hard-coded: boto3 honours ``AWS_ENDPOINT_URL_DYNAMODB``,
+``AWS_ENDPOINT_URL_LAMBDA`` and ``AWS_ENDPOINT_URL_KMS``, which is how the same code runs against
+DynamoDB Local, a local Lambda API and a local stand-in for KMS.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore
 if TYPE_CHECKING:
     from feishu_mirror.feishu import FeishuClient
     from feishu_mirror.sync import EventMirror
+    from feishu_mirror.token_vault import TokenVault
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_kms.client import KMSClient
     from mypy_boto3_lambda.client import LambdaClient
 
 
@@ -39,6 +41,21 @@ def lambda_client() -> LambdaClient:
     """The Lambda client used to start syncs."""
     config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
     return boto3.client("lambda", config=config)
+
+
+@cache
+def kms() -> KMSClient:
+    """The KMS client that wraps and unwraps the data keys of users' tokens."""
+    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.client("kms", config=config)
+
+
+@cache
+def token_vault(settings: Settings) -> TokenVault:
+    """Seals and opens users' tokens with the ``TOKEN_KEY_ID`` KMS key (sync and OAuth functions only)."""
+    from feishu_mirror.token_vault import KmsDataKeys, TokenVault  # noqa: PLC0415 - off the callback's import path
+
+    return TokenVault(KmsDataKeys(kms(), settings.token_key_id))
 
 
 @cache
