@@ -1,0 +1,131 @@
+"""DynamoDB reads of the read side (``agenda.AgendaSource``): read-only, projected, one user at a time.
+
+- the user's sync state: one GetItem of the users table projecting ``open_id``, ``status`` and
+  ``last_success_at`` (never a token);
+- the user's live calendars: one Query of the calendars table (the user's partition);
+- events: Queries of the Events table's ``agenda-index`` GSI, one user's ``short`` or ``long`` partition
+  between two ``agenda_at`` values (``agenda.py`` explains the index). The index projects only what the
+  agenda shows, so a query reads a fraction of each item.
+
+Every read asks for ``ReturnConsumedCapacity``; ``consumed`` adds up the read units (benchmarks and the
+``agenda_read`` log line report them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from feishu_mirror.agenda import AGENDA_INDEX, Segment
+from feishu_mirror.models import CALENDAR_FIELDS
+from feishu_mirror.store import attribute_values, plain
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+
+# What the agenda reads of an event through the index (the template's INCLUDE projection, plus keys).
+AGENDA_PROJECTION = (
+    "calendar_id",
+    "event_id",
+    "summary",
+    "start_time",
+    "end_time",
+    "status",
+    "free_busy_status",
+    "location",
+    "recurrence",
+    "recurring_event_id",
+    "is_exception",
+    "agenda_start",
+    "agenda_end",
+)
+SYNC_STATE = ("open_id", "status", "last_success_at")
+
+
+def _names(attributes: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    names = {f"#p{n}": name for n, name in enumerate(attributes)}
+    return ", ".join(names), names
+
+
+class AgendaReader:
+    """The read side's DynamoDB adapter: users, calendars and the events' agenda index."""
+
+    def __init__(self, client: DynamoDBClient, *, users_table: str, calendars_table: str, events_table: str) -> None:
+        self._client = client
+        self._users = users_table
+        self._calendars = calendars_table
+        self._events = events_table
+        self._lock = threading.Lock()
+        self.consumed = 0.0  # read capacity units, summed over every read this reader made
+        self.requests = 0
+
+    def _count(self, response: Mapping[str, Any]) -> None:
+        units = float((response.get("ConsumedCapacity") or {}).get("CapacityUnits") or 0)
+        with self._lock:
+            self.consumed += units
+            self.requests += 1
+
+    def _query(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every page of a Query, as plain items."""
+        items: list[dict[str, Any]] = []
+        request = {**request, "ReturnConsumedCapacity": "TOTAL"}
+        while True:
+            page = self._client.query(**request)
+            self._count(page)
+            items += [plain(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def sync_state(self, open_id: str) -> dict[str, Any] | None:
+        """The user's ``open_id``, ``status`` and ``last_success_at``; None for an unknown user."""
+        projection, names = _names(SYNC_STATE)
+        response = self._client.get_item(
+            TableName=self._users,
+            Key=attribute_values({"open_id": open_id}),
+            ProjectionExpression=projection,
+            ExpressionAttributeNames=names,
+            ReturnConsumedCapacity="TOTAL",
+        )
+        self._count(response)
+        item = response.get("Item")
+        return plain(item) if item else None
+
+    def live_calendars(self, open_id: str) -> list[dict[str, Any]]:
+        """The user's live calendars (no tombstones): ``calendar_id`` and the Feishu fields."""
+        projection, names = _names(("calendar_id", "deleted_at", *CALENDAR_FIELDS))
+        items = self._query(
+            {
+                "TableName": self._calendars,
+                "KeyConditionExpression": "open_id = :o",
+                "ProjectionExpression": projection,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": attribute_values({":o": open_id}),
+            }
+        )
+        return [item for item in items if "deleted_at" not in item]
+
+    def index_items(
+        self, open_id: str, segment: Segment, at_least: int, at_most: int, *, starting_before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Items of the user's ``segment`` partition of the agenda index with ``at_least <= agenda_at
+        <= at_most`` (and ``agenda_start < starting_before`` when given: a filter, which saves the
+        transfer but not the read units of what it drops)."""
+        projection, names = _names(AGENDA_PROJECTION)
+        values: dict[str, Any] = {":k": f"{open_id}#{segment}", ":lo": at_least, ":hi": at_most}
+        request: dict[str, Any] = {
+            "TableName": self._events,
+            "IndexName": AGENDA_INDEX,
+            "KeyConditionExpression": "agenda_key = :k AND agenda_at BETWEEN :lo AND :hi",
+            "ProjectionExpression": projection,
+            "ExpressionAttributeNames": names,
+        }
+        if starting_before is not None:
+            names["#start"] = "agenda_start"
+            request["FilterExpression"] = "#start < :before"
+            values[":before"] = starting_before
+        request["ExpressionAttributeValues"] = attribute_values(values)
+        if at_least > at_most:
+            return []
+        return self._query(request)
