@@ -7,8 +7,8 @@
   between two ``agenda_at`` values (``agenda.py`` explains the index). The index projects only what the
   agenda shows, so a query reads a fraction of each item.
 
-Every read asks for ``ReturnConsumedCapacity``; ``consumed`` adds up the read units (benchmarks and the
-``agenda_read`` log line report them).
+Every read asks for ``ReturnConsumedCapacity``; ``consumed`` adds up the read units and ``items_read``
+the items the queries examined (for benchmarks and tests).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class AgendaReader:
         self._lock = threading.Lock()
         self.consumed = 0.0  # read capacity units, summed over every read this reader made
         self.requests = 0
+        self.items_read = 0  # items the queries examined (before any filter)
 
     def _count(self, response: Mapping[str, Any]) -> None:
         units = float((response.get("ConsumedCapacity") or {}).get("CapacityUnits") or 0)
@@ -73,6 +74,8 @@ class AgendaReader:
         while True:
             page = self._client.query(**request)
             self._count(page)
+            with self._lock:
+                self.items_read += int(page.get("ScannedCount", 0))
             items += [plain(item) for item in page.get("Items", [])]
             if "LastEvaluatedKey" not in page:
                 return items
