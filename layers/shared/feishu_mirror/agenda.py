@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -428,6 +428,27 @@ def expand(items: Iterable[EventItem], window: Window) -> list[Entry]:
         if len(entries) > MAX_ENTRIES:
             raise WindowTooBusy(f"more than {MAX_ENTRIES} occurrences in the window: ask for a shorter one")
     return sorted(entries, key=Entry.sort_key)
+
+
+def _day_text(day: date) -> str:
+    return f"{day:%a} {day.isoformat()}"
+
+
+def human_span(start: EventTime, end: EventTime, tz: ZoneInfo | None = None) -> str:
+    """When an occurrence happens, for people: ``Mon 2026-03-09 10:00–10:30 Asia/Shanghai``, ``Mon
+    2026-03-09 23:00 – Tue 2026-03-10 01:00 …``, or ``Thu 2026-03-12 – Fri 2026-03-13 (all day)``
+    (an all-day event's last date, not Feishu's exclusive end date)."""
+    if start.day is not None:
+        last = (end.day or start.day) - timedelta(days=1)
+        if last <= start.day:
+            return f"{_day_text(start.day)} (all day)"
+        return f"{_day_text(start.day)} – {_day_text(last)} (all day)"
+    zone = tz or start.tz
+    begin, finish = datetime.fromtimestamp(start.epoch, zone), datetime.fromtimestamp(end.epoch, zone)
+    head = f"{begin:%a} {begin:%Y-%m-%d %H:%M}"
+    if finish.date() == begin.date():
+        return f"{head}–{finish:%H:%M} {zone.key}"
+    return f"{head} – {finish:%a} {finish:%Y-%m-%d %H:%M} {zone.key}"
 
 
 def busy_intervals(entries: Iterable[Entry], window: Window) -> list[tuple[int, int]]:
