@@ -267,7 +267,7 @@ def _next_monday(days: int, hour: int, minute: int) -> int:
     return int(datetime.combine(monday, time(hour, minute), ZoneInfo(DEMO_ZONE)).timestamp())
 
 
-def _times(start: int, seconds: int) -> dict[str, dict[str, str]]:
+def _times(start: int, seconds: int) -> dict[str, Any]:
     """Feishu's start_time and end_time for a timed event in the demo's zone."""
     return {
         "start_time": {"timestamp": str(start), "timezone": DEMO_ZONE},

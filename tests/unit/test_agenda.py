@@ -3,6 +3,7 @@ item that matters (the service over an in-memory index against expanding every i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -240,6 +241,7 @@ class IndexedSource:
             {"calendar_id": c, "type": "shared", "role": "reader", "summary": c} for c in ("cal_a", "cal_b")
         ]
         self.queries: list[tuple[str, int, int]] = []
+        self.lock = threading.Lock()
 
     def sync_state(self, open_id: str) -> Mapping[str, Any] | None:
         if open_id != OPEN_ID:
@@ -250,15 +252,24 @@ class IndexedSource:
         return list(self.calendars)
 
     def index_items(
-        self, open_id: str, segment: Segment, at_least: int, at_most: int, *, starting_before: int | None = None
+        self,
+        open_id: str,
+        segment: Segment,
+        at_least: int,
+        at_most: int,
+        *,
+        starting_before: int | None = None,
+        ending_from: int | None = None,
     ) -> list[dict[str, Any]]:
-        self.queries.append((segment, at_least, at_most))
+        with self.lock:
+            self.queries.append((segment, at_least, at_most))
         return [
             i
             for i in self.items
             if i.get("agenda_key") == f"{open_id}#{segment}"
             and at_least <= i["agenda_at"] <= at_most
             and (starting_before is None or i["agenda_start"] < starting_before)
+            and (ending_from is None or i["agenda_end"] >= ending_from)
         ]
 
 
@@ -313,12 +324,14 @@ def test_the_index_queries_find_everything_that_expanding_every_item_finds(
 def test_the_service_reads_two_index_partitions_for_a_window() -> None:
     source = IndexedSource([WEEKLY])
     AgendaService(source).agenda(OPEN_ID, WEEK)
-    assert [q[0] for q in source.queries] == ["long", "short"]
-    # a series of multi-day occurrences reaches further back: one more slice of the long partition
+    assert sorted(q[0] for q in source.queries) == ["long", "short"]
+    # a series of multi-day occurrences reaches further back: one more slice of the long partition, and
+    # the short partition again from further back
     long_series = event("camp_0", at(2026, 1, 5), at(2026, 1, 8), recurrence="FREQ=WEEKLY")
     source = IndexedSource([long_series])
     AgendaService(source).agenda(OPEN_ID, WEEK)
-    assert [q[0] for q in source.queries] == ["long", "long", "short"]
+    assert sorted(q[0] for q in source.queries) == ["long", "long", "short", "short"]
+    assert min(q[1] for q in source.queries if q[0] == "short") == WEEK.start - SHORT_SPAN - 3 * DAY
 
 
 def test_a_shortened_occurrence_of_a_long_series_is_found_however_early_it_began() -> None:

@@ -51,6 +51,7 @@ from feishu_mirror.recurrence import (
 
 AGENDA_INDEX = "agenda-index"
 SHORT_SPAN = 2 * DAY
+USUAL_REACH = DAY  # no series' occurrence lasts longer, nearly always: the short partition is read assuming so
 MAX_WINDOW_DAYS = 366
 MAX_FREEBUSY_USERS = 50
 MAX_ENTRIES = 10_000
@@ -486,10 +487,17 @@ class AgendaSource(Protocol):
         """The user's live calendar items (``calendar_id`` and the Feishu fields)."""
 
     def index_items(
-        self, open_id: str, segment: Segment, at_least: int, at_most: int, *, starting_before: int | None = None
+        self,
+        open_id: str,
+        segment: Segment,
+        at_least: int,
+        at_most: int,
+        *,
+        starting_before: int | None = None,
+        ending_from: int | None = None,
     ) -> list[dict[str, Any]]:
         """Items of one index partition with ``at_least <= agenda_at <= at_most`` (and, when given,
-        ``agenda_start < starting_before``)."""
+        ``agenda_start < starting_before`` and ``agenda_end >= ending_from``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,8 +530,7 @@ class AgendaService:
         self._clock = clock
         self._workers = workers
 
-    def _synced(self, open_id: str) -> int:
-        state = self._source.sync_state(valid_open_id(open_id))
+    def _synced(self, open_id: str, state: Mapping[str, Any] | None) -> int:
         if state is None:
             raise UserNotFound(f"no user with the open_id {open_id} has authorised the mirror")
         synced_at = state.get("last_success_at")
@@ -535,7 +542,7 @@ class AgendaService:
 
     def calendars(self, open_id: str) -> dict[str, Any]:
         """The user's live calendars; raises ``UserNotFound``, ``NotSyncedYet``, ``AgendaRequestInvalid``."""
-        synced_at = self._synced(open_id)
+        synced_at = self._synced(open_id, self._source.sync_state(valid_open_id(open_id)))
         calendars = sorted(
             self._source.live_calendars(open_id), key=lambda c: (str(c.get("summary", "")).lower(), c["calendar_id"])
         )
@@ -552,35 +559,48 @@ class AgendaService:
             ],
         }
 
-    def _window_items(self, open_id: str, window: Window) -> list[EventItem]:
-        """The index items that can matter for ``window`` (the queries of the module docstring)."""
+    def _short(self, open_id: str, window: Window, reach: int) -> list[dict[str, Any]]:
+        """The short partition's items for ``window`` when no occurrence lasts longer than ``reach``."""
+        start = window.start - reach
+        return self._source.index_items(open_id, SHORT, start - SHORT_SPAN, window.end - 1, ending_from=start)
+
+    def _window_items(self, open_id: str, window: Window, pool: ThreadPoolExecutor) -> list[EventItem]:
+        """The index items that can matter for ``window`` (the queries of the module docstring). The
+        short partition is read at once, assuming no series' occurrence lasts over ``USUAL_REACH``,
+        and read again, further back, when the long partition shows one that does."""
         source = self._source
-        long = _parsed(
-            source.index_items(open_id, LONG, window.start - SHORT_SPAN, FOREVER, starting_before=window.end)
+        long_read = pool.submit(
+            source.index_items, open_id, LONG, window.start - SHORT_SPAN, FOREVER, starting_before=window.end
         )
+        short_read = pool.submit(self._short, open_id, window, USUAL_REACH)
+        long = _parsed(long_read.result())
         reach = longest_occurrence(long)
         if reach > SHORT_SPAN:
             earlier = source.index_items(
                 open_id, LONG, window.start - reach, window.start - SHORT_SPAN - 1, starting_before=window.end
             )
             long += _parsed(earlier)
-        short = _parsed(source.index_items(open_id, SHORT, window.start - SHORT_SPAN - reach, window.end - 1))
-        return long + short
+        short = short_read.result() if reach <= USUAL_REACH else self._short(open_id, window, reach)
+        return long + _parsed(short)
 
     def agenda(self, open_id: str, window: Window) -> UserAgenda:
         """Every occurrence on the user's live, readable calendars overlapping ``window``, by start.
 
-        Raises ``UserNotFound``, ``NotSyncedYet``, ``AgendaRequestInvalid`` or ``WindowTooBusy``.
+        The user's state, calendars and index partitions are read concurrently. Raises
+        ``UserNotFound``, ``NotSyncedYet``, ``AgendaRequestInvalid`` or ``WindowTooBusy``.
         """
-        synced_at = self._synced(open_id)
-        readable = sorted(
-            c["calendar_id"]
-            for c in self._source.live_calendars(open_id)
-            if has_readable_events(Calendar(c["calendar_id"], c))
-        )
-        wanted = set(readable)
-        items = [item for item in self._window_items(open_id, window) if item.calendar_id in wanted]
-        return UserAgenda(open_id, window, synced_at, tuple(readable), tuple(expand(items, window)))
+        valid_open_id(open_id)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            state = pool.submit(self._source.sync_state, open_id)
+            calendars = pool.submit(self._source.live_calendars, open_id)
+            items = pool.submit(self._window_items, open_id, window, pool)
+            synced_at = self._synced(open_id, state.result())
+            readable = sorted(
+                c["calendar_id"] for c in calendars.result() if has_readable_events(Calendar(c["calendar_id"], c))
+            )
+            wanted = set(readable)
+            found = [item for item in items.result() if item.calendar_id in wanted]
+        return UserAgenda(open_id, window, synced_at, tuple(readable), tuple(expand(found, window)))
 
     def freebusy(self, open_ids: Sequence[str], window: Window) -> list[dict[str, Any]]:
         """Each user's merged busy intervals, in the order asked; a user who is unknown or not synced

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # What the agenda reads of an event through the index (the template's INCLUDE projection, plus keys).
 AGENDA_PROJECTION = (
-    "calendar_id",
+    "calendar_key",
     "event_id",
     "summary",
     "start_time",
@@ -110,25 +110,40 @@ class AgendaReader:
         return [item for item in items if "deleted_at" not in item]
 
     def index_items(
-        self, open_id: str, segment: Segment, at_least: int, at_most: int, *, starting_before: int | None = None
+        self,
+        open_id: str,
+        segment: Segment,
+        at_least: int,
+        at_most: int,
+        *,
+        starting_before: int | None = None,
+        ending_from: int | None = None,
     ) -> list[dict[str, Any]]:
         """Items of the user's ``segment`` partition of the agenda index with ``at_least <= agenda_at
-        <= at_most`` (and ``agenda_start < starting_before`` when given: a filter, which saves the
-        transfer but not the read units of what it drops)."""
+        <= at_most`` (and ``agenda_start < starting_before``, ``agenda_end >= ending_from`` when given:
+        filters, which save the transfer but not the read units of what they drop)."""
+        if at_least > at_most:
+            return []
         projection, names = _names(AGENDA_PROJECTION)
         values: dict[str, Any] = {":k": f"{open_id}#{segment}", ":lo": at_least, ":hi": at_most}
+        filters = []
+        if starting_before is not None:
+            filters.append("agenda_start < :before")
+            values[":before"] = starting_before
+        if ending_from is not None:
+            filters.append("agenda_end >= :end")
+            values[":end"] = ending_from
         request: dict[str, Any] = {
             "TableName": self._events,
             "IndexName": AGENDA_INDEX,
             "KeyConditionExpression": "agenda_key = :k AND agenda_at BETWEEN :lo AND :hi",
             "ProjectionExpression": projection,
             "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": attribute_values(values),
         }
-        if starting_before is not None:
-            names["#start"] = "agenda_start"
-            request["FilterExpression"] = "#start < :before"
-            values[":before"] = starting_before
-        request["ExpressionAttributeValues"] = attribute_values(values)
-        if at_least > at_most:
-            return []
-        return self._query(request)
+        if filters:
+            request["FilterExpression"] = " AND ".join(filters)
+        items = self._query(request)
+        for item in items:  # the calendar is the partition key's part after "<open_id>#"
+            item["calendar_id"] = str(item.pop("calendar_key", "")).partition("#")[2]
+        return items

@@ -83,6 +83,7 @@ class TooManyOccurrences(ValueError):
     """One series has more than ``MAX_OCCURRENCES_PER_SERIES`` occurrences in the window."""
 
 
+@lru_cache(maxsize=1024)
 def zone(name: object) -> ZoneInfo:
     """The IANA zone called ``name``; UTC when it is missing or unknown (Feishu always sends one)."""
     if not isinstance(name, str) or not name or len(name) > 64:
@@ -208,6 +209,7 @@ def _by_parts(parts: dict[str, str]) -> dict[str, Any]:
     return by
 
 
+@lru_cache(maxsize=4096)
 def parse_rule(text: object) -> Rule:
     """Parse Feishu's ``recurrence``; raises ``InvalidRecurrence`` for anything but one valid RRULE.
 
