@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
+from feishu_mirror.agenda import AgendaService, Window
+from feishu_mirror.agenda_store import AgendaReader
 from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
@@ -204,11 +206,12 @@ def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_toke
 
 @contextmanager
 def dynamodb_calls(harness: Harness) -> Iterator[set[tuple[str, str]]]:
-    """Every (operation, table) the harness's DynamoDB client is asked for inside the block."""
+    """Every (operation, table or table/index) the harness's DynamoDB client is asked for inside the block."""
     calls: set[tuple[str, str]] = set()
 
     def record(params: dict[str, Any], model: Any, **_kwargs: Any) -> None:
-        calls.add((f"dynamodb:{model.name}", str(params.get("TableName", ""))))
+        index = params.get("IndexName")
+        calls.add((f"dynamodb:{model.name}", str(params.get("TableName", "")) + (f"/index/{index}" if index else "")))
 
     events = harness.client.meta.events
     events.register("before-parameter-build.dynamodb", record)
@@ -226,7 +229,11 @@ def _status_function_grants(tables: dict[str, str]) -> set[tuple[str, str]]:
         for statement in policy.get("Statement", []):
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             for resource in resources:
-                table = tables[resource["Fn::GetAtt"][0]]  # a table's Arn, nothing wider (no index, no *)
+                if "Fn::Sub" in resource:  # ${Table.Arn}/index/<name>: one index, nothing wider
+                    table, _, index = resource["Fn::Sub"].removeprefix("${").partition(".Arn}")
+                    granted |= {(action, tables[table] + index) for action in statement["Action"]}
+                    continue
+                table = tables[resource["Fn::GetAtt"][0]]  # a table's Arn, nothing wider (no *)
                 assert resource["Fn::GetAtt"][1] == "Arn"
                 granted |= {(action, table) for action in statement["Action"]}
     return granted
@@ -244,12 +251,21 @@ def test_everything_the_status_service_calls_is_granted_to_the_status_function_a
     status = service(harness)
     failing = service(harness, PingDispatcher(harness.users, FailingInvoker()))
     settings = harness.settings
+    coming_week = AgendaService(
+        AgendaReader(
+            harness.client,
+            users_table=settings.users_table,
+            calendars_table=settings.calendars_table,
+            events_table=settings.events_table,
+        )
+    )
     # WHEN every route's work is done: the overview (two pages), a user's page, resyncs started,
     # coalesced, refused and failed, and unknown users
     with dynamodb_calls(harness) as calls:
         first = status.overview(limit=1)
         status.overview(limit=1, start=first.next_start)
         status.user(ada)
+        coming_week.agenda(ada, Window.days_from(int(time.time()), 7))  # the user page's next seven days
         assert status.resync(ada).outcome == "started"
         assert status.resync(ada).outcome == "coalesced"
         assert failing.resync(unstartable).outcome == "invoke_failed"
@@ -263,6 +279,7 @@ def test_everything_the_status_service_calls_is_granted_to_the_status_function_a
             "UsersTable": settings.users_table,
             "CalendarsTable": settings.calendars_table,
             "EventListingsTable": settings.event_listings_table,
+            "EventsTable": settings.events_table,
         }
     )
     assert calls == grants

@@ -73,8 +73,9 @@ def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log
     # GIVEN the status function's policies
     props = template()["Resources"]["StatusFunction"]["Properties"]
     inline, invoke = props["Policies"]
-    # THEN DynamoDB is granted action by action, on the tables' ARNs only (no index, no wildcard):
-    # reading and pinging users, querying one user's calendars and event listings; and invoking the sync
+    # THEN DynamoDB is granted action by action, on the tables' ARNs and the agenda index only (no
+    # wildcard): reading and pinging users, querying one user's calendars, event listings and coming
+    # week; and invoking the sync
     granted = {
         (action, json.dumps(resource))
         for statement in inline["Statement"]
@@ -89,6 +90,7 @@ def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log
         ("dynamodb:UpdateItem", users),
         ("dynamodb:Query", calendars),
         ("dynamodb:Query", listings),
+        ("dynamodb:Query", json.dumps({"Fn::Sub": "${EventsTable.Arn}/index/agenda-index"})),
     }
     assert invoke == {"LambdaInvokePolicy": {"FunctionName": {"Ref": "SyncFunction"}}}
     assert props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"] == {
