@@ -3,6 +3,7 @@ item that matters (the service over an in-memory index against expanding every i
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -206,7 +207,11 @@ def test_a_window_with_too_many_occurrences_is_refused() -> None:
 
 # ------------------------------------------------------------------------------ index attributes
 def test_index_attributes_place_short_items_by_start_and_series_and_long_items_by_end() -> None:
-    single = agenda_index_attributes(OPEN_ID, "s_0", event("s_0", 100, 3700))
+    single = agenda_index_attributes(OPEN_ID, "s_0", event("s_0", 100, 3700, location={"name": "3F"}))
+    assert single.pop("agenda_entry") == (
+        '{"summary":"s_0","start_time":{"timestamp":"100","timezone":"Asia/Shanghai"},'
+        '"end_time":{"timestamp":"3700","timezone":"Asia/Shanghai"},"status":"confirmed","location":{"name":"3F"}}'
+    )
     assert single == {"agenda_key": f"{OPEN_ID}#short", "agenda_at": 100, "agenda_start": 100, "agenda_end": 3700}
     series = agenda_index_attributes(OPEN_ID, "mtg_0", WEEKLY)
     assert (series["agenda_key"], series["agenda_at"]) == (f"{OPEN_ID}#long", FOREVER)
@@ -263,8 +268,8 @@ class IndexedSource:
     ) -> list[dict[str, Any]]:
         with self.lock:
             self.queries.append((segment, at_least, at_most))
-        return [
-            i
+        return [  # what the index projects: the ids and the fields kept in agenda_entry
+            {**json.loads(i["agenda_entry"]), "event_id": i["event_id"], "calendar_id": i["calendar_id"]}
             for i in self.items
             if i.get("agenda_key") == f"{open_id}#{segment}"
             and at_least <= i["agenda_at"] <= at_most

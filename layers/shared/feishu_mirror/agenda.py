@@ -25,6 +25,7 @@ that. Tombstones carry no index attributes, so deleted events never enter the in
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,6 +51,19 @@ from feishu_mirror.recurrence import (
 )
 
 AGENDA_INDEX = "agenda-index"
+# The Feishu fields an agenda shows or needs, copied into ``agenda_entry`` (one JSON string): the index
+# projects that one attribute instead of a dozen nested ones, which makes each item far cheaper to read.
+ENTRY_FIELDS = (
+    "summary",
+    "start_time",
+    "end_time",
+    "status",
+    "free_busy_status",
+    "location",
+    "recurrence",
+    "recurring_event_id",
+    "is_exception",
+)
 SHORT_SPAN = 2 * DAY
 USUAL_REACH = DAY  # no series' occurrence lasts longer, nearly always: the short partition is read assuming so
 MAX_WINDOW_DAYS = 366
@@ -294,11 +308,13 @@ def agenda_index_attributes(open_id: str, event_id: str, fields: Mapping[str, An
         return {}
     low, high = item.span()
     long = item.series is not None or high - low > SHORT_SPAN
+    entry = {name: _plain(fields[name]) for name in ENTRY_FIELDS if fields.get(name) not in (None, "")}
     return {
         "agenda_key": f"{open_id}#{LONG if long else SHORT}",
         "agenda_at": high if long else low,
         "agenda_start": low,
         "agenda_end": high,
+        "agenda_entry": json.dumps(entry, ensure_ascii=False, separators=(",", ":")),
     }
 
 
