@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
 from feishu_mirror.agenda import AgendaService, NotSyncedYet, UserNotFound, Window
 from feishu_mirror.agenda_store import AgendaReader
 from feishu_mirror.models import Event
 from feishu_mirror.store import Fence
 from local.feishu_sim import FeishuSimulator
-from local.stack import ROOT
+from tests.integration.grants import dynamodb_calls, function_grants
 from tests.integration.harness import Harness
 
 pytestmark = pytest.mark.integration
@@ -215,43 +212,11 @@ def test_unknown_and_unsynced_users(harness: Harness) -> None:
     assert service.calendars(pending)["calendars"][0]["events_mirrored"] is True
 
 
-@contextmanager
-def dynamodb_calls(harness: Harness) -> Iterator[set[tuple[str, str]]]:
-    """Every (operation, table or table/index) the harness's client is asked for inside the block."""
-    calls: set[tuple[str, str]] = set()
-
-    def record(params: dict[str, Any], model: Any, **_kwargs: Any) -> None:
-        index = params.get("IndexName")
-        calls.add((f"dynamodb:{model.name}", str(params.get("TableName", "")) + (f"/index/{index}" if index else "")))
-
-    events = harness.client.meta.events
-    events.register("before-parameter-build.dynamodb", record)
-    try:
-        yield calls
-    finally:
-        events.unregister("before-parameter-build.dynamodb", record)
-
-
-def _agenda_function_grants(tables: dict[str, str]) -> set[tuple[str, str]]:
-    template = yaml_parse((ROOT / "template.yaml").read_text())
-    granted: set[tuple[str, str]] = set()
-    for policy in template["Resources"]["AgendaFunction"]["Properties"]["Policies"]:
-        for statement in policy["Statement"]:
-            resource = statement["Resource"]
-            if "Fn::GetAtt" in resource:
-                name = tables[resource["Fn::GetAtt"][0]]
-            else:  # !Sub ${Table.Arn}/index/<name>
-                table, _, rest = resource["Fn::Sub"].partition(".Arn}")
-                name = tables[table.removeprefix("${")] + rest
-            granted |= {(action, name) for action in statement["Action"]}
-    return granted
-
-
 def test_everything_the_reader_calls_is_granted_to_the_agenda_function_and_no_more(harness: Harness) -> None:
     open_id = harness.onboard("ou_agenda_grants")
     harness.sync(open_id)
     service = AgendaService(reader(harness))
-    with dynamodb_calls(harness) as calls:
+    with dynamodb_calls(harness.client) as calls:
         service.calendars(open_id)
         service.agenda(open_id, WEEK)
         service.freebusy([open_id, "ou_agenda_nobody"], WEEK)
@@ -261,7 +226,7 @@ def test_everything_the_reader_calls_is_granted_to_the_agenda_function_and_no_mo
         "CalendarsTable": settings.calendars_table,
         "EventsTable": settings.events_table,
     }
-    assert calls == _agenda_function_grants(tables)
+    assert calls == function_grants("AgendaFunction", tables)
 
 
 def test_the_reader_never_reads_a_token(harness: Harness) -> None:
