@@ -17,6 +17,7 @@ from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from feishu_mirror import agenda, status, wiring
 from feishu_mirror.config import Settings
@@ -84,6 +85,9 @@ def _coming_week(open_id: str) -> tuple[status.Upcoming, list[dict[str, Any]]]:
         entries = wiring.agenda(settings).agenda(open_id, week).entries
     except agenda.AgendaError as exc:
         return status.Upcoming(note=str(exc)), []
+    except (BotoCoreError, ClientError):  # the page still shows the user's health
+        logger.exception("coming_week_unavailable", extra={"open_id": open_id})
+        return status.Upcoming(note="The coming week could not be read just now."), []
     rows = tuple(
         (agenda.human_span(e.start, e.end), str(e.fields.get("summary") or ""), bool(e.recurring_event_id))
         for e in entries
