@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.agenda import agenda_cost
 from bench.callback import cold_start, warm_handling
 from bench.common import Entry
 from bench.event_cost import event_cost
@@ -28,6 +29,7 @@ SUITES: dict[str, Callable[[], list[Entry]]] = {
     "events": event_cost,
     "stack": stack_latency,
     "scale": scale,
+    "agenda": agenda_cost,
 }
 
 

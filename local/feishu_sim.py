@@ -707,12 +707,13 @@ class FeishuSimulator:
             del entry["is_deleted"]
         return entries
 
-    def create_event(self, open_id: str, calendar_id: str, **fields: Any) -> str:
-        """Add an event (日程) to one of the user's calendars; returns its event_id."""
+    def create_event(self, open_id: str, calendar_id: str, *, event_id: str | None = None, **fields: Any) -> str:
+        """Add an event (日程) to one of the user's calendars; returns its event_id (``event_id`` names
+        it instead, e.g. ``<uid>_<original start>`` for an exception of a recurring event)."""
         with self._lock:
             calendar = self._live_calendar(open_id, calendar_id)
             self._seq += 1
-            event_id = f"{uuid.uuid4()}_0"
+            event_id = event_id or f"{uuid.uuid4()}_0"
             values = {**copy.deepcopy(EVENT_FIELD_DEFAULTS), "summary": f"Event {len(calendar.events) + 1}", **fields}
             unknown = set(values) - set(EVENT_FIELD_DEFAULTS)
             if unknown:

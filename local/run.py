@@ -16,11 +16,14 @@ import argparse
 import os
 import signal
 import sys
-import time
+import time as clock
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, time, timedelta
 from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import requests
 
@@ -47,7 +50,14 @@ WARM_EVENTS = {
         "headers": {},
         "requestContext": {"http": {"method": "GET", "path": "/warm-up"}, "stage": "$default"},
     },
+    "AgendaFunction": {
+        "version": "2.0",
+        "rawPath": "/warm-up",
+        "headers": {},
+        "requestContext": {"http": {"method": "GET", "path": "/warm-up"}, "stage": "$default"},
+    },
 }
+DEMO_ZONE = "Asia/Shanghai"
 CREDENTIAL_NAMES = ("FEISHU_APP_ID", "FEISHU_APP_SECRET", "FEISHU_ENCRYPT_KEY", "FEISHU_VERIFICATION_TOKEN")
 
 
@@ -127,13 +137,30 @@ class Demo:
                 if "deleted_at" not in item
             }
             for fields in sorted(mirrored.values(), key=lambda f: str(f.get("summary"))):
-                when = fields.get("start_time", {})
-                say(f"    {fields.get('summary', '')!s:<28} {when.get('date') or when.get('timestamp', '')!s:<12}")
+                say(f"    {fields.get('summary', '')!s:<28} {_local_time(fields.get('start_time'))}")
             if mirrored == truth:
                 say(f"  ✓ {step}: the events mirror matches Feishu ({len(truth)} events, {calendar_id[:24]}…)")
             else:
                 self.mismatches += 1
                 say(f"  ✗ {step}: the events of {calendar_id} differ from Feishu")
+
+    def show_agenda(self) -> None:
+        """Print the demo user's coming week from the read route, recurring events expanded."""
+        query = _coming_week()
+        say(f"\n6. Ada's coming week from the read route GET /v1/users/{DEMO_USER}/agenda (IAM-signed in the cloud):")
+        reply = requests.get(f"{self.stack.api_url}/v1/users/{DEMO_USER}/agenda", params=query, timeout=30)
+        if reply.status_code != 200:
+            self.mismatches += 1
+            say(f"  ✗ {reply.status_code} {reply.text}")
+            return
+        occurrences = reply.json()["occurrences"]
+        for entry in occurrences:
+            series = "  ↻ " if entry["recurring_event_id"] else "    "
+            say(f"  {series}{_span(entry):<44} {entry['summary']}")
+        expanded = [entry for entry in occurrences if entry["recurring_event_id"]]
+        ok = len({entry["event_id"] for entry in expanded}) >= 2
+        self.mismatches += not ok
+        say(f"  {'✓' if ok else '✗'} {len(occurrences)} occurrences, {len(expanded)} of them from recurring events (↻)")
 
     def settle(self) -> None:
         """Wait until Feishu's pushes were answered and every sync has finished."""
@@ -175,7 +202,21 @@ class Demo:
         notes = self.sim.create_event(
             DEMO_USER, primary, summary="Analytical Engine notes", location={"name": "London"}
         )
-        self.sim.create_event(DEMO_USER, ids["Team standup"], summary="Standup", recurrence="FREQ=DAILY")
+        self.sim.create_event(
+            DEMO_USER,
+            ids["Team standup"],
+            summary="Standup",
+            recurrence="FREQ=DAILY",
+            **_times(_next_monday(-28, 9, 30), 900),
+        )
+        self.sim.create_event(
+            DEMO_USER,
+            primary,
+            summary="1:1 with Babbage",
+            recurrence="FREQ=WEEKLY;INTERVAL=1;BYDAY=MO,TH",
+            location={"name": "Difference Engine room"},
+            **_times(_next_monday(-14, 10, 0), 1800),
+        )
         tea = self.sim.create_event(DEMO_USER, primary, summary="Tea with Babbage")
         self.settle()
         self.sim.update_event(
@@ -197,7 +238,9 @@ class Demo:
         self.mismatches += resets < 1
         self.check(DEMO_USER, "full resync after 190008")
 
-        say("\n6. The scheduled resync finds nothing due and writes nothing:")
+        self.show_agenda()
+
+        say("\n7. The scheduled resync finds nothing due and writes nothing:")
         before = self.mirror(DEMO_USER)
         self.stack.run_schedule("ResyncFunction")
         self.stack.wait_idle(60)
@@ -210,6 +253,45 @@ class Demo:
         failures = len(self.stack.failures)
         say(f"\n{'✓' if not failures else '✗'} failed asynchronous invocations: {failures}")
         return self.mismatches == 0 and failures == 0
+
+
+def _coming_week() -> dict[str, str]:
+    """The agenda route's query for the seven days from today's midnight in the demo's zone."""
+    start = datetime.now(ZoneInfo(DEMO_ZONE)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"from": start.isoformat(), "to": (start + timedelta(days=7)).isoformat(), "tz": DEMO_ZONE}
+
+
+def _next_monday(days: int, hour: int, minute: int) -> int:
+    """Unix seconds of ``hour:minute`` in the demo's zone on the coming Monday, moved by ``days``."""
+    today = datetime.now(ZoneInfo(DEMO_ZONE)).date()
+    monday = today + timedelta(days=(7 - today.weekday()) % 7 + days)
+    return int(datetime.combine(monday, time(hour, minute), ZoneInfo(DEMO_ZONE)).timestamp())
+
+
+def _times(start: int, seconds: int) -> dict[str, Any]:
+    """Feishu's start_time and end_time for a timed event in the demo's zone."""
+    return {
+        "start_time": {"timestamp": str(start), "timezone": DEMO_ZONE},
+        "end_time": {"timestamp": str(start + seconds), "timezone": DEMO_ZONE},
+    }
+
+
+def _local_time(when: Any) -> str:
+    """A Feishu start_time as people read it: the date, or the local date and time in its zone."""
+    if not isinstance(when, dict):
+        return ""
+    if when.get("date"):
+        return f"{when['date']} (all day)"
+    zone = ZoneInfo(when.get("timezone") or "UTC")
+    return f"{datetime.fromtimestamp(int(when['timestamp']), zone):%a %Y-%m-%d %H:%M} {zone.key}"
+
+
+def _span(entry: dict[str, Any]) -> str:
+    """An agenda entry's time: ``Mon 2026-12-14 10:00–10:30`` or ``2026-12-10 (all day)``."""
+    if entry["all_day"]:
+        return f"{entry['start']} (all day)"
+    start, end = datetime.fromisoformat(entry["start"]), datetime.fromisoformat(entry["end"])
+    return f"{start:%a %Y-%m-%d %H:%M}–{end:%H:%M} {entry['time_zone']}"
 
 
 def _title(html: str) -> str:
@@ -234,7 +316,7 @@ def serve_forever(stack: LocalStack) -> None:
     say("\nServing until Ctrl-C.")
     try:
         while True:
-            time.sleep(3600)
+            clock.sleep(3600)
     except KeyboardInterrupt:
         say("\nStopping.")
         stack.stop()
@@ -249,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     api_port = int(os.environ.get("LOCAL_API_PORT", "0" if args.demo else "3000"))
     real = bool(os.environ.get("FEISHU_APP_ID") and os.environ.get("FEISHU_APP_SECRET")) and not args.demo
-    started = time.monotonic()
+    started = clock.monotonic()
     say("Starting DynamoDB Local, the Lambda emulators and the local API (the first run installs them)…")
     if real:
         env = {name: os.environ.get(name, "") for name in CREDENTIAL_NAMES}
@@ -259,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         with LocalStack(env, api_port=api_port, schedules=True) as stack:
             stack.warm(WARM_EVENTS)
             say(
-                f"Up in {time.monotonic() - started:.0f} s, talking to the real Feishu ({env.get('FEISHU_BASE_URL') or 'https://open.feishu.cn'})."
+                f"Up in {clock.monotonic() - started:.0f} s, talking to the real Feishu ({env.get('FEISHU_BASE_URL') or 'https://open.feishu.cn'})."
             )
             say(
                 f"Open {stack.api_url}/oauth/start in a browser (register {stack.api_url}/oauth/callback as a redirect URL)."
@@ -276,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     sim_port = int(os.environ.get("LOCAL_FEISHU_PORT", "0" if args.demo else "8089"))
     with simulated_app(api_port, sim_port, schedules=not args.demo) as (stack, sim):
         say(
-            f"Up in {time.monotonic() - started:.0f} s: API {stack.api_url} · Feishu simulator {sim.url} · DynamoDB {stack.dynamodb.endpoint if stack.dynamodb else ''}"
+            f"Up in {clock.monotonic() - started:.0f} s: API {stack.api_url} · Feishu simulator {sim.url} · DynamoDB {stack.dynamodb.endpoint if stack.dynamodb else ''}"
         )
         say(f"Status page: {stack.api_url}/status")
         ok = Demo(stack, sim).run()
@@ -288,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         say(
             f'  curl -s -XPOST {sim.url}/_sim/users/{DEMO_USER}/calendars -d \'{{"summary":"Mine"}}\'   # a change; the simulator pushes it'
         )
+        agenda_url = f"{stack.api_url}/v1/users/{DEMO_USER}/agenda?{urlencode(_coming_week())}"
+        say(f"  curl -s '{agenda_url}'   # the coming week (IAM-signed in the cloud)")
         say(f"  open {stack.api_url}/oauth/start                                          # onboard again")
         say(
             f"  open {stack.api_url}/status                                              # status page (IAM-protected in the cloud)"

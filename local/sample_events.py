@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from feishu_mirror import crypto
 from local import kms
@@ -64,7 +65,7 @@ def http_event(
         "isBase64Encoded": False,
     }
     if query:
-        event["queryStringParameters"] = dict(part.split("=", 1) for part in query.split("&"))
+        event["queryStringParameters"] = dict(parse_qsl(query))  # decoded, as API Gateway delivers them
     if body is not None:
         event["body"] = body
     return event
@@ -169,6 +170,28 @@ def samples() -> dict[str, Any]:
             http_event("POST", "/status/ou_sample_user/resync", headers={"accept": "application/json"}),
             "POST /status/{open_id}/resync",
             {"open_id": "ou_sample_user"},
+        ),
+        "agenda-calendars.json": iam_signed(
+            http_event("GET", "/v1/users/ou_sample_user/calendars"),
+            "GET /v1/users/{open_id}/calendars",
+            {"open_id": "ou_sample_user"},
+        ),
+        "agenda-week.json": iam_signed(
+            http_event(
+                "GET",
+                "/v1/users/ou_sample_user/agenda",
+                query="from=2025-11-24T00:00:00%2B08:00&to=2025-12-01T00:00:00%2B08:00",
+            ),
+            "GET /v1/users/{open_id}/agenda",
+            {"open_id": "ou_sample_user"},
+        ),
+        "agenda-freebusy.json": iam_signed(
+            http_event(
+                "GET",
+                "/v1/freebusy",
+                query="open_ids=ou_sample_user,ou_sample_other&from=2025-11-24T01:00:00Z&to=2025-11-24T10:00:00Z",
+            ),
+            "GET /v1/freebusy",
         ),
         "publisher-calendar-renamed.json": {"Records": [calendar_renamed_record()]},
         "resync-schedule.json": {

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 
 from feishu_mirror.changes import SOURCE as CHANGE_SOURCE
+from feishu_mirror.token_vault import KmsDataKeys, TokenVault
 from local.api_gateway import INTEGRATION_TIMEOUT_SECONDS, ApiGateway
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.eventbridge import LocalEventBridge
@@ -182,6 +183,11 @@ class LocalStack:
         """A DynamoDB client for the stack's DynamoDB Local."""
         assert self.dynamodb is not None, "stack not started"
         return self.dynamodb.client()
+
+    def token_vault(self) -> TokenVault:
+        """A token vault on the stack's local KMS and the template's token key (to seal tokens as OAuth does)."""
+        assert self.kms is not None, "stack not started"
+        return TokenVault(KmsDataKeys(self.kms.client(), self.key_arns["TokenKey"]))
 
     def lambda_client(self) -> LambdaClient:
         """A boto3 Lambda client for the stack's Invoke API (dummy credentials)."""

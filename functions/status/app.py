@@ -8,6 +8,7 @@ project an allow-list (see ``feishu_mirror.status``).
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +17,9 @@ from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
-from feishu_mirror import status, wiring
+from feishu_mirror import agenda, status, wiring
 from feishu_mirror.config import Settings
 from feishu_mirror.observability import logger, metrics
 from feishu_mirror.store import UnknownUser
@@ -74,12 +76,33 @@ def overview() -> Response[Any]:
     return _reply(200, view.as_dict(), status.render_overview(view))
 
 
+def _coming_week(open_id: str) -> tuple[status.Upcoming, list[dict[str, Any]]]:
+    """The user's next seven days from the agenda index: rows for the page, entries for JSON."""
+    if not settings.events_table:
+        return status.Upcoming(note="Events are not mirrored."), []
+    try:
+        week = agenda.Window.days_from(int(time.time()), 7)
+        entries = wiring.agenda(settings).agenda(open_id, week).entries
+    except agenda.AgendaError as exc:
+        return status.Upcoming(note=str(exc)), []
+    except (BotoCoreError, ClientError):  # the page still shows the user's health
+        logger.exception("coming_week_unavailable", extra={"open_id": open_id})
+        return status.Upcoming(note="The coming week could not be read just now."), []
+    rows = tuple(
+        (agenda.human_span(e.start, e.end), str(e.fields.get("summary") or ""), bool(e.recurring_event_id))
+        for e in entries
+    )
+    return status.Upcoming(rows=rows[:200]), [e.as_dict() for e in entries[:200]]
+
+
 @app.get("/status/<open_id>")
 def user(open_id: str) -> Response[Any]:
-    """One user's health, live calendars and tombstone count."""
+    """One user's health, live calendars, tombstone count and next seven days."""
     view = service().user(open_id)
+    upcoming, entries = _coming_week(open_id)
     outcome = (app.current_event.query_string_parameters or {}).get("resync", "")
-    return _reply(200, view.as_dict(), status.render_user(view, flash=status.RESYNC_MESSAGES.get(outcome, "")))
+    page = status.render_user(view, flash=status.RESYNC_MESSAGES.get(outcome, ""), upcoming=upcoming)
+    return _reply(200, {**view.as_dict(), "next_seven_days": entries}, page)
 
 
 @app.post("/status/<open_id>/resync")

@@ -4,19 +4,17 @@ every user once, a user's page matches the mirror, and resync coalesces like a p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
+from feishu_mirror.agenda import AgendaService, Window
+from feishu_mirror.agenda_store import AgendaReader
 from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
 from feishu_mirror.store import UnknownUser
 from local.feishu_sim import feishu_error
-from local.stack import ROOT
+from tests.integration.grants import dynamodb_calls, function_grants
 from tests.integration.harness import Harness
 
 pytestmark = pytest.mark.integration
@@ -203,38 +201,6 @@ def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_toke
     assert "sync_token" not in repr(view)
 
 
-@contextmanager
-def dynamodb_calls(harness: Harness) -> Iterator[set[tuple[str, str]]]:
-    """Every (operation, table) the harness's DynamoDB client is asked for inside the block."""
-    calls: set[tuple[str, str]] = set()
-
-    def record(params: dict[str, Any], model: Any, **_kwargs: Any) -> None:
-        calls.add((f"dynamodb:{model.name}", str(params.get("TableName", ""))))
-
-    events = harness.client.meta.events
-    events.register("before-parameter-build.dynamodb", record)
-    try:
-        yield calls
-    finally:
-        events.unregister("before-parameter-build.dynamodb", record)
-
-
-def _status_function_grants(tables: dict[str, str]) -> set[tuple[str, str]]:
-    """The (action, table) pairs the template's StatusFunction may use, with the test's table names."""
-    template = yaml_parse((ROOT / "template.yaml").read_text())
-    granted: set[tuple[str, str]] = set()
-    for policy in template["Resources"]["StatusFunction"]["Properties"]["Policies"]:
-        for statement in policy.get("Statement", []):
-            if not statement["Action"][0].startswith("dynamodb:"):
-                continue  # the sync invoke: not a DynamoDB call
-            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            for resource in resources:
-                table = tables[resource["Fn::GetAtt"][0]]  # a table's Arn, nothing wider (no index, no *)
-                assert resource["Fn::GetAtt"][1] == "Arn"
-                granted |= {(action, table) for action in statement["Action"]}
-    return granted
-
-
 def test_everything_the_status_service_calls_is_granted_to_the_status_function_and_no_more(harness: Harness) -> None:
     # GIVEN synced users (one with events), a user who must consent again, and the status service
     ada = harness.onboard("ou_grants_ada", extra_calendars=2)
@@ -247,12 +213,21 @@ def test_everything_the_status_service_calls_is_granted_to_the_status_function_a
     status = service(harness)
     failing = service(harness, PingDispatcher(harness.users, FailingInvoker()))
     settings = harness.settings
+    coming_week = AgendaService(
+        AgendaReader(
+            harness.client,
+            users_table=settings.users_table,
+            calendars_table=settings.calendars_table,
+            events_table=settings.events_table,
+        )
+    )
     # WHEN every route's work is done: the overview (two pages), a user's page, resyncs started,
     # coalesced, refused and failed, and unknown users
-    with dynamodb_calls(harness) as calls:
+    with dynamodb_calls(harness.client) as calls:
         first = status.overview(limit=1)
         status.overview(limit=1, start=first.next_start)
         status.user(ada)
+        coming_week.agenda(ada, Window.days_from(int(time.time()), 7))  # the user page's next seven days
         assert status.resync(ada).outcome == "started"
         assert status.resync(ada).outcome == "coalesced"
         assert failing.resync(unstartable).outcome == "invoke_failed"
@@ -261,11 +236,13 @@ def test_everything_the_status_service_calls_is_granted_to_the_status_function_a
         with pytest.raises(UnknownUser):
             status.user("ou_grants_nobody")
     # THEN each call is one the template grants the status function, and every grant is used
-    grants = _status_function_grants(
+    grants = function_grants(
+        "StatusFunction",
         {
             "UsersTable": settings.users_table,
             "CalendarsTable": settings.calendars_table,
             "EventListingsTable": settings.event_listings_table,
-        }
+            "EventsTable": settings.events_table,
+        },
     )
     assert calls == grants

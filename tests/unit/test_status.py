@@ -14,6 +14,7 @@ from feishu_mirror.status import (
     MirroredCalendar,
     Overview,
     StatusRequestInvalid,
+    Upcoming,
     UserDetail,
     cross_site,
     overview_href,
@@ -273,3 +274,28 @@ def test_a_sync_that_brought_pushes_into_the_mirror_emits_the_lag_since_the_earl
 def test_no_lag_is_emitted_unless_a_finished_sync_brought_pushes_in(emitted: Any, result: SyncResult) -> None:
     assert record_event_to_mirror_lag(result, now=NOW + 1) is None
     assert LAG_METRIC not in emitted()
+
+
+def test_the_user_page_shows_the_coming_week_as_local_dates_and_times() -> None:
+    # GIVEN the next seven days as the status function builds them from the agenda
+    from feishu_mirror.agenda import EventItem, Window, expand, human_span  # noqa: PLC0415
+
+    weekly = {
+        "calendar_id": "cal_a",
+        "event_id": "mtg_0",
+        "summary": "<i>1:1</i>",
+        "recurrence": "FREQ=WEEKLY",
+        "start_time": {"timestamp": "1764036000", "timezone": "Asia/Shanghai"},  # Tue 25 Nov 2025 10:00 +08
+        "end_time": {"timestamp": "1764037800", "timezone": "Asia/Shanghai"},
+    }
+    entries = expand([EventItem.parse(weekly)], Window.days_from(NOW, 7))
+    upcoming = Upcoming(rows=tuple((human_span(e.start, e.end), e.fields["summary"], True) for e in entries))
+    # WHEN the page is rendered
+    page = render_user(UserDetail(health(), (), 0, NOW), upcoming=upcoming)
+    # THEN the occurrence reads as a local date and time in its zone, escaped, never as epoch seconds
+    assert "Tue 2025-11-25 10:00–10:30 Asia/Shanghai" in page
+    assert "&lt;i&gt;1:1&lt;/i&gt;" in page
+    assert "1764036000" not in page
+    # AND a user whose first sync is pending is told so
+    pending = render_user(UserDetail(health(), (), 0, NOW), upcoming=Upcoming(note="first sync has not finished"))
+    assert "first sync has not finished" in pending

@@ -21,6 +21,7 @@ FUNCTIONS = (
     "OAuthFunction",
     "StatusFunction",
     "PublisherFunction",
+    "AgendaFunction",
 )
 
 STATUS_TABLES = ("UsersTable", "CalendarsTable", "EventListingsTable")  # the tables the status function touches
@@ -36,11 +37,11 @@ def resources(kind: str) -> dict[str, dict[str, Any]]:
     return {lid: res for lid, res in template()["Resources"].items() if res["Type"] == kind}
 
 
-def test_only_the_status_routes_require_iam_and_all_of_them_do() -> None:
+def test_only_the_status_and_read_routes_require_iam_and_all_of_them_do() -> None:
     # GIVEN the template as SAM translates it for CloudFormation (code locations stubbed)
     translated = expanded_template(ROOT)
     paths = translated["Resources"]["HttpApi"]["Properties"]["Body"]["paths"]
-    # WHEN each route's security is read THEN /status… are SigV4 (IAM) and Feishu's and the user's are open
+    # WHEN each route's security is read THEN /status… and /v1… are SigV4 (IAM); Feishu's and the user's are open
     security = {
         f"{method.upper()} {path}": op.get("security") for path, ops in paths.items() for method, op in ops.items()
     }
@@ -51,6 +52,9 @@ def test_only_the_status_routes_require_iam_and_all_of_them_do() -> None:
         "GET /status": [{"AWS_IAM": []}],
         "GET /status/{open_id}": [{"AWS_IAM": []}],
         "POST /status/{open_id}/resync": [{"AWS_IAM": []}],
+        "GET /v1/users/{open_id}/calendars": [{"AWS_IAM": []}],
+        "GET /v1/users/{open_id}/agenda": [{"AWS_IAM": []}],
+        "GET /v1/freebusy": [{"AWS_IAM": []}],
     }
 
 
@@ -58,8 +62,9 @@ def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log
     # GIVEN the status function's policies
     props = template()["Resources"]["StatusFunction"]["Properties"]
     (inline,) = props["Policies"]
-    # THEN DynamoDB is granted action by action, on the tables' ARNs only (no index, no wildcard):
-    # reading and pinging users, querying one user's calendars and event listings; and invoking the sync
+    # THEN DynamoDB is granted action by action, on the tables' ARNs and the agenda index only (no
+    # wildcard): reading and pinging users, querying one user's calendars, event listings and coming
+    # week; and invoking the sync
     granted = {
         (action, json.dumps(resource))
         for statement in inline["Statement"]
@@ -75,12 +80,47 @@ def test_the_status_function_has_least_privilege_a_failure_destination_and_a_log
         ("dynamodb:Query", calendars),
         ("dynamodb:Query", listings),
         ("lambda:InvokeFunction", json.dumps({"Fn::GetAtt": ["SyncFunction", "Arn"]})),
+        ("dynamodb:Query", json.dumps({"Fn::Sub": "${EventsTable.Arn}/index/agenda-index"})),
     }
     assert props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"] == {
         "Fn::GetAtt": ["FailureQueue", "Arn"]
     }
     groups = {json.dumps(res["Properties"].get("LogGroupName")) for res in resources("AWS::Logs::LogGroup").values()}
     assert json.dumps({"Fn::Sub": "/aws/lambda/${StatusFunction}"}) in groups
+
+
+def test_the_agenda_function_only_reads_a_user_its_calendars_and_the_agenda_index() -> None:
+    # GIVEN the agenda function's policies
+    props = template()["Resources"]["AgendaFunction"]["Properties"]
+    (inline,) = props["Policies"]
+    granted = {
+        (action, json.dumps(statement["Resource"]))
+        for statement in inline["Statement"]
+        for action in statement["Action"]
+    }
+    # THEN it may read one user item, query calendars and the events' agenda index — nothing else, no write
+    assert all(statement["Effect"] == "Allow" for statement in inline["Statement"])
+    assert granted == {
+        ("dynamodb:GetItem", json.dumps({"Fn::GetAtt": ["UsersTable", "Arn"]})),
+        ("dynamodb:Query", json.dumps({"Fn::GetAtt": ["CalendarsTable", "Arn"]})),
+        ("dynamodb:Query", json.dumps({"Fn::Sub": "${EventsTable.Arn}/index/agenda-index"})),
+    }
+    groups = {json.dumps(res["Properties"].get("LogGroupName")) for res in resources("AWS::Logs::LogGroup").values()}
+    assert json.dumps({"Fn::Sub": "/aws/lambda/${AgendaFunction}"}) in groups
+
+
+def test_the_agenda_index_keeps_the_events_key_and_projects_what_the_reader_asks_for() -> None:
+    from feishu_mirror.agenda_store import AGENDA_PROJECTION  # noqa: PLC0415
+
+    props = template()["Resources"]["EventsTable"]["Properties"]
+    assert props["KeySchema"] == [
+        {"AttributeName": "calendar_key", "KeyType": "HASH"},
+        {"AttributeName": "event_id", "KeyType": "RANGE"},
+    ]
+    (index,) = props["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "agenda-index"
+    projected = {"calendar_key", "event_id", "agenda_key", "agenda_at", *index["Projection"]["NonKeyAttributes"]}
+    assert set(AGENDA_PROJECTION) <= projected
 
 
 def _alarms() -> list[dict[str, Any]]:

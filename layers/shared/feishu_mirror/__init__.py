@@ -5,6 +5,8 @@ metrics), ``errors``, ``models``, ``crypto`` and ``callback`` (verifying Feishu 
 (the HTTP client), ``store`` (all DynamoDB access), ``token_vault`` (users' tokens sealed with KMS
 envelope encryption), ``sync`` (the sync algorithm), ``pings`` (turning a push into sync invocations),
 ``resync`` (the scheduled safety net), ``onboarding`` and ``oauth_state`` (OAuth, signed states),
-``health`` (per-user health, the event → mirror lag metric) and ``status`` (the operator's pages).
+``health`` (per-user health, the event → mirror lag metric), ``status`` (the operator's pages), and the
+read side: ``recurrence`` (Feishu times and RRULEs expanded in the event's zone), ``agenda`` (the
+agenda index's attributes, occurrences, free/busy, the service) and ``agenda_store`` (its DynamoDB reads).
 Nothing here imports Lambda-specific code; the handlers in ``functions/`` wire it to triggers.
 """

@@ -420,8 +420,29 @@ def _held(u: UserHealth, now: int) -> str:
     return f"{u.held_deletions} since {_e(_when(u.held_since, now))}" if u.held_since else str(u.held_deletions)
 
 
-def render_user(view: UserDetail, *, flash: str = "") -> str:
-    """One user's page: health, a resync button, and the live calendars of the mirror."""
+@dataclass(frozen=True, slots=True)
+class Upcoming:
+    """The user's coming days for the page: each occurrence's time as people read it (local date and
+    time in its zone), its summary and whether it belongs to a recurring event; or why there is none."""
+
+    rows: tuple[tuple[str, str, bool], ...] = ()
+    note: str = ""
+
+
+def _upcoming(upcoming: Upcoming) -> str:
+    if upcoming.note:
+        return f"<p class='note'>{_e(upcoming.note)}</p>"
+    if not upcoming.rows:
+        return "<p class='note'>Nothing in the next seven days.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(when)}</td><td>{_e(summary)}</td><td>{'↻ recurring' if recurring else ''}</td></tr>"
+        for when, summary, recurring in upcoming.rows
+    )
+    return f"<table id='upcoming'><thead><tr><th>When</th><th>Event</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+def render_user(view: UserDetail, *, flash: str = "", upcoming: Upcoming | None = None) -> str:
+    """One user's page: health, a resync button, the coming week (when given), and the live calendars."""
     u, now = view.health, view.generated_at
     facts: Iterable[tuple[str, str]] = (
         ("State", _state_badge(u.state)),
@@ -470,7 +491,9 @@ def render_user(view: UserDetail, *, flash: str = "") -> str:
         + (f"<p class='flash' role='status'>{_e(flash)}</p>" if flash else "")
         + "<dl>"
         + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
-        + f"</dl>{action}<h2>Calendars ({len(view.calendars)} live)</h2>"
+        + f"</dl>{action}"
+        + (f"<h2>Next seven days</h2>{_upcoming(upcoming)}" if upcoming is not None else "")
+        + f"<h2>Calendars ({len(view.calendars)} live)</h2>"
         + f"<table id='calendars'><thead><tr>{head}<th>calendar_id</th></tr></thead><tbody>{rows}</tbody></table>"
     )
     # Reload the user's page itself, not a "?resync=" answer (whose message would linger).

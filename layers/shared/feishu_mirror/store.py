@@ -873,6 +873,10 @@ class MirrorTable[T: (Calendar, Event)]:
     def _make(self, key: str, fields: dict[str, FieldValue]) -> T:
         raise NotImplementedError
 
+    def _derived(self, open_id: str, item: T) -> dict[str, Any]:  # noqa: ARG002 - a hook for subclasses
+        """Attributes computed from a live item's fields and written with it (none by default)."""
+        return {}
+
     def _stored(self, item: Mapping[str, Any]) -> Stored[T]:
         raw = plain(item)
         fields: dict[str, FieldValue] = {name: raw[name] for name in self.field_types if name in raw}
@@ -931,7 +935,14 @@ class MirrorTable[T: (Calendar, Event)]:
         now_ms = int(now * 1000)
         base = {**extra, self.partition_attribute: partition}
         puts: list[dict[str, Any]] = [
-            {**item.fields, **base, self.sort_attribute: item.key, "mirrored_at": now_ms} for item in upserts
+            {
+                **item.fields,
+                **self._derived(fence.open_id, item),
+                **base,
+                self.sort_attribute: item.key,
+                "mirrored_at": now_ms,
+            }
+            for item in upserts
         ]
         puts += [
             {
@@ -1002,6 +1013,12 @@ class EventStore(MirrorTable[Event]):
 
     def _make(self, key: str, fields: dict[str, FieldValue]) -> Event:
         return Event(key, fields)
+
+    def _derived(self, open_id: str, item: Event) -> dict[str, Any]:
+        """The agenda index's attributes (``agenda.agenda_index_attributes``); tombstones get none."""
+        from feishu_mirror.agenda import agenda_index_attributes  # noqa: PLC0415 - keeps dateutil off the callback's path
+
+        return agenda_index_attributes(open_id, item.event_id, item.fields)
 
     def load_all(self, open_id: str, calendar_id: str) -> dict[str, Stored[Event]]:
         """Every event item of the calendar, tombstones included (strongly consistent)."""

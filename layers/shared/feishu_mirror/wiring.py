@@ -19,6 +19,7 @@ from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
 
 if TYPE_CHECKING:
+    from feishu_mirror.agenda import AgendaService
     from feishu_mirror.feishu import FeishuClient
     from feishu_mirror.sync import EventMirror
     from feishu_mirror.token_vault import TokenVault
@@ -96,6 +97,21 @@ def event_mirror(settings: Settings) -> EventMirror | None:
         ),
         listings=EventListingStore(dynamodb(), settings.event_listings_table, settings.users_table),
     )
+
+
+@cache
+def agenda(settings: Settings) -> AgendaService:
+    """The read side (calendars, agenda, free/busy) on the users, calendars and events tables."""
+    from feishu_mirror.agenda import AgendaService  # noqa: PLC0415 - keeps dateutil off other handlers' paths
+    from feishu_mirror.agenda_store import AgendaReader  # noqa: PLC0415
+
+    reader = AgendaReader(
+        dynamodb(),
+        users_table=settings.users_table,
+        calendars_table=settings.calendars_table,
+        events_table=settings.events_table,
+    )
+    return AgendaService(reader)
 
 
 @cache
