@@ -86,7 +86,7 @@ def build_runtime(template: Template, state: Path) -> tuple[Path, list[Path]]:
                 _pip(python, "--upgrade", "--target", str(target), "-r", str(requirements))
             layer_stamp.write_text(digest)
         for entry in source.iterdir():
-            if entry.name == "requirements.txt" or entry.name.startswith((".", "__pycache__")):
+            if entry.name in ("requirements.txt", "Makefile") or entry.name.startswith((".", "__pycache__")):
                 continue
             link = target / entry.name
             if link.is_symlink() or not link.exists():
