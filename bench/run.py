@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.callback import cold_start, warm_handling
+from bench.callback import warm_handling
+from bench.cold_start import cold_start
 from bench.common import Entry
 from bench.event_cost import event_cost
+from bench.first_sync import first_sync
 from bench.scale import scale
 from bench.stack_latency import stack_latency
 from bench.sync_cost import sync_cost
@@ -28,6 +30,7 @@ SUITES: dict[str, Callable[[], list[Entry]]] = {
     "events": event_cost,
     "stack": stack_latency,
     "scale": scale,
+    "first_sync": first_sync,
 }
 
 
