@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +23,14 @@ from typing import Any
 
 import requests
 
-from bench.common import Entry
-from feishu_mirror.config import Settings
+from bench.common import Entry, fresh_tables, machine_load
 from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.models import SyncResult, TokenGrant, UserIdentity
 from feishu_mirror.observability import metrics
 from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
 from feishu_mirror.sync import CalendarSync, EventMirror
-from local.dynamodb_local import DynamoDBLocal, create_tables
+from local.dynamodb_local import DynamoDBLocal
 from local.feishu_sim import FeishuSimulator
-from local.template import load
 
 ROOT = Path(__file__).resolve().parent.parent
 CALENDARS = 1000
@@ -83,16 +80,7 @@ class Measured:
 
 def _first_sync(client: Any, calendars: int, latency: tuple[float, float]) -> Measured:
     """Seed a user with ``calendars`` readable calendars in a fresh simulator and tables, then sync once."""
-    template = load(ROOT, prefix=f"f{uuid.uuid4().hex[:6]}-")
-    create_tables(client, template.tables, template.table_names)
-    names = template.table_names
-    settings = Settings(
-        users_table=names["UsersTable"],
-        calendars_table=names["CalendarsTable"],
-        events_table=names["EventsTable"],
-        event_listings_table=names["EventListingsTable"],
-        rate_limit_table=names["RateLimitTable"],
-    )
+    settings = fresh_tables(client)
     with FeishuSimulator(app_id=f"cli_first_sync_{calendars}", latency=latency) as sim:
         open_id = "ou_bench_first_sync"
         sim.add_user(open_id, "Bench")
@@ -216,4 +204,5 @@ def first_sync() -> list[Entry]:
         Entry(f"{latency}_wall_time", slow.seconds, "s", floor=slow.floor),
         Entry(f"{latency}_ratio_vs_floor", slow.seconds / slow.floor, "ratio", floor=1.0),
         Entry(f"{latency}_feishu_call_time", slow.feishu_seconds, "s"),
+        machine_load("first_sync_machine_load"),
     ]

@@ -96,6 +96,26 @@ def build_runtime(template: Template, state: Path) -> tuple[Path, list[Path]]:
     return python, layer_dirs
 
 
+def lambda_environment(function: Function, layers: list[Path], overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment Lambda gives ``function`` (its runtime's variables, then the template's), with the
+    ``layers`` on ``PYTHONPATH`` (the first wins) and ``overrides`` last."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(str(layer) for layer in layers),
+        "AWS_LAMBDA_FUNCTION_NAME": function.name,
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(function.timeout),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory),
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        **function.environment,
+        **overrides,
+    }
+
+
 @dataclass
 class Invocation:
     """The result of one invocation: the payload, or the error Lambda would report."""
@@ -182,25 +202,10 @@ class FunctionHost:
         layer_by_id = {directory.parent.name: directory for directory in layer_dirs}
         for function in template.functions.values():
             size = max(1, min(function.reserved_concurrency or 2, max_pool))
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "LANG": "C.UTF-8",
-                # Only the function's own layers; Lambda extracts them into /opt in order, so a later
-                # layer's files win.
-                "PYTHONPATH": os.pathsep.join(
-                    str(layer_by_id[layer]) for layer in reversed(function.layers) if layer in layer_by_id
-                ),
-                "AWS_LAMBDA_FUNCTION_NAME": function.name,
-                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(function.timeout),
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory),
-                "AWS_REGION": "us-east-1",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_ACCESS_KEY_ID": "local",
-                "AWS_SECRET_ACCESS_KEY": "local",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                **function.environment,
-                **env_overrides,
-            }
+            # Only the function's own layers; Lambda extracts them into /opt in order, so a later layer's
+            # files win.
+            layers = [layer_by_id[layer] for layer in reversed(function.layers) if layer in layer_by_id]
+            env = lambda_environment(function, layers, env_overrides)
             pool: queue.Queue[_Emulator] = queue.Queue()
             for _ in range(size):
                 emulator = _Emulator(function, python, env, logs / f"{function.logical_id}.log")

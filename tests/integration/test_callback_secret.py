@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from feishu_mirror.config import Settings
 from local.feishu_sim import FeishuSimulator
 from local.secrets_manager import SecretsManagerStandIn
 from tests.integration.callback_handler import (
     Context,
     LambdaRecorder,
-    callback_app,
     reply_body,
     signed_delivery,
 )
@@ -38,70 +37,45 @@ def secrets(sim: FeishuSimulator) -> Iterator[SecretsManagerStandIn]:
     parameters.clear_caches()  # type: ignore[no-untyped-call]  # Powertools keeps one provider (client, cache)
 
 
-def secret_env(secrets: SecretsManagerStandIn, arn: str) -> dict[str, str]:
-    """The deployed configuration: the secret's ARN, no credentials in the environment."""
-    return {"FEISHU_APP_ID": "", "FEISHU_SECRET_ARN": arn, "AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets.endpoint}
+@pytest.fixture
+def secret_arn(secrets: SecretsManagerStandIn) -> str:
+    """The ARN the template passes (a test parametrizes it to name another secret)."""
+    (name,) = secrets.names()
+    return secrets.arn(name)
+
+
+@pytest.fixture
+def callback_env(secrets: SecretsManagerStandIn, secret_arn: str) -> dict[str, str]:
+    """Configured as deployed: the ARN of the secret, no credentials in the environment."""
+    return {"FEISHU_APP_ID": "", "FEISHU_SECRET_ARN": secret_arn, "AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets.endpoint}
 
 
 def test_the_credentials_are_read_while_the_container_starts(
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    settings: Settings,
-    sim: FeishuSimulator,
-    dynamodb_endpoint: str,
-    secrets: SecretsManagerStandIn,
-    harness: Harness,
+    app: ModuleType, recorder: LambdaRecorder, sim: FeishuSimulator, secrets: SecretsManagerStandIn, harness: Harness
 ) -> None:
     # GIVEN the credentials only in Secrets Manager
-    (name,) = secrets.names()
-    with (
-        LambdaRecorder() as recorder,
-        callback_app(
-            monkeypatch,
-            settings=settings,
-            sim=sim,
-            dynamodb_endpoint=dynamodb_endpoint,
-            lambda_endpoint=recorder.url,
-            extra_env=secret_env(secrets, secrets.arn(name)),
-        ) as app,
-    ):
-        # WHEN Lambda initialises the container (imports the handler module)
-        # THEN the secret is read then, where Lambda gives the code its full CPU
-        assert secrets.requests == 1
-        # WHEN Feishu sends the url_verification challenge, then a calendar change
-        challenge = {"challenge": "c-1", "token": sim.verification_token, "type": "url_verification"}
-        answered = app.handler(signed_delivery(sim, challenge), Context())
-        open_id = harness.onboard("ou_secret_reader")
-        changed = app.handler(signed_delivery(sim, sim.calendar_changed_payload([open_id])), Context())
-        # THEN both are answered with the secret's credentials, without reading it again
-        assert (answered["statusCode"], reply_body(answered)) == (200, {"challenge": "c-1"})
-        assert (changed["statusCode"], reply_body(changed)["started"]) == (200, 1)
-        assert len(recorder.invocations) == 1
-        assert secrets.requests == 1
+    # WHEN Lambda initialises the container (the app fixture imports the handler module)
+    # THEN the secret is read then, where Lambda gives the code its full CPU
+    assert secrets.requests == 1
+    # WHEN Feishu sends the url_verification challenge, then a calendar change
+    challenge = {"challenge": "c-1", "token": sim.verification_token, "type": "url_verification"}
+    answered = app.handler(signed_delivery(sim, challenge), Context())
+    open_id = harness.onboard("ou_secret_reader")
+    changed = app.handler(signed_delivery(sim, sim.calendar_changed_payload([open_id])), Context())
+    # THEN both are answered with the secret's credentials, without reading it again
+    assert (answered["statusCode"], reply_body(answered)) == (200, {"challenge": "c-1"})
+    assert (changed["statusCode"], reply_body(changed)["started"]) == (200, 1)
+    assert len(recorder.invocations) == 1
+    assert secrets.requests == 1
 
 
+@pytest.mark.parametrize("secret_arn", [SecretsManagerStandIn.arn("no-such-secret")])
 def test_an_unreadable_secret_is_answered_with_503_and_does_not_fail_the_start(
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Settings,
-    sim: FeishuSimulator,
-    dynamodb_endpoint: str,
-    secrets: SecretsManagerStandIn,
+    app: ModuleType, recorder: LambdaRecorder, sim: FeishuSimulator
 ) -> None:
     # GIVEN FEISHU_SECRET_ARN naming a secret that does not exist
-    missing = secrets.arn("no-such-secret")
-    # WHEN the container starts (the import does not raise) and a delivery comes
-    with (
-        LambdaRecorder() as recorder,
-        callback_app(
-            monkeypatch,
-            settings=settings,
-            sim=sim,
-            dynamodb_endpoint=dynamodb_endpoint,
-            lambda_endpoint=recorder.url,
-            extra_env=secret_env(secrets, missing),
-        ) as app,
-    ):
-        reply = app.handler(signed_delivery(sim, sim.calendar_changed_payload(["ou_x"])), Context())
+    # WHEN the container starts (the app fixture's import does not raise) and a delivery comes
+    reply = app.handler(signed_delivery(sim, sim.calendar_changed_payload(["ou_x"])), Context())
     # THEN Feishu gets a 503 (it retries later), not a Lambda error, and nothing was started
     assert (reply["statusCode"], reply_body(reply)) == (503, {"msg": "not configured"})
     assert recorder.invocations == []
