@@ -58,7 +58,7 @@ format: setup  ## apply ruff fixes and formatting
 	$(BIN)/ruff format .
 
 typecheck: setup  ## mypy (strict on the shared package)
-	$(BIN)/mypy layers/shared/feishu_mirror functions local tests
+	$(BIN)/mypy layers/shared/feishu_mirror functions local tests bench
 
 unit: setup  ## pure logic, no I/O
 	$(BIN)/pytest tests/unit -q

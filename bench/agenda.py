@@ -130,7 +130,7 @@ def _seed(stack: LocalStack, sim: FeishuSimulator, today: datetime) -> None:
     now = int(time.time())
     grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
     UserStore(stack.client(), stack.template.table_names["UsersTable"]).save_authorization(
-        UserIdentity(USER), grant, now
+        UserIdentity(USER), stack.token_vault().seal(USER, grant), now
     )
     result = stack.invoke("SyncFunction", {"open_id": USER, "reason": "resync"})
     if result.error or result.payload.get("outcome") != "synced":

@@ -1,21 +1,14 @@
-"""Callback benchmarks: warm handling against lark-oapi, and cold start against a bare ``import boto3``."""
+"""Callback benchmark: warm handling against lark-oapi (cold starts: ``bench/cold_start.py``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import timeit
-from pathlib import Path
 
-from bench.common import Entry, median
+from bench.common import Entry
 from feishu_mirror.callback import CallbackVerifier
 from local.feishu_sim import FeishuSimulator
-from local.lambdas import build_runtime
-from local.template import load
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def warm_handling() -> list[Entry]:
@@ -58,44 +51,4 @@ def warm_handling() -> list[Entry]:
         Entry("callback_warm_ours", ours_us, "µs"),
         Entry("callback_warm_lark_oapi", theirs_us, "µs"),
         Entry("callback_warm_ratio_vs_lark_oapi", ours_us / theirs_us, "ratio", target=0.5),
-    ]
-
-
-def _import_seconds(code: str, cwd: Path, env: dict[str, str], runs: int) -> list[float]:
-    python = ROOT / ".local" / "runtime-venv" / "bin" / "python"
-    probe = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
-    return [
-        float(
-            subprocess.run(
-                [str(python), "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, check=True
-            ).stdout
-        )
-        for _ in range(runs)
-    ]
-
-
-def cold_start(runs: int = 21) -> list[Entry]:
-    """Importing the callback handler in a fresh interpreter (the Lambda runtime's packages + the layer)
-    against a bare ``import boto3`` in the same interpreter, median of ``runs`` each, interleaved."""
-    build_runtime(load(ROOT), ROOT / ".local")  # the Lambda-like interpreter and layer, as the local stack uses
-    layer = ROOT / ".local" / "layers" / "SharedLayer" / "python"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(layer),
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "USERS_TABLE": "users",
-        "IDEMPOTENCY_TABLE": "idempotency",
-        "SYNC_FUNCTION_NAME": "sync",
-        "PYTHONDONTWRITEBYTECODE": "",
-    }
-    handler: list[float] = []
-    floor: list[float] = []
-    for _ in range(runs):  # interleaved, so machine noise hits both alike
-        handler += _import_seconds("import app", ROOT / "functions" / "callback", env, 1)
-        floor += _import_seconds("import boto3", ROOT / "functions" / "callback", env, 1)
-    ours, bare = median(handler) * 1000, median(floor) * 1000
-    return [
-        Entry("cold_import_callback_handler", ours, "ms", floor=bare),
-        Entry("cold_import_boto3", bare, "ms"),
-        Entry("cold_import_ratio_vs_boto3", ours / bare, "ratio", target=1.3, floor=1.0),
     ]

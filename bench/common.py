@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from feishu_mirror.config import Settings
+from local.dynamodb_local import create_tables
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
-from local.stack import LocalStack
+from local.stack import ROOT, LocalStack
+from local.template import load
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,28 @@ def percentile(values: list[float], fraction: float) -> float:
 def median(values: list[float]) -> float:
     """The median."""
     return statistics.median(values)
+
+
+def machine_load(name: str) -> Entry:
+    """The machine's load average over the last 5 minutes, as context for the wall times beside it: on a
+    shared machine other work competes for the same cores."""
+    return Entry(name, os.getloadavg()[1], f"runnable ({os.cpu_count()} cores)")
+
+
+def fresh_tables(client: Any, *, events: bool = True, page_size: int = 1000) -> Settings:
+    """The template's tables, created afresh under a new prefix, and the settings naming those a sync
+    uses (without the events tables when ``events`` is false: the sync then mirrors calendars only)."""
+    template = load(ROOT, prefix=f"b{uuid.uuid4().hex[:6]}-")
+    create_tables(client, template.tables, template.table_names)
+    names = template.table_names
+    return Settings(
+        users_table=names["UsersTable"],
+        calendars_table=names["CalendarsTable"],
+        events_table=names["EventsTable"] if events else "",
+        event_listings_table=names["EventListingsTable"] if events else "",
+        rate_limit_table=names["RateLimitTable"],
+        page_size=page_size,
+    )
 
 
 @contextmanager

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.agenda import agenda_cost
-from bench.callback import cold_start, warm_handling
+from bench.callback import warm_handling
+from bench.cold_start import cold_start
 from bench.common import Entry
 from bench.event_cost import event_cost
+from bench.first_sync import first_sync
 from bench.scale import scale
 from bench.stack_latency import stack_latency
 from bench.sync_cost import sync_cost
@@ -30,6 +32,7 @@ SUITES: dict[str, Callable[[], list[Entry]]] = {
     "stack": stack_latency,
     "scale": scale,
     "agenda": agenda_cost,
+    "first_sync": first_sync,
 }
 
 

@@ -135,7 +135,7 @@ def _model_sync_fleet(client: Any, rate_table: str, open_ids: list[str]) -> list
         free_at, worker = heapq.heappop(workers)
         clock["now"] = free_at
         pending.popleft()
-        gate.acquire(deadline=clock["now"] + 900)
+        gate.acquire("GET /open-apis/calendar/v4/calendars", deadline=clock["now"] + 900)
         times.append(clock["now"])
         heapq.heappush(workers, (clock["now"] + FEISHU_CALL_SECONDS + DYNAMODB_WRITE_SECONDS, worker))
     return times

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from pathlib import Path
 
-from bench.common import Entry
-from feishu_mirror.config import Settings
+from bench.common import Entry, fresh_tables
 from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.models import TokenGrant, UserIdentity
 from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore
 from feishu_mirror.sync import CalendarSync
 from feishu_mirror.token_vault import KmsDataKeys, TokenVault
-from local.dynamodb_local import DynamoDBLocal, create_tables
+from local.dynamodb_local import DynamoDBLocal
 from local.feishu_sim import FeishuSimulator
 from local.kms import LocalKms
-from local.template import load
 
 ROOT = Path(__file__).resolve().parent.parent
 CALENDARS = 1000
@@ -38,15 +35,7 @@ def sync_cost() -> list[Entry]:
     ):
         vault = TokenVault(KmsDataKeys(kms.client(), kms.create_key("bench token key")))
         client = dynamodb.client()
-        template = load(ROOT, prefix=f"b{uuid.uuid4().hex[:6]}-")
-        create_tables(client, template.tables, template.table_names)
-        names = template.table_names
-        settings = Settings(
-            users_table=names["UsersTable"],
-            calendars_table=names["CalendarsTable"],
-            rate_limit_table=names["RateLimitTable"],
-            page_size=PAGE_SIZE,
-        )
+        settings = fresh_tables(client, events=False, page_size=PAGE_SIZE)
         users = UserStore(client, settings.users_table)
         calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
         feishu = FeishuClient(

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import secrets
 import signal
@@ -224,6 +225,7 @@ class RequestRecord:
     token_kind: Literal["tenant", "user", "unknown"] | None  # kind of the bearer token presented
     open_id: str | None  # the user of a user access token
     fault: str | None  # the injected fault kind, or "rate_limit" for a real 429
+    api: str = ""  # method and path template (see api_name): the unit of Feishu's rate limits
 
 
 @dataclass(frozen=True)
@@ -474,6 +476,14 @@ def _log_id() -> str:
     return time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(10).upper()
 
 
+def api_name(method: str, path: str) -> str:
+    """The API a request belongs to as Feishu's rate limits see it: its method and path template."""
+    events = EVENTS_PATH.fullmatch(path)
+    if events is not None:
+        path = f"{CALENDARS_PATH}/:calendar_id/events{events.group(2) or ''}"
+    return f"{method} {path}"
+
+
 def _peak(times: list[float], window: float) -> int:
     best = 0
     start = 0
@@ -524,6 +534,7 @@ class FeishuSimulator:
         port: int = 0,
         rate_per_second: int = 50,
         rate_per_minute: int = 1000,
+        latency: tuple[float, float] = (0.0, 0.0),
         access_token_ttl: int = 7200,
         refresh_token_ttl: int = 604800,
         push_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
@@ -535,8 +546,12 @@ class FeishuSimulator:
         self.tenant_key = tenant_key
         self.host = host
         self.port = port
+        # Feishu's limits apply per API (method and path template), per app and tenant: each API of the
+        # app gets both windows on its own.
         self.rate_per_second = rate_per_second
         self.rate_per_minute = rate_per_minute
+        # Each accepted OpenAPI answer takes a uniformly random time in this range (seconds), like Feishu's.
+        self.latency = latency
         self.access_token_ttl = access_token_ttl
         self.refresh_token_ttl = refresh_token_ttl
         self.push_retry_delays = push_retry_delays
@@ -568,8 +583,8 @@ class FeishuSimulator:
         self._page_tokens: dict[str, _PageCursor] = {}
         self._sync_tokens: dict[str, _SyncPoint] = {}
         self._faults: list[tuple[str, deque[Fault]]] = []
-        self._limiter = _SlidingWindowLimiter()
-        self._app_request_times: list[float] = []
+        self._limiters: dict[str, _SlidingWindowLimiter] = {}
+        self._request_times: dict[str, list[float]] = {}  # by API
         self._callback_url: str | None = None
         self._auto_push = True
         self._pushes_in_flight = 0
@@ -971,11 +986,19 @@ class FeishuSimulator:
 
     # -- observation ----------------------------------------------------------------------------
 
-    def peak_rates(self) -> tuple[int, int]:
-        """Most app requests seen in any sliding 1 s and any sliding 60 s window (429s included)."""
+    def peak_rates(self, api: str | None = None) -> tuple[int, int]:
+        """Most requests to ``api`` (by default: to any one API) seen in any sliding 1 s and any sliding
+        60 s window, 429s included. Compare with ``rate_per_second`` and ``rate_per_minute``."""
+        peaks = self.peak_rates_by_api()
+        if api is not None:
+            return peaks.get(api, (0, 0))
+        return max((p[0] for p in peaks.values()), default=0), max((p[1] for p in peaks.values()), default=0)
+
+    def peak_rates_by_api(self) -> dict[str, tuple[int, int]]:
+        """For each API called: the most requests seen in any sliding 1 s and any sliding 60 s window."""
         with self._lock:
-            times = list(self._app_request_times)
-        return _peak(times, 1.0), _peak(times, 60.0)
+            by_api = {api: list(times) for api, times in self._request_times.items()}
+        return {api: (_peak(times, 1.0), _peak(times, 60.0)) for api, times in by_api.items()}
 
     def issued_user_tokens(self) -> frozenset[str]:
         """Every user access token and refresh token this simulator ever issued."""
@@ -1018,16 +1041,20 @@ class FeishuSimulator:
     def _handle_feishu(self, call: _Call) -> _Reply | None:
         started = time.time()
         is_app_request = call.path != AUTHORIZE_PATH  # the consent page is the user's browser
+        api = api_name(call.method, call.path)
         fault: Fault | None = None
         with self._lock:
             if is_app_request:
                 now = time.monotonic()
-                self._app_request_times.append(now)
-                rejection = self._limiter.admit(now, self.rate_per_second, self.rate_per_minute)
+                self._request_times.setdefault(api, []).append(now)
+                limiter = self._limiters.setdefault(api, _SlidingWindowLimiter())
+                rejection = limiter.admit(now, self.rate_per_second, self.rate_per_minute)
             else:
                 rejection = None
             if rejection is None:
                 fault = self._take_fault(call.path)
+        if rejection is None and is_app_request and self.latency[1] > 0:
+            time.sleep(random.uniform(*self.latency))
         reply: _Reply | None
         if rejection is not None:
             reply = _rate_limit_reply(*rejection)
@@ -1048,7 +1075,7 @@ class FeishuSimulator:
                 time.sleep(fault.seconds)
             reply = self._route(call)
         fault_name = "rate_limit" if rejection is not None else (fault.kind if fault else None)
-        self._record(call, started, reply, fault_name)
+        self._record(call, started, reply, fault_name, api)
         if fault is not None and fault.kind == "late_reply":
             time.sleep(fault.seconds)
         return reply
@@ -1120,7 +1147,7 @@ class FeishuSimulator:
         error = {"log_id": _log_id(), "permission_violations": violations}
         return _json_reply(status, {"code": code, "msg": msg, "error": error})
 
-    def _record(self, call: _Call, started: float, reply: _Reply | None, fault: str | None) -> None:
+    def _record(self, call: _Call, started: float, reply: _Reply | None, fault: str | None, api: str) -> None:
         token = self._bearer(call.headers)
         with self._lock:
             known = self._access_tokens.get(token) if token else None
@@ -1138,6 +1165,7 @@ class FeishuSimulator:
                     token_kind=token_kind,
                     open_id=known.open_id if known else None,
                     fault=fault,
+                    api=api,
                 )
             )
 

@@ -87,7 +87,7 @@ def build_runtime(template: Template, state: Path) -> tuple[Path, list[Path]]:
                 _pip(python, "--upgrade", "--target", str(target), "-r", str(requirements))
             layer_stamp.write_text(digest)
         for entry in source.iterdir():
-            if entry.name == "requirements.txt" or entry.name.startswith((".", "__pycache__")):
+            if entry.name in ("requirements.txt", "Makefile") or entry.name.startswith((".", "__pycache__")):
                 continue
             link = target / entry.name
             if link.is_symlink() or not link.exists():
@@ -95,6 +95,26 @@ def build_runtime(template: Template, state: Path) -> tuple[Path, list[Path]]:
                 link.symlink_to(entry.resolve())
         layer_dirs.append(target)
     return python, layer_dirs
+
+
+def lambda_environment(function: Function, layers: list[Path], overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment Lambda gives ``function`` (its runtime's variables, then the template's), with the
+    ``layers`` on ``PYTHONPATH`` (the first wins) and ``overrides`` last."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(str(layer) for layer in layers),
+        "AWS_LAMBDA_FUNCTION_NAME": function.name,
+        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(function.timeout),
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory),
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        **function.environment,
+        **overrides,
+    }
 
 
 @dataclass
@@ -186,39 +206,20 @@ class FunctionHost:
         logs.mkdir(parents=True, exist_ok=True)
         layer_by_id = {directory.parent.name: directory for directory in layer_dirs}
         recording: dict[str, str] = {}  # the call recorder's environment, when calls are recorded
-        hook_path: list[str] = []
+        hook_path: list[Path] = []
         if call_log is not None:
-            hook_path = [str(write_site_hook(call_log.parent / "site-hook"))]
+            hook_path = [write_site_hook(call_log.parent / "site-hook")]
             recording = {
                 "LOCAL_AWS_CALL_LOG": str(call_log),
                 "LOCAL_AWS_CALL_NAMES": json.dumps(dict(physical_names or {})),
             }
         for function in template.functions.values():
             size = max(1, min(function.reserved_concurrency or 2, max_pool))
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "LANG": "C.UTF-8",
-                # Only the function's own layers; Lambda extracts them into /opt in order, so a later
-                # layer's files win.
-                "PYTHONPATH": os.pathsep.join(
-                    [
-                        *hook_path,
-                        *(str(layer_by_id[layer]) for layer in reversed(function.layers) if layer in layer_by_id),
-                    ]
-                ),
-                "AWS_LAMBDA_FUNCTION_NAME": function.name,
-                "AWS_LAMBDA_FUNCTION_TIMEOUT": str(function.timeout),
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory),
-                "AWS_REGION": "us-east-1",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_ACCESS_KEY_ID": "local",
-                "AWS_SECRET_ACCESS_KEY": "local",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                **function.environment,
-                **env_overrides,
-                **recording,
-                **({"LOCAL_AWS_CALL_FUNCTION": function.logical_id} if recording else {}),
-            }
+            # Only the function's own layers; Lambda extracts them into /opt in order, so a later layer's
+            # files win. The call recorder's site hook, when calls are recorded, comes first.
+            layers = [layer_by_id[layer] for layer in reversed(function.layers) if layer in layer_by_id]
+            recorder = {"LOCAL_AWS_CALL_FUNCTION": function.logical_id} if recording else {}
+            env = lambda_environment(function, [*hook_path, *layers], {**env_overrides, **recording, **recorder})
             pool: queue.Queue[_Emulator] = queue.Queue()
             for _ in range(size):
                 emulator = _Emulator(function, python, env, logs / f"{function.logical_id}.log")

@@ -27,11 +27,9 @@ settings = Settings.from_env("USERS_TABLE", "IDEMPOTENCY_TABLE", "SYNC_FUNCTION_
 
 @cache
 def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Exception]]:
-    """Powertools idempotency around the ping dispatch, keyed on ``header.event_id``, built on first use.
-
-    Challenges and refused requests never need it, so a cold start that answers Feishu's 1-second
-    url_verification does not pay for the idempotency utility or a DynamoDB client (~0.4 s).
-    Returns the dispatch, its config (to register each invocation's context) and the in-progress error.
+    """Powertools idempotency around the ping dispatch, keyed on ``header.event_id`` (built once, by
+    ``prepare_container``). Returns the dispatch, its config (to register each invocation's context)
+    and the in-progress error.
     """
     from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - see the docstring
         DynamoDBPersistenceLayer,
@@ -61,6 +59,23 @@ def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Ex
         return outcome.as_dict()
 
     return dispatch, config, IdempotencyAlreadyInProgressError
+
+
+def prepare_container() -> None:
+    """Do while Lambda initialises the container what every cold start needs first: read the Feishu
+    credentials (cached 5 minutes), build the DynamoDB and Lambda clients and the idempotency utility.
+
+    Lambda runs the init phase at full CPU but the handler at the function's share (about 0.3 vCPU at
+    512 MB), and a first boto3 client alone costs ~0.1 s of CPU: done in the handler, it could push a cold
+    url_verification answer past Feishu's 1 s. Never fails the init: whatever goes wrong here happens
+    again in the handler, which answers it (503 while the secret cannot be read).
+    """
+    try:
+        load_credentials(settings)
+        deduplicated_dispatch()
+        wiring.lambda_client()
+    except Exception as exc:  # the handler meets the same failure and answers it
+        logger.warning("container_preparation_failed", extra={"error": type(exc).__name__})
 
 
 def dispatch(request: CalendarChanged, context: LambdaContext) -> dict[str, Any]:
@@ -149,3 +164,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("event_ignored", extra={"event_type": request.event_type})
         return _reply(200, {"msg": "ignored"})
     return _reply(*acknowledge(request, context))
+
+
+prepare_container()

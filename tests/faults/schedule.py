@@ -29,7 +29,8 @@ for held mass deletions, the confirming one) and checks:
   sync keeps that consent);
 * every committed ``sync_token`` (calendar list or a calendar's events) came from the last page of a
   listing of the same collection that the same sync applied;
-* Feishu never saw more requests in any 1 s / 60 s window than its limits.
+* no Feishu API (method and path template: each has its own limits) saw more requests in any 1 s / 60 s
+  window than its limits, and Feishu never refused a request for its rate.
 
 Time is scaled: the simulator's limits and the rate gate are 10× Feishu's, and the client's waits
 (``x-ogw-ratelimit-reset``, backoff) are divided by ``TIME_SCALE``, so hundreds of schedules fit in
@@ -903,9 +904,13 @@ class Schedule:
             self._check_events(open_id, stored_events)
         assert self.sim.refresh_token_reuse_count == 0, f"a refresh token was presented twice\n{self.report}"
         assert not self.bad_commits, f"sync_token committed without its last page: {self.bad_commits}\n{self.report}"
-        per_second, per_minute = self.sim.peak_rates()
-        assert per_second <= LIMIT_PER_SECOND, f"{per_second} requests in 1 s\n{self.report}"
-        assert per_minute <= LIMIT_PER_MINUTE, f"{per_minute} requests in 60 s\n{self.report}"
+        for api, (per_second, per_minute) in self.sim.peak_rates_by_api().items():
+            assert per_second <= LIMIT_PER_SECOND, f"{per_second} requests to {api} in 1 s\n{self.report}"
+            assert per_minute <= LIMIT_PER_MINUTE, f"{per_minute} requests to {api} in 60 s\n{self.report}"
+        refused = [r.api for r in self.sim.requests_log if r.fault == "rate_limit"]
+        assert not refused, (
+            f"Feishu refused requests for their rate (the gate let them through): {refused}\n{self.report}"
+        )
 
     def _check_events(self, open_id: str, stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         """Readable calendars: live events equal Feishu's; every other calendar's events are tombstones."""

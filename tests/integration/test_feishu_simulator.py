@@ -538,6 +538,46 @@ def test_rate_limit_rejects_with_reset_header() -> None:
         assert sum(r.fault == "rate_limit" for r in simulator.requests_log) == 2
 
 
+def test_rate_limits_apply_to_each_api_on_its_own() -> None:
+    # GIVEN a simulator allowing 3 requests per second to each API, and a user with a calendar
+    with FeishuSimulator(rate_per_second=3) as simulator:
+        simulator.add_user("ou_alice", "Alice")
+        calendar_id = simulator.calendars("ou_alice")[0]["calendar_id"]
+        token = user_token(simulator)
+        headers = {"Authorization": f"Bearer {token}"}
+        events_url = f"{simulator.url}{CALENDARS_PATH}/{calendar_id}/events"
+
+        def subscribe() -> requests.Response:
+            return requests.post(f"{events_url}/subscription", headers=headers, json={}, timeout=TIMEOUT)
+
+        # WHEN three calendar listings, three event subscriptions and a fourth listing arrive at once
+        listings = [list_page(simulator, token) for _ in range(3)]
+        subscriptions = [subscribe() for _ in range(3)]
+        fourth = list_page(simulator, token)
+        # THEN only the fourth request to the same API is refused: the other API has a budget of its own
+        assert [r.status_code for r in listings + subscriptions] == [200] * 6
+        assert fourth.status_code == 429
+        # AND the peaks are reported per API (the event API under its path template)
+        peaks = simulator.peak_rates_by_api()
+        assert peaks[f"GET {CALENDARS_PATH}"] == (4, 4)
+        assert peaks[f"POST {CALENDARS_PATH}/:calendar_id/events/subscription"] == (3, 3)
+        assert simulator.peak_rates() == (4, 4)
+        assert {r.api for r in simulator.requests_log} >= set(peaks)
+
+
+def test_latency_delays_each_answer() -> None:
+    # GIVEN a simulator whose answers take 200-250 ms, like Feishu's from far away
+    with FeishuSimulator(latency=(0.2, 0.25)) as simulator:
+        simulator.add_user("ou_alice", "Alice")
+        token = user_token(simulator)
+        # WHEN a calendar listing is requested
+        started = time.monotonic()
+        response = list_page(simulator, token)
+        # THEN the answer comes after the delay
+        assert response.status_code == 200
+        assert 0.2 <= time.monotonic() - started < 1.0
+
+
 def test_injected_faults_are_consumed_in_order(sim: FeishuSimulator) -> None:
     # GIVEN four faults queued on the calendar list path
     token = user_token(sim)

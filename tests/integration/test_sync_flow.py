@@ -343,27 +343,36 @@ def test_each_scheduled_resync_counts_the_users_waiting_to_authorise_again(harne
     metrics.clear_metrics()
 
 
-def test_the_rate_gate_spaces_requests_across_concurrent_callers(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # GIVEN a gate with slots 100 ms apart, whose reservations we observe
-    gate = DynamoRateGate(harness.client, harness.settings.rate_limit_table, "gate-test", requests_per_minute=600)
-    slots: list[int] = []
-    starts: list[float] = []
+def _observed_slots(gate: DynamoRateGate, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record every slot (API, µs) the gate hands out."""
+    slots: list[tuple[str, int]] = []
     lock = threading.Lock()
     reserve = gate._reserve
 
-    def observed() -> int:
-        slot = reserve()
+    def observed(api: str) -> int:
+        slot = reserve(api)
         with lock:
-            slots.append(slot)
+            slots.append((api, slot))
         return slot
 
     monkeypatch.setattr(gate, "_reserve", observed)
+    return slots
+
+
+def test_the_rate_gate_spaces_requests_across_concurrent_callers(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a gate with slots 100 ms apart and no burst, whose reservations we observe
+    gate = DynamoRateGate(
+        harness.client, harness.settings.rate_limit_table, "gate-test", requests_per_minute=600, burst=0
+    )
+    slots = _observed_slots(gate, monkeypatch)
+    starts: list[float] = []
+    lock = threading.Lock()
 
     def worker() -> None:
         for _ in range(5):
-            gate.acquire(time.monotonic() + 30)
+            gate.acquire("GET /api", time.monotonic() + 30)
             with lock:
                 starts.append(time.time())
 
@@ -374,7 +383,58 @@ def test_the_rate_gate_spaces_requests_across_concurrent_callers(
     for thread in threads:
         thread.join()
     # THEN every slot handed out is at least 100 ms after the one before, and nobody started early
-    slots.sort()
-    assert len(slots) == 20
-    assert min(b - a for a, b in itertools.pairwise(slots)) >= 100
-    assert min(start - slot / 1000 for start, slot in zip(sorted(starts), slots, strict=True)) >= -0.005
+    times = sorted(slot for _, slot in slots)
+    assert len(times) == 20
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 100_000
+    assert min(start - slot / 1e6 for start, slot in zip(sorted(starts), times, strict=True)) >= -0.005
+
+
+def test_the_rate_gate_budgets_each_api_on_its_own(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a gate with slots 100 ms apart, a burst of 2, and two APIs
+    gate = DynamoRateGate(
+        harness.client, harness.settings.rate_limit_table, "gate-apis", requests_per_minute=600, burst=2
+    )
+    slots = _observed_slots(gate, monkeypatch)
+    apis = ("GET /calendars/:calendar_id/events", "POST /calendars/:calendar_id/events/subscription")
+    # WHEN ten requests to each API arrive one after the other
+    started = time.time()
+    for _ in range(10):
+        for api in apis:
+            gate.acquire(api, time.monotonic() + 30)
+    elapsed = time.time() - started
+    # THEN each API's slots are its own: three at once (the burst), and no n + 3 of them within n times
+    # 100 ms, so the twenty requests take as long as ten to one API would, not twenty
+    for api in apis:
+        times = sorted(slot for name, slot in slots if name == api)
+        assert len(times) == 10
+        assert times[2] - times[0] < 50_000, times
+        for i, j in itertools.combinations(range(10), 2):
+            assert times[j] - times[i] >= (j - i - 2) * 100_000, (i, j, times)
+    assert 0.6 <= elapsed < 1.2
+    # AND each API has its own item in the table
+    items = harness.client.scan(TableName=harness.settings.rate_limit_table)["Items"]
+    assert {item["bucket"]["S"] for item in items} >= {f"gate-apis|{api}" for api in apis}
+
+
+def test_the_rate_gate_makes_one_update_per_request_when_busy_or_quiet(harness: Harness) -> None:
+    # GIVEN a gate whose DynamoDB updates we count
+    gate = DynamoRateGate(harness.client, harness.settings.rate_limit_table, "gate-updates", requests_per_minute=6000)
+    updates: list[str] = []
+
+    def count_update(**_: object) -> None:
+        updates.append("UpdateItem")
+
+    harness.client.meta.events.register("before-call.dynamodb.UpdateItem", count_update)
+    try:
+        # WHEN 30 requests come back to back (a busy API), then 5 more, each after the API fell quiet
+        for _ in range(30):
+            gate.acquire("GET /busy", time.monotonic() + 30)
+        busy = len(updates)
+        for _ in range(5):
+            time.sleep(0.02)
+            gate.acquire("GET /busy", time.monotonic() + 30)
+    finally:
+        harness.client.meta.events.unregister("before-call.dynamodb.UpdateItem", count_update)
+    # THEN each took one conditional update, except the first request and the first after the burst
+    assert busy <= 30 + 2
+    assert len(updates) - busy <= 5 + 1

@@ -379,3 +379,56 @@ def test_user_info_needs_an_open_id() -> None:
     session = ScriptedSession(answer(body={"code": 0, "data": {"name": "x"}}))
     with pytest.raises(FeishuError, match="open_id"):
         client(session).get_user_info(TOKEN, deadline=DEADLINE)
+
+
+class RecordingGate:
+    """A rate gate that records which API each slot was taken for."""
+
+    def __init__(self) -> None:
+        self.apis: list[str] = []
+
+    def acquire(self, api: str, deadline: float) -> None:
+        self.apis.append(api)
+
+
+def test_every_call_takes_a_slot_from_its_own_api_budget() -> None:
+    # GIVEN a client whose rate gate records the API of each slot
+    ok = {"code": 0, "msg": "success", "data": {}}
+    session = ScriptedSession(
+        answer(body=page([])),
+        answer(body={"code": 0, "data": {"items": [], "has_more": False, "sync_token": "E1"}}),
+        answer(body=ok),
+        answer(body=ok),
+        answer(500, {"code": 1500, "msg": "busy"}),
+        answer(body={"code": 0, "access_token": "a", "expires_in": 7200}),
+        answer(body={"code": 0, "data": {"open_id": "ou_1"}}),
+    )
+    gate = RecordingGate()
+    feishu = FeishuClient(
+        base_url="http://feishu.test",
+        accounts_url="http://accounts.test",
+        app_id="cli_app",
+        app_secret="app-secret-value",
+        rate_gate=gate,
+        session=session,  # type: ignore[arg-type]
+        sleep=lambda _seconds: None,
+    )
+    # WHEN it makes one call to each API (the token refresh retried once)
+    feishu.list_calendars(TOKEN, deadline=DEADLINE)
+    feishu.list_events(TOKEN, "cal_a@group", deadline=DEADLINE)
+    feishu.subscribe_calendar_events(TOKEN, "cal_b@group", deadline=DEADLINE)
+    feishu.subscribe_calendar_changes(TOKEN, deadline=DEADLINE)
+    feishu.refresh_access_token("r-token", deadline=DEADLINE)
+    feishu.get_user_info(TOKEN, deadline=DEADLINE)
+    # THEN each request took a slot of its API, named by method and path template (a retry too)
+    calendars = "/open-apis/calendar/v4/calendars"
+    assert gate.apis == [
+        f"GET {calendars}",
+        f"GET {calendars}/:calendar_id/events",
+        f"POST {calendars}/:calendar_id/events/subscription",
+        f"POST {calendars}/subscription",
+        "POST /open-apis/authen/v2/oauth/token",
+        "POST /open-apis/authen/v2/oauth/token",
+        "GET /open-apis/authen/v1/user_info",
+    ]
+    assert [call["method"] for call in session.calls] == ["GET", "GET", "POST", "POST", "POST", "POST", "GET"]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from feishu_mirror.errors import ConfigError
+from feishu_mirror.errors import ConfigError, CredentialsUnavailable
 
 CREDENTIAL_NAMES = ("FEISHU_APP_ID", "FEISHU_APP_SECRET", "FEISHU_ENCRYPT_KEY", "FEISHU_VERIFICATION_TOKEN")
 SECRET_CACHE_SECONDS = 300
@@ -137,7 +137,8 @@ def load_credentials(settings: Settings, env: Mapping[str, str] | None = None) -
     """Credentials from the environment when ``FEISHU_APP_ID`` is set, else from Secrets Manager.
 
     Secrets Manager values are cached by Powertools for ``SECRET_CACHE_SECONDS``, so a rotated
-    secret is picked up without a redeploy. Raises ``ConfigError`` when neither source is configured.
+    secret is picked up without a redeploy. Raises ``ConfigError`` when neither source is configured,
+    ``CredentialsUnavailable`` (a ``ConfigError``) when the secret cannot be read.
     """
     env = os.environ if env is None else env
     if env.get("FEISHU_APP_ID"):
@@ -145,8 +146,15 @@ def load_credentials(settings: Settings, env: Mapping[str, str] | None = None) -
     if not settings.secret_arn:
         raise ConfigError("set FEISHU_SECRET_ARN (or FEISHU_APP_ID and FEISHU_APP_SECRET for local runs)")
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - only the cloud path needs it
+    from aws_lambda_powertools.utilities.parameters.exceptions import (  # noqa: PLC0415
+        GetParameterError,
+        TransformParameterError,
+    )
 
-    secret = parameters.get_secret(settings.secret_arn, transform="json", max_age=SECRET_CACHE_SECONDS)
+    try:
+        secret = parameters.get_secret(settings.secret_arn, transform="json", max_age=SECRET_CACHE_SECONDS)
+    except (GetParameterError, TransformParameterError) as exc:
+        raise CredentialsUnavailable(f"the Feishu secret could not be read ({type(exc).__name__})") from exc
     if not isinstance(secret, Mapping):
         raise ConfigError("the Feishu secret must be a JSON object")
     return FeishuCredentials.from_mapping(secret, "the Feishu secret")

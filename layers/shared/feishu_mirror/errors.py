@@ -11,6 +11,11 @@ class ConfigError(MirrorError):
     """A required setting is missing or malformed; raised at start-up."""
 
 
+class CredentialsUnavailable(ConfigError):
+    """The Feishu secret could not be read (Secrets Manager unreachable, the secret missing, unreadable
+    or not JSON): like a missing setting, nothing can be verified or called until it can."""
+
+
 class CallbackRejected(MirrorError):
     """A Feishu callback request that must be refused with ``status`` and a short ``reason``."""
 

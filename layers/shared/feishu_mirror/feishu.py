@@ -1,7 +1,8 @@
 """The Feishu OpenAPI client: calendar listing, change subscription, OAuth tokens and user info.
 
 The only module that speaks HTTP. Every call goes through ``FEISHU_BASE_URL`` (the OAuth consent page
-through ``FEISHU_ACCOUNTS_URL``) and first takes a slot from the app-wide ``RateGate``. Failures are
+through ``FEISHU_ACCOUNTS_URL``) and first takes a slot from the ``RateGate`` of its API: Feishu limits
+each API (method and path template) on its own, per app and tenant, so each has a budget. Failures are
 handled by kind: 429 / 99991400 waits for ``x-ogw-ratelimit-reset``; 5xx, retryable codes and
 transport errors back off with full jitter; everything else raises a typed ``FeishuError`` at once.
 Success is decided by the body's ``code``, never by the HTTP status. No token is ever logged.
@@ -45,6 +46,13 @@ TOKEN_PATH = "/open-apis/authen/v2/oauth/token"  # noqa: S105 - a URL path, not 
 USER_INFO_PATH = "/open-apis/authen/v1/user_info"
 AUTHORIZE_PATH = "/open-apis/authen/v1/authorize"
 DEFAULT_SCOPES = ("calendar:calendar:readonly", "offline_access")
+# The APIs the client calls, each named by method and path template: the unit of Feishu's rate limits.
+LIST_CALENDARS_API = f"GET {CALENDARS_PATH}"
+SUBSCRIBE_CALENDARS_API = f"POST {SUBSCRIPTION_PATH}"
+LIST_EVENTS_API = f"GET {CALENDARS_PATH}/:calendar_id/events"
+SUBSCRIBE_EVENTS_API = f"POST {CALENDARS_PATH}/:calendar_id/events/subscription"
+TOKEN_API = f"POST {TOKEN_PATH}"
+USER_INFO_API = f"GET {USER_INFO_PATH}"
 
 RATE_LIMITED_CODES = frozenset({99991400})
 RETRYABLE_CODES = frozenset({190003, 190004, 190005, 190010, 20050, 20072, 1500, 5000})
@@ -63,16 +71,16 @@ REFRESH_RETRYABLE_CODES = frozenset({20050, 20072})
 
 
 class RateGate(Protocol):
-    """Grants the next request slot app-wide; waits or raises ``DeadlineExceeded``."""
+    """Grants the next request slot of one API, app-wide; waits or raises ``DeadlineExceeded``."""
 
-    def acquire(self, deadline: float) -> None:
-        """Block until a request may be sent; ``deadline`` is a ``time.monotonic()`` value."""
+    def acquire(self, api: str, deadline: float) -> None:
+        """Block until a request to ``api`` may be sent; ``deadline`` is a ``time.monotonic()`` value."""
 
 
 class NoRateGate:
     """A gate that never waits (unit tests, one-off scripts)."""
 
-    def acquire(self, deadline: float) -> None:
+    def acquire(self, api: str, deadline: float) -> None:
         """Return at once."""
 
 
@@ -194,7 +202,9 @@ class FeishuClient:
             params["page_token"] = page_token
         elif sync_token:
             params["sync_token"] = sync_token
-        reply = self._call("GET", CALENDARS_PATH, deadline=deadline, access_token=access_token, params=params)
+        reply = self._call(
+            LIST_CALENDARS_API, CALENDARS_PATH, deadline=deadline, access_token=access_token, params=params
+        )
         return self._page(reply, "calendar_list", Calendar.from_feishu)
 
     def list_events(
@@ -222,7 +232,7 @@ class FeishuClient:
         else:
             params["anchor_time"] = FULL_LISTING_ANCHOR_TIME
         path = f"{CALENDARS_PATH}/{quote(calendar_id, safe='')}/events"
-        reply = self._call("GET", path, deadline=deadline, access_token=access_token, params=params)
+        reply = self._call(LIST_EVENTS_API, path, deadline=deadline, access_token=access_token, params=params)
         return self._page(reply, "items", Event.from_feishu)
 
     def _page[T: Item](
@@ -256,11 +266,13 @@ class FeishuClient:
     def subscribe_calendar_events(self, access_token: str, calendar_id: str, *, deadline: float) -> None:
         """Subscribe the user to ``calendar.calendar.event.changed_v4`` for one calendar."""
         path = f"{CALENDARS_PATH}/{quote(calendar_id, safe='')}/events/subscription"
-        self._call("POST", path, deadline=deadline, access_token=access_token, json_body={})
+        self._call(SUBSCRIBE_EVENTS_API, path, deadline=deadline, access_token=access_token, json_body={})
 
     def subscribe_calendar_changes(self, access_token: str, *, deadline: float) -> None:
         """Subscribe the user to ``calendar.calendar.changed_v4`` (idempotent on Feishu's side)."""
-        self._call("POST", SUBSCRIPTION_PATH, deadline=deadline, access_token=access_token, json_body={})
+        self._call(
+            SUBSCRIBE_CALENDARS_API, SUBSCRIPTION_PATH, deadline=deadline, access_token=access_token, json_body={}
+        )
 
     # ------------------------------------------------------------------ OAuth
     def authorize_url(self, *, redirect_uri: str, state: str, code_challenge: str, scopes: tuple[str, ...]) -> str:
@@ -288,7 +300,7 @@ class FeishuClient:
             "redirect_uri": redirect_uri,
             "code_verifier": code_verifier,
         }
-        return self._grant(self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body))
+        return self._grant(self._call(TOKEN_API, TOKEN_PATH, deadline=deadline, json_body=body))
 
     def refresh_access_token(self, refresh_token: str, *, deadline: float) -> TokenGrant:
         """Rotate the token pair. The old refresh token is dead as soon as Feishu processes the request.
@@ -308,7 +320,7 @@ class FeishuClient:
         }
         session = requests.Session() if self._fresh_connection_for_refresh else None
         try:
-            reply = self._call("POST", TOKEN_PATH, deadline=deadline, json_body=body, session=session, replay=False)
+            reply = self._call(TOKEN_API, TOKEN_PATH, deadline=deadline, json_body=body, session=session, replay=False)
         except (FeishuUnavailable, ReauthorizationRequired):
             raise
         except FeishuError as exc:
@@ -323,7 +335,7 @@ class FeishuClient:
 
     def get_user_info(self, access_token: str, *, deadline: float) -> UserIdentity:
         """Who the access token belongs to."""
-        reply = self._call("GET", USER_INFO_PATH, deadline=deadline, access_token=access_token)
+        reply = self._call(USER_INFO_API, USER_INFO_PATH, deadline=deadline, access_token=access_token)
         data = reply.body.get("data") or {}
         open_id = data.get("open_id") if isinstance(data, dict) else None
         if not isinstance(open_id, str) or not open_id:
@@ -349,7 +361,7 @@ class FeishuClient:
     # ------------------------------------------------------------------ transport
     def _call(
         self,
-        method: str,
+        api: str,
         path: str,
         *,
         deadline: float,
@@ -359,8 +371,10 @@ class FeishuClient:
         session: requests.Session | None = None,
         replay: bool = True,
     ) -> _Reply:
-        """One call with the retries its failures allow. ``replay=False`` (a refresh): a failure after
-        which Feishu may have processed the request raises ``RefreshOutcomeUnknown`` instead."""
+        """One request to ``api`` (its method comes first in the name) at ``path``, with the retries its
+        failures allow. ``replay=False`` (a refresh): a failure after which Feishu may have processed the
+        request raises ``RefreshOutcomeUnknown`` instead."""
+        method = api.split(" ", 1)[0]
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if access_token is not None:
             headers["Authorization"] = f"Bearer {access_token}"
@@ -368,7 +382,7 @@ class FeishuClient:
         waited_for_rate = 0.0
         while True:
             attempts += 1
-            self._gate.acquire(deadline)
+            self._gate.acquire(api, deadline)
             timeout = self._timeout(deadline)
             try:
                 response = (session or self._session).request(

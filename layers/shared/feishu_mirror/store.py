@@ -4,7 +4,7 @@ listings, OAuth state, rate gate.
 The only module that touches boto3's DynamoDB API. Mirror writes (calendars and events) go in
 transactions that also check the user's lease (a fencing token), so a sync that lost its lease can
 never write; user-record and event-listing writes made during a sync carry the same condition.
-Numbers are stored as integers (epoch seconds).
+Numbers are stored as integers (epoch seconds; the rate gate's slots in microseconds).
 """
 
 from __future__ import annotations
@@ -1269,13 +1269,17 @@ class OAuthStateStore:
 
 # ------------------------------------------------------------------------------------ rate gate
 class DynamoRateGate:
-    """An app-wide request scheduler shared by every Lambda container.
+    """A request scheduler per Feishu API, shared by every Lambda container.
 
-    Each request reserves the next slot of a single DynamoDB item with one conditional update: slots
-    are ``interval_ms`` apart, so in any window of ``w`` ms at most ``w / interval_ms + 1`` requests
-    start, whatever the concurrency. At 950 requests/minute this keeps under Feishu's 1000/min and
-    50/s per-app limits with margin. A caller whose slot lies beyond its deadline raises
-    ``DeadlineExceeded`` (the slot is wasted, which only makes the gate more conservative).
+    Feishu limits each API (method and path template) on its own, per app and tenant, in two windows
+    (1,000/min and 50/s for the calendar APIs), so each API has its own item, ``<bucket>|<api>``, holding
+    the theoretical time of its next request (a generic cell rate algorithm). A request reserves a slot
+    with one conditional update: slots are ``60 s / requests_per_minute`` apart, and up to ``burst``
+    requests may go early after a quiet spell. In any window of ``w`` seconds an API therefore starts at
+    most ``w · rate + burst + 1`` requests, whatever the concurrency: at 950/min and a burst of 10, 961 a
+    minute and 26 a second, under Feishu's limits with room for clock skew and network jitter. A caller
+    whose slot lies beyond its deadline raises ``DeadlineExceeded`` (the slot is wasted, which only
+    makes the gate more conservative).
     """
 
     def __init__(
@@ -1285,6 +1289,7 @@ class DynamoRateGate:
         bucket: str,
         *,
         requests_per_minute: int = 950,
+        burst: int = 10,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -1292,52 +1297,63 @@ class DynamoRateGate:
         self._client = client
         self._table = table_name
         self._bucket = bucket
-        self._interval_ms = -(-60_000 // requests_per_minute)
+        self._interval_us = 60_000_000 // requests_per_minute
+        self._tolerance_us = burst * self._interval_us
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
+        # The last next-slot time seen per API: says which of the two updates will most likely succeed,
+        # so a steady stream and a quiet API each cost one update per request.
+        self._last_seen_us: dict[str, int] = {}
         self.waited_seconds = 0.0
 
-    def acquire(self, deadline: float) -> None:
-        """Reserve the next slot and sleep until it comes; raises ``DeadlineExceeded``."""
-        slot_ms = self._reserve()
-        wait = slot_ms / 1000 - self._clock()
+    def acquire(self, api: str, deadline: float) -> None:
+        """Reserve the next slot of ``api`` and sleep until it comes; raises ``DeadlineExceeded``."""
+        slot_us = self._reserve(api)
+        wait = slot_us / 1_000_000 - self._clock()
         if wait <= 0:
             return
         if self._monotonic() + wait >= deadline:
-            raise DeadlineExceeded("the Feishu rate gate has no slot before the deadline")
+            raise DeadlineExceeded(f"the Feishu rate gate has no slot for {api} before the deadline")
         self.waited_seconds += wait
         self._sleep(wait)
 
-    def _reserve(self) -> int:
-        key = {"bucket": _av(self._bucket)}
+    def _reserve(self, api: str) -> int:
+        """The start time (µs since the epoch) of the slot reserved for one request to ``api``."""
+        key = {"bucket": _av(f"{self._bucket}|{api}")}
         for _ in range(20):
-            now_ms = int(self._clock() * 1000)
-            try:  # the gate is busy: take the slot after the last one handed out
-                response = self._client.update_item(
-                    TableName=self._table,
-                    Key=key,
-                    UpdateExpression="SET next_slot = next_slot + :i",
-                    ConditionExpression="next_slot > :now",
-                    ExpressionAttributeValues=attribute_values({":i": self._interval_ms, ":now": now_ms}),
-                    ReturnValues="UPDATED_NEW",
-                )
-                return int(plain(response["Attributes"])["next_slot"]) - self._interval_ms
-            except ClientError as exc:
-                if not _is_condition_failure(exc):
-                    raise
-            try:  # the gate is idle: the slot is now
-                self._client.update_item(
-                    TableName=self._table,
-                    Key=key,
-                    UpdateExpression="SET next_slot = :next, expires_at = :ttl",
-                    ConditionExpression="attribute_not_exists(next_slot) OR next_slot <= :now",
-                    ExpressionAttributeValues=attribute_values(
-                        {":next": now_ms + self._interval_ms, ":now": now_ms, ":ttl": now_ms // 1000 + 86400}
-                    ),
-                )
-                return now_ms
-            except ClientError as exc:
-                if not _is_condition_failure(exc):
-                    raise
-        raise RuntimeError("could not reserve a Feishu request slot")
+            now_us = int(self._clock() * 1_000_000)
+            ttl = now_us // 1_000_000 + 86400
+            busy_first = self._last_seen_us.get(api, 0) > now_us
+            for busy in (busy_first, not busy_first):
+                try:
+                    if busy:  # requests are queued: take the slot after the last one handed out
+                        response = self._client.update_item(
+                            TableName=self._table,
+                            Key=key,
+                            UpdateExpression="SET next_at = next_at + :i, expires_at = :ttl",
+                            ConditionExpression="next_at > :now",
+                            ExpressionAttributeValues=attribute_values(
+                                {":i": self._interval_us, ":now": now_us, ":ttl": ttl}
+                            ),
+                            ReturnValues="UPDATED_NEW",
+                        )
+                        next_at = int(plain(response["Attributes"])["next_at"])
+                        self._last_seen_us[api] = next_at
+                        return max(now_us, next_at - self._interval_us - self._tolerance_us)
+                    # the API is quiet: the slot is now
+                    self._client.update_item(
+                        TableName=self._table,
+                        Key=key,
+                        UpdateExpression="SET next_at = :next, expires_at = :ttl",
+                        ConditionExpression="attribute_not_exists(next_at) OR next_at <= :now",
+                        ExpressionAttributeValues=attribute_values(
+                            {":next": now_us + self._interval_us, ":now": now_us, ":ttl": ttl}
+                        ),
+                    )
+                    self._last_seen_us[api] = now_us + self._interval_us
+                    return now_us
+                except ClientError as exc:
+                    if not _is_condition_failure(exc):
+                        raise
+        raise RuntimeError(f"could not reserve a Feishu request slot for {api}")

@@ -122,7 +122,7 @@ def pings(settings: Settings) -> PingDispatcher:
 
 @cache
 def feishu(settings: Settings, credentials: FeishuCredentials) -> FeishuClient:
-    """The Feishu client, behind the app-wide rate gate."""
+    """The Feishu client, behind the rate gate that budgets each Feishu API of the app on its own."""
     from feishu_mirror.feishu import FeishuClient  # noqa: PLC0415 - keeps requests off the callback's import path
 
     gate = DynamoRateGate(
