@@ -947,6 +947,7 @@ class _ScheduleEventListings(EventListingStore):
         kind: str,
         held_sweep: HeldSweep | None,
         reset: bool,
+        reduced: int = 0,
     ) -> None:
         """Only a token this invocation received on a last page of this calendar's events may be committed."""
         received = self._received.events.get(calendar_id, set())
@@ -962,4 +963,5 @@ class _ScheduleEventListings(EventListingStore):
             kind=kind,
             held_sweep=held_sweep,
             reset=reset,
+            reduced=reduced,
         )

@@ -74,6 +74,7 @@ class UserHealth:
     reauth_required_at: int | None
     held_deletions: int
     held_since: int | None
+    items_reduced: int  # live calendars and events stored without fields DynamoDB cannot hold (``mirror_reduced``)
     syncing: bool
     resuming_listing: bool
     due_at: int | None
@@ -123,6 +124,7 @@ class UserHealth:
             reauth_required_at=_int(item.get("reauth_required_at")),
             held_deletions=held_deletions,
             held_since=_int(held.get("first_seen_at")),
+            items_reduced=_int(item.get("items_reduced")) or 0,
             syncing=syncing,
             resuming_listing=bool(checkpoint.get("kind")),
             due_at=_int(item.get("due_at")),

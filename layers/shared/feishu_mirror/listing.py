@@ -22,6 +22,7 @@ from typing import Protocol
 from feishu_mirror.errors import FeishuError, SyncTokenExpired
 from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingState, Page, Stored, SyncKind
 from feishu_mirror.observability import count, logger
+from feishu_mirror.storable import same_value
 
 MASS_DELETE_MIN = 5
 MASS_DELETE_FRACTION = 0.5
@@ -36,36 +37,68 @@ class PagePlan[T: Item]:
     deletions: tuple[T, ...]
     live_delta: int
     listed_ids: frozenset[str]
+    reduced_delta: int = 0  # the change in live items stored reduced
 
 
-def plan_page[T: Item](entries: Iterable[tuple[T, bool]], current: Mapping[str, Stored[T]]) -> PagePlan[T]:
+def unchanged(stored: Item, item: Item) -> bool:
+    """True when ``item`` would write nothing over ``stored``: the same fields by value (numbers as
+    numbers, ``1 == 1.0``), and the same fields dropped for the same reasons."""
+    return dict(stored.reduced) == dict(item.reduced) and same_value(dict(stored.fields), dict(item.fields))
+
+
+def plan_page[T: Item](
+    entries: Iterable[tuple[T, bool]], current: Mapping[str, Stored[T]], *, full_listing: bool = False
+) -> PagePlan[T]:
     """Compare a page with what the mirror holds: new or changed items, and deletions.
 
     An entry identical to the stored live item writes nothing. Deleted entries tombstone a live item
-    (keeping the latest known fields) and are ignored when nothing live is stored.
+    (keeping the latest known fields) and are ignored when nothing live is stored. Items that belong to
+    a parent (the exceptions of a recurring event's master) follow it: a deleted parent tombstones its
+    live children in ``current`` (the caller loads them), and in an incremental listing an entry whose
+    parent the mirror holds as a tombstone is a deletion too. A full listing may list a child before its
+    parent, so there children are settled at the end of the listing (``ListingEngine``), not here.
     """
     view = dict(current)
+    children: dict[str, set[str]] = {}
+    for key, held in view.items():
+        if held.live and held.item.parent_key:
+            children.setdefault(held.item.parent_key, set()).add(key)
     changes: dict[str, tuple[T, bool]] = {}
-    live_delta = 0
+    live_delta = reduced_delta = 0
     listed: set[str] = set()
-    for item, is_deleted in entries:
+
+    def tombstone(key: str, tomb: T, was: Stored[T]) -> None:
+        nonlocal live_delta, reduced_delta
+        changes[key] = (tomb, True)
+        view[key] = Stored(tomb, deleted_at=0)
+        live_delta -= 1
+        reduced_delta -= bool(was.item.reduced)
+        listed.discard(key)
+
+    for item, listed_deleted in entries:
         key = item.key
         stored = view.get(key)
         was_live = stored is not None and stored.live
-        if is_deleted:
+        parent = item.parent_key
+        parent_stored = view.get(parent) if parent and not full_listing else None
+        if listed_deleted or (parent_stored is not None and not parent_stored.live):
             listed.discard(key)
             if was_live:
                 assert stored is not None
-                tomb = item if item.fields else stored.item
-                changes[key] = (tomb, True)
-                view[key] = Stored(tomb, deleted_at=0)
-                live_delta -= 1
+                tombstone(key, item if item.fields else stored.item, stored)
+            for child in sorted(children.pop(key, ())):
+                child_stored = view[child]
+                if child_stored.live and child_stored.item.parent_key == key:
+                    tombstone(child, child_stored.item, child_stored)
             continue
         listed.add(key)
-        if was_live and stored is not None and dict(stored.item.fields) == dict(item.fields):
+        if parent:
+            children.setdefault(parent, set()).add(key)
+        if was_live and stored is not None and unchanged(stored.item, item):
             continue
         changes[key] = (item, False)
         view[key] = Stored(item)
+        reduced_delta += bool(item.reduced) - bool(was_live and stored is not None and stored.item.reduced)
         if not was_live:
             live_delta += 1
     return PagePlan(
@@ -73,7 +106,15 @@ def plan_page[T: Item](entries: Iterable[tuple[T, bool]], current: Mapping[str, 
         deletions=tuple(i for i, deleted in changes.values() if deleted),
         live_delta=live_delta,
         listed_ids=frozenset(listed),
+        reduced_delta=reduced_delta,
     )
+
+
+def orphans[T: Item](live: Iterable[T]) -> tuple[T, ...]:
+    """Of these live items, the ones whose parent is not among them (an exception whose master is gone)."""
+    items = tuple(live)
+    keys = {item.key for item in items}
+    return tuple(item for item in items if item.parent_key and item.parent_key not in keys)
 
 
 def is_mass_deletion(*, live_before: int, missing: int, listed: int) -> bool:
@@ -128,6 +169,10 @@ class Collection[T: Item](Protocol):
         """The stored items with these keys."""
         ...
 
+    def load_children(self, parent_keys: Iterable[str]) -> dict[str, Stored[T]]:
+        """The stored items that belong to these (the exceptions of recurring events' masters)."""
+        ...
+
     def apply(self, now: int, upserts: tuple[T, ...], deletions: tuple[T, ...]) -> None:
         """Write changed items and tombstones."""
         ...
@@ -141,9 +186,17 @@ class Collection[T: Item](Protocol):
         ...
 
     def commit(
-        self, now: int, *, sync_token: str | None, mirrored: int, kind: str, held_sweep: HeldSweep | None, reset: bool
+        self,
+        now: int,
+        *,
+        sync_token: str | None,
+        mirrored: int,
+        reduced: int,
+        kind: str,
+        held_sweep: HeldSweep | None,
+        reset: bool,
     ) -> None:
-        """After the last page: the new sync token (or none), the live count, the held sweep."""
+        """After the last page: the new sync token (or none), the live and reduced counts, the held sweep."""
         ...
 
 
@@ -157,6 +210,15 @@ class Tally:
     deleted: int = 0
     held: int = 0
     kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingOutcome:
+    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
+
+    held: HeldSweep | None
+    mirrored: int
+    reduced: int
 
 
 @dataclass(slots=True)
@@ -192,8 +254,8 @@ class ListingEngine:
     def _now(self) -> int:
         return int(self._clock())
 
-    def run[T: Item](self, collection: Collection[T], state: ListingState, tally: Tally) -> HeldSweep | None:
-        """List, write and commit; returns the held sweep when deletions were held back."""
+    def run[T: Item](self, collection: Collection[T], state: ListingState, tally: Tally) -> ListingOutcome:
+        """List, write and commit; returns the held sweep (when deletions were held back) and the counts."""
         names = collection.metrics
         kind, page_token, seen, started_at = choose_listing(state, self._now())
         tally.listings += 1
@@ -203,7 +265,7 @@ class ListingEngine:
         if kind == "full":
             position.load(collection)
         reset = False
-        mirrored = state.mirrored
+        mirrored, reduced = state.mirrored, state.reduced
         while True:
             try:
                 page = collection.fetch(page_token=position.page_token, sync_token=position.incremental_cursor)
@@ -216,33 +278,37 @@ class ListingEngine:
                 collection.discard_sync_state(self._now())
                 self._restart_full(collection, position, tally)
                 continue
-            mirrored += self._apply_page(collection, position, page, tally)
+            plan = self._apply_page(collection, position, page, tally)
+            mirrored += plan.live_delta
+            reduced += plan.reduced_delta
             if not page.has_more:
                 break
             self._advance(collection, position, page, tally)
         held: HeldSweep | None = None
         if position.kind == "full":
-            held, mirrored = self._sweep(collection, state=state, tally=tally, position=position)
+            held, mirrored, reduced = self._sweep(collection, state=state, tally=tally, position=position)
         sync_token = page.sync_token or (state.sync_token if position.kind == "incremental" else None)
+        outcome = ListingOutcome(held, max(0, mirrored), max(0, reduced))
         collection.commit(
             self._now(),
             sync_token=None if held else sync_token,
-            mirrored=max(0, mirrored),
+            mirrored=outcome.mirrored,
+            reduced=outcome.reduced,
             kind=position.kind,
             held_sweep=held,
             reset=reset,
         )
-        return held
+        return outcome
 
     def _apply_page[T: Item](
         self, collection: Collection[T], position: _Position[T], page: Page[T], tally: Tally
-    ) -> int:
-        """Write what one page changes; returns the change in live items."""
+    ) -> PagePlan[T]:
+        """Write what one page changes; returns the plan (its changes in live and reduced items)."""
         tally.pages += 1
         count(collection.metrics.pages)
         full = position.kind == "full"
-        current = position.existing if full else collection.load_some(item.key for item, _ in page.entries)
-        plan = plan_page(page.entries, current)
+        current = position.existing if full else self._current(collection, page)
+        plan = plan_page(page.entries, current, full_listing=full)
         self._write(collection, tally, plan.upserts, plan.deletions)
         if full:
             position.seen |= plan.listed_ids
@@ -251,7 +317,22 @@ class ListingEngine:
                 position.existing[item.key] = Stored(item)
             for item in plan.deletions:
                 position.existing[item.key] = Stored(item, deleted_at=0)
-        return plan.live_delta
+        return plan
+
+    @staticmethod
+    def _current[T: Item](collection: Collection[T], page: Page[T]) -> dict[str, Stored[T]]:
+        """For an incremental page: the stored items it names, their parents, and the children of the
+        parents it deletes (wherever they are: a master's exceptions need not be on the page)."""
+        keys = {item.key for item, _ in page.entries} | {item.parent_key for item, _ in page.entries if item.parent_key}
+        current = collection.load_some(keys)
+        parents = sorted(
+            item.key
+            for item, deleted in page.entries
+            if deleted and (item.is_parent or (item.key in current and current[item.key].item.is_parent))
+        )
+        if parents:
+            current = {**collection.load_children(parents), **current}
+        return current
 
     def _advance[T: Item](self, collection: Collection[T], position: _Position[T], page: Page[T], tally: Tally) -> None:
         """After a page with more to come: follow its page token (checkpointed), or its sync token."""
@@ -284,10 +365,11 @@ class ListingEngine:
         state: ListingState,
         tally: Tally,
         position: _Position[T],
-    ) -> tuple[HeldSweep | None, int]:
-        """End of a full listing: tombstone live items it did not contain, unless suspicious.
+    ) -> tuple[HeldSweep | None, int, int]:
+        """End of a full listing: tombstone live items it did not contain, unless suspicious, and the
+        children whose parent is not live (whatever the listing's order, it has seen every parent now).
 
-        Returns the held sweep (if any) and the number of live items the mirror now holds.
+        Returns the held sweep (if any) and how many live items, and live reduced items, the mirror holds.
         """
         now = self._now()
         names = collection.metrics
@@ -295,20 +377,28 @@ class ListingEngine:
         missing = tuple(item for item in live if item.key not in position.seen)
         listed = len(live) - len(missing)
         live_before = max(position.live_before, len(missing))
+        hold = False
         if is_mass_deletion(live_before=live_before, missing=len(missing), listed=listed):
-            held = state.held_sweep
-            confirmed = held is not None and now - held.first_seen_at >= self._confirm_seconds
+            previous = state.held_sweep
+            hold = previous is None or now - previous.first_seen_at < self._confirm_seconds
             extra = {"collection": collection.name, "missing": len(missing), "live": len(live)}
-            if not confirmed:
-                count(names.held)
-                logger.warning("mass_deletion_held", extra=extra)
-                tally.held += len(missing)
-                return HeldSweep(len(missing), held.first_seen_at if held else now), len(live)
-            count(names.confirmed)
-            logger.warning("mass_deletion_confirmed", extra=extra)
-        if missing:
-            self._write(collection, tally, (), missing)
-        return None, listed
+            count(names.held if hold else names.confirmed)
+            logger.warning("mass_deletion_held" if hold else "mass_deletion_confirmed", extra=extra)
+        gone = set() if hold else {item.key for item in missing}
+        remaining = [item for item in live if item.key not in gone]
+        orphaned = orphans(remaining)
+        held: HeldSweep | None = None
+        if hold:
+            orphan_keys = {item.key for item in orphaned}
+            missing = tuple(item for item in missing if item.key not in orphan_keys)
+            tally.held += len(missing)
+            held = HeldSweep(len(missing), state.held_sweep.first_seen_at if state.held_sweep else now)
+            missing = ()
+        if missing or orphaned:
+            self._write(collection, tally, (), missing + orphaned)
+        retired = {item.key for item in orphaned}
+        remaining = [item for item in remaining if item.key not in retired]
+        return held, len(remaining), sum(1 for item in remaining if item.reduced)
 
     def _write[T: Item](
         self, collection: Collection[T], tally: Tally, upserts: tuple[T, ...], deletions: tuple[T, ...]
@@ -316,6 +406,14 @@ class ListingEngine:
         if not upserts and not deletions:
             return
         collection.apply(self._now(), upserts, deletions)
+        reduced = [item for item in upserts if item.reduced]
+        if reduced:
+            count("ItemsReduced", len(reduced))
+            for item in reduced:
+                logger.warning(
+                    "item_reduced",
+                    extra={"collection": collection.name, "key": item.key, "reduced": dict(item.reduced)},
+                )
         tally.upserted += len(upserts)
         tally.deleted += len(deletions)
         count(collection.metrics.upserted, len(upserts))
