@@ -170,16 +170,20 @@ def fit(fields: Mapping[str, Any], budget: int = FIELD_BUDGET_BYTES) -> tuple[di
     return kept, dict(sorted(reduced.items())), total
 
 
-def item_size(values: Mapping[str, Any]) -> int:
-    """The estimated size of a whole item (attribute names included) by DynamoDB's rules."""
+def stored_form(values: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """A whole item as it is written — numbers canonical, so boto3 serializes any number ``fit`` kept or
+    DynamoDB gave back (a round 50-digit number reads back as an int of 50 digits) — and its estimated
+    size by DynamoDB's rules, attribute names included. Raises ``ValueError`` for a value ``fit`` would
+    have dropped."""
+    out: dict[str, Any] = {}
     size = 0
     for name, value in values.items():
-        size += len(name.encode("utf-8", "surrogatepass"))
         try:
-            size += _storable(value, 0)[1]
-        except _Unholdable:
-            size += MAX_ITEM_BYTES  # never written as such: ``fit`` drops it first
-    return size
+            out[name], value_size = _storable(value, 0)
+        except _Unholdable as exc:
+            raise ValueError(f"attribute {name} cannot be stored: {exc.reason}") from None
+        size += len(name.encode("utf-8")) + value_size
+    return out, size
 
 
 def _decimal(number: int | Decimal | float) -> Decimal:

@@ -39,7 +39,7 @@ from feishu_mirror.models import (
     UserRecord,
 )
 from feishu_mirror.observability import logger
-from feishu_mirror.storable import REDUCED_ATTRIBUTE, item_size
+from feishu_mirror.storable import REDUCED_ATTRIBUTE, stored_form
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -800,8 +800,8 @@ class MirrorTable[T: (Calendar, Event)]:
         # Each transaction: the lease check and up to 99 items, of at most TRANSACTION_BYTES by estimate.
         chunk: list[dict[str, Any]] = []
         chunk_bytes = 0
-        for put in puts:
-            size = item_size(put)
+        for fields in puts:
+            put, size = stored_form(fields)
             if chunk and (len(chunk) == TRANSACTION_ITEMS - 1 or chunk_bytes + size > TRANSACTION_BYTES):
                 self._put_all(fence, now, chunk)
                 chunk, chunk_bytes = [], 0
