@@ -185,6 +185,7 @@ class Report:
     faults: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
     syncs: Counter[str] = field(default_factory=Counter)
+    data: Counter[str] = field(default_factory=Counter)  # what the events held, as drawn and as finally mirrored
 
     def note(self, text: str) -> None:
         """Add a step to the printed schedule."""
@@ -386,6 +387,8 @@ class Schedule:
             (readable if n < extra_readable else unreadable).append(cid)
         for cid in readable:
             self._add_events(open_id, cid, rng.choice([0, 1, 2, 5, 10, 20]))
+        if rng.random() < 0.4:  # a recurring series with changed and cancelled occurrences
+            self._add_series(open_id, rng.choice(readable))
         if rng.random() < 0.15:  # a calendar whose event listings page
             self._add_events(open_id, rng.choice(readable), rng.randint(PAGE_SIZE + 1, 2 * PAGE_SIZE + 10))
         for cid in unreadable[:2]:  # events the user cannot list: never mirrored
@@ -416,8 +419,8 @@ class Schedule:
             "event_fault": (18, self._event_fault),
             "access": (6, self._access),
             "event_kill": (4, self._event_kill),
-            "recurring": (6, self._recurring),
-            "master_delete": (3, self._master_delete),
+            "recurring": (5, self._recurring),
+            "master_delete": (5, self._master_delete),
             "doomed_calendar": (3, self._doomed_calendar),
         }
         open_id = self.rng.choice(self.open_ids)
@@ -572,7 +575,7 @@ class Schedule:
     def _event_fields(self) -> dict[str, Any]:
         rng = self.rng
         if rng.random() < SDK_SHAPED:
-            self._act("SDK-shaped event")
+            self.report.data["events drawn from the SDK's models"] += 1
             return self._sdk_event()
         fields: dict[str, Any] = {"summary": f"{rng.choice(['周会', '1:1', 'Review'])} {rng.random():.6f}"}
         fields |= self._times()
@@ -589,6 +592,7 @@ class Schedule:
         rng = self.rng
         if rng.random() < SDK_SHAPED:  # fields of a freshly drawn SDK-shaped event, its recurring shape aside
             drawn = self._sdk_event()
+            self.report.data["event changes drawn from the SDK's models"] += 1
             names = [n for n in drawn if n not in ("status", "recurrence", "is_exception", "recurring_event_id")]
             return {name: drawn[name] for name in rng.sample(names, min(len(names), rng.randint(1, 4)))}
         changes: dict[str, Any] = {}
@@ -655,9 +659,21 @@ class Schedule:
         )
 
     def _recurring(self, open_id: str) -> None:
-        """A recurring event (SDK-shaped or simple) with occurrences moved, changed or cancelled."""
-        rng = self.rng
+        """A recurring event with occurrences moved, changed or cancelled (pushed, mostly)."""
         calendar_id = self._pick_calendar(open_id)
+        kinds = self._add_series(open_id, calendar_id)
+        pushed = self.rng.random() < 0.7
+        if pushed:
+            self._push(open_id, calendar_id)
+        self._act("recurring event with exceptions")
+        self._act("occurrence cancelled", kinds.count("cancelled"))
+        self.report.note(
+            f"recurring event on {self.label(calendar_id)}: {', '.join(kinds)}{', pushed' if pushed else ''}"
+        )
+
+    def _add_series(self, open_id: str, calendar_id: str) -> list[str]:
+        """A recurring master (SDK-shaped or simple) and 1–3 exceptions; returns how each occurrence differs."""
+        rng = self.rng
         fields = self._event_fields()
         fields.update(recurrence=rng.choice(RRULES), is_exception=False, recurring_event_id="")
         if fields.get("status") not in ("confirmed", "tentative"):
@@ -675,28 +691,23 @@ class Schedule:
             self.exceptions.add(exception)
             self.recurring.add(exception)
             kinds.append(kind)
-        pushed = rng.random() < 0.7
-        if pushed:
-            self._push(open_id, calendar_id)
-        self._act("recurring event with exceptions")
-        self._act("occurrence cancelled", kinds.count("cancelled"))
-        self.report.note(
-            f"recurring event on {self.label(calendar_id)}: {', '.join(kinds)}{', pushed' if pushed else ''}"
-        )
+        return kinds
 
     def _master_delete(self, open_id: str) -> None:
         """A recurring event's master is deleted: its exceptions go with it (listed before or after it)."""
         rng = self.rng
-        calendar_id = self._pick_calendar(open_id)
-        events = self.sim.events(open_id, calendar_id)
-        masters = sorted({e["recurring_event_id"] for e in events if e["event_id"] in self.exceptions})
-        live = {e["event_id"] for e in events}
-        masters = [m for m in masters if m in live]
+        masters: list[tuple[str, str]] = []
+        for calendar in self.sim.calendars(open_id):
+            events = self.sim.events(open_id, calendar["calendar_id"])
+            live = {e["event_id"] for e in events}
+            found = {e["recurring_event_id"] for e in events if e["event_id"] in self.exceptions} & live
+            masters += [(calendar["calendar_id"], master) for master in sorted(found)]
         if not masters:
-            self.report.note(f"no recurring event with exceptions on {self.label(calendar_id)}")
+            self.report.note(f"no recurring event with exceptions of {open_id} to delete")
             return
+        calendar_id, master = rng.choice(masters)
         first = rng.random() < 0.5
-        self.sim.delete_event(open_id, calendar_id, rng.choice(masters), exceptions_first=first)
+        self.sim.delete_event(open_id, calendar_id, master, exceptions_first=first)
         pushed = rng.random() < 0.7
         if pushed:
             self._push(open_id, calendar_id)
@@ -834,6 +845,7 @@ class Schedule:
             self.report.note("held mass deletion: the confirming resync")
             self._scheduled_resync(LATER + self.settings.mass_delete_confirm_seconds + 1)
         stored_events = self.event_items()
+        self._tally_final(stored_events)
         for open_id in self.open_ids:
             truth = {c["calendar_id"]: c for c in self.sim.calendars(open_id)}
             mirror = self.live(open_id)
@@ -853,6 +865,23 @@ class Schedule:
         per_second, per_minute = self.sim.peak_rates()
         assert per_second <= LIMIT_PER_SECOND, f"{per_second} requests in 1 s\n{self.report}"
         assert per_minute <= LIMIT_PER_MINUTE, f"{per_minute} requests in 60 s\n{self.report}"
+
+    def _tally_final(self, stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        """Count what the final mirror holds of the data that matters here (for the suite's figures)."""
+        data = self.report.data
+        calendars = [item for open_id in self.open_ids for item in self.live(open_id).values()]
+        events = [item for items in stored.values() for item in items.values()]
+        for item in calendars + [e for e in events if "deleted_at" not in e]:
+            if "mirror_reduced" in item:
+                data["items stored reduced, in the final mirror"] += 1
+                for reason in item["mirror_reduced"].values():
+                    data[f"fields dropped as {reason}, in the final mirror"] += 1
+        for item in events:
+            exception = item.get("is_exception") is True and bool(item.get("recurring_event_id"))
+            if exception and "deleted_at" not in item and item.get("status") == "cancelled":
+                data["cancelled occurrences, live in the final mirror"] += 1
+            elif exception and "deleted_at" in item:
+                data["exceptions tombstoned, in the final mirror"] += 1
 
     def _check_events(self, open_id: str, stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         """Readable calendars: live events equal Feishu's; every other calendar's events are tombstones."""

@@ -17,6 +17,7 @@ from feishu_mirror.storable import same_value
 from feishu_mirror.store import Fence
 from local.feishu_sim import FeishuSimulator
 from tests.integration.harness import Harness
+from tests.integration.test_event_sync import primary
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,10 +33,6 @@ def fresh_metrics() -> Iterator[None]:
     metrics.clear_metrics()
     yield
     metrics.clear_metrics()
-
-
-def primary(sim: FeishuSimulator, open_id: str) -> str:
-    return str(next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary"))
 
 
 def mirrored_fields(item: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +149,27 @@ def test_a_cancelled_occurrence_of_a_master_already_deleted_is_not_brought_back(
     harness.sync(open_id)
     # THEN it is a tombstone: a cancelled occurrence lives only while its master does
     assert "deleted_at" in harness.event_items(open_id, own)[exception]
+
+
+@pytest.mark.parametrize("exceptions_first", [False, True], ids=["master-first", "exceptions-first"])
+def test_a_series_made_and_deleted_between_two_syncs_leaves_nothing_live(
+    harness: Harness, sim: FeishuSimulator, exceptions_first: bool
+) -> None:
+    # GIVEN a mirrored calendar, then a recurring event with a cancelled and a moved occurrence that is
+    # created and deleted again before the next sync (its increment lists them all as cancelled)
+    open_id = harness.onboard(f"ou_short_series_{exceptions_first}")
+    own = primary(sim, open_id)
+    harness.sync(open_id)
+    master = sim.create_event(open_id, own, summary="Short-lived", recurrence="FREQ=DAILY;COUNT=3")
+    sim.create_exception(open_id, own, master, cancelled=True)
+    sim.create_exception(open_id, own, master, summary="moved")
+    sim.delete_event(open_id, own, master, exceptions_first=exceptions_first)
+    # WHEN the change is pushed and synced
+    harness.pings.dispatch([open_id], reason="event_changed", calendar_id=own)
+    assert harness.sync(open_id).outcome == "synced"
+    # THEN no occurrence of the series is live
+    assert harness.live_events(open_id, own) == {}
+    assert_events_match(harness, open_id, own)
 
 
 def _fence(harness: Harness, open_id: str) -> Fence:

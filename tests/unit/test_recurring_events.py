@@ -237,4 +237,29 @@ def test_reduced_items_are_counted_for_health(reduced_before: int) -> None:
     # and one that lets it fit again takes it off the count
     events.pages = [page((parsed({"event_id": "big_0", "description": "short"})[0], False))]
     assert run(events, ListingState(sync_token="S1", reduced=1)).reduced == 0
-    assert events.committed["reduced"] == 0
+    assert events.committed["outcome"].reduced == 0
+
+
+@pytest.mark.parametrize("master_first", [True, False], ids=["master-first", "exceptions-first"])
+def test_an_increment_with_a_series_made_and_deleted_since_the_last_sync_leaves_no_occurrence_behind(
+    master_first: bool,
+) -> None:
+    # GIVEN a mirror that never saw a recurring event, and an increment (two pages) in which Feishu reports
+    # its master deleted (a bare entry) and its occurrence cancelled, in either order
+    deleted_master = parsed({"event_id": MASTER, "status": "cancelled"})
+    cancelled = parsed(exception(200, "cancelled"))
+    first, second = (deleted_master, cancelled) if master_first else (cancelled, deleted_master)
+    events = Events({}, [page(first, has_more=True), page(second)])
+    # WHEN the increment is applied
+    outcome = run(events, ListingState(sync_token="S1"))
+    # THEN no occurrence outlives the series
+    assert events.live() == {}
+    assert outcome.mirrored == 0
+
+
+def test_an_increment_keeps_an_occurrence_whose_new_master_comes_on_a_later_page() -> None:
+    cancelled = parsed(exception(200, "cancelled"))
+    events = Events({}, [page(cancelled, has_more=True), page((master(), False))])
+    outcome = run(events, ListingState(sync_token="S1"))
+    assert events.live() == {"4f1c2a_200": "cancelled", MASTER: ""}
+    assert outcome.mirrored == 2

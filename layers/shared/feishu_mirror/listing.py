@@ -8,6 +8,12 @@ checkpoint after each page that has a successor; commit the new ``sync_token`` o
 page; on 190008 restart as a full listing whose end sweeps away what it no longer contains — unless
 that looks like a mass deletion, which is held until a later full listing confirms it.
 
+Items may belong to a parent item of the same collection (the exceptions of a recurring event belong
+to its master): they live only while it does. A deleted parent takes its children with it in the same
+write, wherever they are; at the end of a listing, children whose parent is not live are retired (a full
+listing may list a child before its parent; an increment may bring a series made and deleted since the
+last listing, its master on any page).
+
 A ``Collection`` says where the items and the listing state live and how a page is fetched (the
 caller wraps token refresh and deadlines into ``fetch``). The planning functions are pure.
 """
@@ -151,6 +157,15 @@ class MetricNames:
     confirmed: str
 
 
+@dataclass(frozen=True, slots=True)
+class ListingOutcome:
+    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
+
+    held: HeldSweep | None
+    mirrored: int
+    reduced: int
+
+
 class Collection[T: Item](Protocol):
     """One mirrored collection, as the engine sees it. Writes are fenced by the user's lease."""
 
@@ -185,18 +200,8 @@ class Collection[T: Item](Protocol):
         """Forget the sync token and checkpoint (after 190008)."""
         ...
 
-    def commit(
-        self,
-        now: int,
-        *,
-        sync_token: str | None,
-        mirrored: int,
-        reduced: int,
-        kind: str,
-        held_sweep: HeldSweep | None,
-        reset: bool,
-    ) -> None:
-        """After the last page: the new sync token (or none), the live and reduced counts, the held sweep."""
+    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
+        """After the last page: the new sync token (or none), the held sweep and the live and reduced counts."""
         ...
 
 
@@ -212,15 +217,6 @@ class Tally:
     kind: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class ListingOutcome:
-    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
-
-    held: HeldSweep | None
-    mirrored: int
-    reduced: int
-
-
 @dataclass(slots=True)
 class _Position[T: Item]:
     """Where a running listing stands."""
@@ -232,6 +228,8 @@ class _Position[T: Item]:
     started_at: int
     existing: dict[str, Stored[T]] = field(default_factory=dict)  # full: every stored item, kept current
     live_before: int = 0
+    # incremental: listed children whose parent was not live in the mirror then (new, or deleted unseen)
+    unsettled: dict[str, T] = field(default_factory=dict)
 
     @property
     def incremental_cursor(self) -> str | None:
@@ -287,16 +285,14 @@ class ListingEngine:
         held: HeldSweep | None = None
         if position.kind == "full":
             held, mirrored, reduced = self._sweep(collection, state=state, tally=tally, position=position)
+        elif position.unsettled:
+            retired = self._settle(collection, position, tally)
+            mirrored -= len(retired)
+            reduced -= sum(1 for item in retired if item.reduced)
         sync_token = page.sync_token or (state.sync_token if position.kind == "incremental" else None)
         outcome = ListingOutcome(held, max(0, mirrored), max(0, reduced))
         collection.commit(
-            self._now(),
-            sync_token=None if held else sync_token,
-            mirrored=outcome.mirrored,
-            reduced=outcome.reduced,
-            kind=position.kind,
-            held_sweep=held,
-            reset=reset,
+            self._now(), sync_token=None if held else sync_token, outcome=outcome, kind=position.kind, reset=reset
         )
         return outcome
 
@@ -310,6 +306,8 @@ class ListingEngine:
         current = position.existing if full else self._current(collection, page)
         plan = plan_page(page.entries, current, full_listing=full)
         self._write(collection, tally, plan.upserts, plan.deletions)
+        if not full:
+            self._note_unsettled(position, page, current, plan)
         if full:
             position.seen |= plan.listed_ids
             position.seen -= {item.key for item in plan.deletions}
@@ -318,6 +316,34 @@ class ListingEngine:
             for item in plan.deletions:
                 position.existing[item.key] = Stored(item, deleted_at=0)
         return plan
+
+    @staticmethod
+    def _note_unsettled[T: Item](
+        position: _Position[T], page: Page[T], current: Mapping[str, Stored[T]], plan: PagePlan[T]
+    ) -> None:
+        """Remember the listed children of an increment whose parent the mirror did not hold live: a
+        series made since the last listing may also have been deleted since, its master on any page."""
+        live = {key for key, stored in current.items() if stored.live}
+        live = (live - {item.key for item in plan.deletions}) | {item.key for item in plan.upserts}
+        for item, _ in page.entries:
+            position.unsettled.pop(item.key, None)
+            if item.key in plan.listed_ids and item.parent_key and item.parent_key not in live:
+                position.unsettled[item.key] = item
+
+    def _settle[T: Item](self, collection: Collection[T], position: _Position[T], tally: Tally) -> tuple[T, ...]:
+        """End of an increment: tombstone the children it listed whose parent is not live now; returns them."""
+        children = position.unsettled
+        stored = collection.load_some(
+            set(children) | {item.parent_key for item in children.values() if item.parent_key}
+        )
+        retired = tuple(
+            s.item
+            for key, s in stored.items()
+            if key in children and s.live and not (s.item.parent_key in stored and stored[s.item.parent_key].live)
+        )
+        if retired:
+            self._write(collection, tally, (), retired)
+        return retired
 
     @staticmethod
     def _current[T: Item](collection: Collection[T], page: Page[T]) -> dict[str, Stored[T]]:
@@ -355,6 +381,7 @@ class ListingEngine:
 
     def _restart_full[T: Item](self, collection: Collection[T], position: _Position[T], tally: Tally) -> None:
         position.kind, position.page_token, position.seen, position.started_at = "full", "", set(), self._now()
+        position.unsettled.clear()  # a full listing settles every child at its end
         position.load(collection)
         tally.kind = "full"
 

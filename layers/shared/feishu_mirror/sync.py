@@ -32,7 +32,6 @@ from feishu_mirror.models import (
     Checkpoint,
     Event,
     EventListing,
-    HeldSweep,
     ListingState,
     Page,
     Stored,
@@ -519,25 +518,15 @@ class _CalendarList:
     def discard_sync_state(self, now: int) -> None:
         self._sync._users.discard_sync_state(self._fence, now)
 
-    def commit(
-        self,
-        now: int,
-        *,
-        sync_token: str | None,
-        mirrored: int,
-        reduced: int,
-        kind: str,
-        held_sweep: HeldSweep | None,
-        reset: bool,
-    ) -> None:
+    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
         self._sync._users.commit_listing(
             self._fence,
             now,
             sync_token=sync_token,
-            calendars_mirrored=mirrored,
-            calendars_reduced=reduced,
+            calendars_mirrored=outcome.mirrored,
+            calendars_reduced=outcome.reduced,
             kind=kind,
-            held_sweep=held_sweep,
+            held_sweep=outcome.held,
             reset=reset,
         )
 
@@ -585,25 +574,15 @@ class _CalendarEvents:
     def discard_sync_state(self, now: int) -> None:
         self._mirror.listings.discard_sync_state(self._fence, now, self._calendar_id)
 
-    def commit(
-        self,
-        now: int,
-        *,
-        sync_token: str | None,
-        mirrored: int,
-        reduced: int,
-        kind: str,
-        held_sweep: HeldSweep | None,
-        reset: bool,
-    ) -> None:
+    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
         self._mirror.listings.commit_listing(
             self._fence,
             now,
             self._calendar_id,
             sync_token=sync_token,
-            mirrored=mirrored,
-            reduced=reduced,
+            mirrored=outcome.mirrored,
+            reduced=outcome.reduced,
             kind=kind,
-            held_sweep=held_sweep,
+            held_sweep=outcome.held,
             reset=reset,
         )
