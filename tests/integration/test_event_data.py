@@ -62,8 +62,15 @@ def test_coordinates_and_other_json_floats_are_mirrored_exactly(harness: Harness
         own,
         summary="Site visit",
         location={"name": "外滩", "address": "中山东一路", "latitude": 31.2400459, "longitude": 121.4901563},
-        schemas=[{"ui_name": "ForwardIcon", "weight": Decimal("0.12345678901234567890123456789")}],
-        color=-11034625,
+        schemas=[
+            {
+                "ui_name": "ForwardIcon",
+                "weight": Decimal("0.12345678901234567890123456789"),
+                "round": Decimal("-1E+45"),
+                "tiny": Decimal("1E-130"),
+            }
+        ],
+        color=-(10**45),  # stored as -1E+45; DynamoDB gives a top-level number back with all 46 digits
         reminders=[{"minutes": 2**62}],
     )
     # WHEN the user syncs
@@ -75,6 +82,7 @@ def test_coordinates_and_other_json_floats_are_mirrored_exactly(harness: Harness
     assert item["location"]["longitude"] == Decimal("121.4901563")
     assert item["schemas"][0]["weight"] == Decimal("0.12345678901234567890123456789")
     assert type(item["reminders"][0]["minutes"]) is int
+    assert item["color"] == -(10**45)
     assert "mirror_reduced" not in item
     assert_events_match(harness, open_id, own)
     # AND a later listing finds nothing changed (Decimals compare with what DynamoDB gives back)

@@ -103,6 +103,7 @@ def check_mirror(harness: Harness, oracle: Oracle, open_id: str, tenant: Tenant)
     return reduced
 
 
+@pytest.mark.timeout(1200)  # a failing example is shrunk for up to 5 minutes: let it finish and show the error
 @given(tenant=tenants())
 @ROUNDTRIP
 def test_whatever_feishu_holds_is_mirrored_faithfully_or_reduced_and_marked(

@@ -60,8 +60,17 @@ MAX_CHECKPOINT_BYTES = 200_000  # of compressed ids; DynamoDB items hold 400 KB
 ACTIVE = "active"
 REAUTH_REQUIRED = "reauth_required"
 
+
+class _ExactDeserializer(TypeDeserializer):
+    """boto3's deserializer with numbers read exactly: DynamoDB gives a large round number back with all
+    its digits (1E+45 as 46 of them), which boto3's 38-digit context refuses to read (``decimal.Rounded``)."""
+
+    def _deserialize_n(self, value: str) -> Decimal:
+        return Decimal(value)
+
+
 _serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
+_deserializer = _ExactDeserializer()
 
 
 def _av(value: Any) -> AttributeValueTypeDef:
