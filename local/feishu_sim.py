@@ -6,6 +6,11 @@ subscription) and the accounts paths (the OAuth consent page), so the app can po
 in-process from tests or over a small JSON admin API under `/_sim/`. Calendar changes are pushed to
 a callback URL as encrypted, signed `calendar.calendar.changed_v4` events, with Feishu-style retries.
 
+Events hold whatever fields a test gives them (floats, `Decimal` numbers of any length, deep or huge
+values), served as real JSON text (`json_bytes`). Recurring events are modelled as Feishu does:
+a master `<uid>_0` with a `recurrence`, exceptions `<uid>_<original start>` (`create_exception`);
+deleting an exception cancels that occurrence, deleting a master deletes its exceptions too.
+
 Run standalone: `python -m local.feishu_sim --port 8089`.
 """
 
