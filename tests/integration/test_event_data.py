@@ -135,6 +135,7 @@ def test_a_cancelled_occurrence_stays_live_and_deleting_the_master_takes_its_exc
     items = harness.event_items(open_id, own)
     assert {eid for eid, item in items.items() if "deleted_at" not in item} == {single}
     assert all(items[eid]["expires_at"] > time.time() for eid in (master, moved, cancelled))
+    assert all(items[eid]["recurring_event_id"] == master for eid in (moved, cancelled))  # tombstones keep fields
     assert_events_match(harness, open_id, own)
 
 
