@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
 
 from feishu_mirror.storable import fit
 
@@ -63,7 +63,7 @@ def _known_fields(raw: Mapping[str, Any], names: Mapping[str, type]) -> tuple[di
     return kept, reduced
 
 
-def _valid_id(value: Any, max_bytes: int) -> bool:
+def _valid_id(value: object, max_bytes: int) -> TypeGuard[str]:
     """A Feishu id the mirror can key an item by: a non-empty string of at most ``max_bytes`` of UTF-8."""
     if not isinstance(value, str) or not value:
         return False
@@ -135,7 +135,6 @@ class Calendar:
         calendar_id = raw.get("calendar_id")
         if not _valid_id(calendar_id, MAX_CALENDAR_ID_LENGTH):
             raise ValueError("calendar entry without a valid calendar_id")
-        assert isinstance(calendar_id, str)
         fields, reduced = _known_fields(raw, CALENDAR_FIELDS)
         return cls(calendar_id, fields, reduced), raw.get("is_deleted") is True
 
@@ -183,7 +182,6 @@ class Event:
         event_id = raw.get("event_id")
         if not _valid_id(event_id, MAX_EVENT_ID_LENGTH):
             raise ValueError("event entry without a valid event_id")
-        assert isinstance(event_id, str)
         fields, reduced = _known_fields(raw, EVENT_FIELDS)
         event = cls(event_id, fields, reduced)
         cancelled = fields.get("status") == "cancelled" and event.master_id is None
