@@ -420,7 +420,7 @@ class Schedule:
             "access": (6, self._access),
             "event_kill": (4, self._event_kill),
             "recurring": (5, self._recurring),
-            "master_delete": (5, self._master_delete),
+            "master_delete": (3, self._master_delete),
             "doomed_calendar": (3, self._doomed_calendar),
         }
         open_id = self.rng.choice(self.open_ids)
