@@ -69,10 +69,10 @@ integration: setup  ## real DynamoDB Local and the Feishu simulator over HTTP
 faults: setup  ## a few hundred seeded fault schedules (FAULT_SCHEDULES=200)
 	$(BIN)/pytest tests/faults -q
 
-# FUZZ_EXAMPLES_SCALE multiplies every callback fuzz test's example count (make test runs them at 1).
-soak: setup  ## thousands of fault schedules and 10x the callback fuzz examples, then the README's figures are rewritten from them
+# FUZZ_EXAMPLES_SCALE multiplies every fuzz and property test's example count (make test runs them at 1).
+soak: setup  ## thousands of fault schedules and 10x the callback fuzz and data round-trip examples, then the README's figures are rewritten from them
 	FAULT_SCHEDULES=$${FAULT_SCHEDULES:-3000} $(BIN)/pytest tests/faults -q -x
-	FUZZ_EXAMPLES_SCALE=$${FUZZ_EXAMPLES_SCALE:-10} $(BIN)/pytest tests/unit/test_callback_fuzz.py tests/integration/test_callback_handler_fuzz.py -q -x
+	FUZZ_EXAMPLES_SCALE=$${FUZZ_EXAMPLES_SCALE:-10} $(BIN)/pytest tests/unit/test_callback_fuzz.py tests/integration/test_callback_handler_fuzz.py tests/integration/test_feishu_data_roundtrip.py -q -x
 	$(PY) -m tests.faults.report
 	$(PY) -m tests.fuzz_report
 

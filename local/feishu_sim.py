@@ -7,6 +7,11 @@ token without a calendar scope gets 99991679 with `error.permission_violations`,
 in-process from tests or over a small JSON admin API under `/_sim/`. Calendar changes are pushed to
 a callback URL as encrypted, signed `calendar.calendar.changed_v4` events, with Feishu-style retries.
 
+Events hold whatever fields a test gives them (floats, `Decimal` numbers of any length, deep or huge
+values), served as real JSON text (`json_bytes`). Recurring events are modelled as Feishu does:
+a master `<uid>_0` with a `recurrence`, exceptions `<uid>_<original start>` (`create_exception`);
+deleting an exception cancels that occurrence, deleting a master deletes its exceptions too.
+
 Run standalone: `python -m local.feishu_sim --port 8089`.
 """
 
@@ -31,6 +36,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, Literal, override
@@ -302,14 +308,15 @@ class _EventState:
 
     def entry(self) -> dict[str, Any]:
         """The event as the event list API returns it (a deleted event comes back cancelled)."""
-        status = "cancelled" if self.deleted else self.fields["status"]
-        return {
-            "event_id": self.event_id,
+        entry = {
             "organizer_calendar_id": self.calendar_id,
-            **copy.deepcopy(self.fields),
-            "status": status,
             "create_time": self.create_time,
+            **copy.deepcopy(self.fields),
+            "event_id": self.event_id,
         }
+        if self.deleted:
+            entry["status"] = "cancelled"
+        return entry
 
 
 @dataclass
@@ -405,9 +412,29 @@ class _ApiError(Exception):
         self.reply = reply
 
 
+# Stands for a Decimal's text while json.dumps runs (a private-use character and a per-process nonce).
+_NUMBER_MARK = "\ue000" + secrets.token_hex(6)
+_MARKED_NUMBER = re.compile(f'"{re.escape(_NUMBER_MARK)}([^"]*){re.escape(_NUMBER_MARK)}"')
+
+
+def _exact_number(value: object) -> str:
+    if isinstance(value, Decimal):
+        return f"{_NUMBER_MARK}{value}{_NUMBER_MARK}"
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def json_bytes(payload: Any) -> bytes:
+    """JSON text as Feishu sends it: UTF-8 (a lone surrogate as its ``\\u`` escape), floats in their
+    shortest form and ``Decimal`` numbers as their exact text, however many digits."""
+    text = json.dumps(payload, ensure_ascii=False, default=_exact_number)
+    if _NUMBER_MARK in text:
+        text = _MARKED_NUMBER.sub(lambda match: match.group(1), text)
+    return text.encode("utf-8", "backslashreplace")
+
+
 def _json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
     code = payload.get("code") if isinstance(payload, dict) else None
-    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    body = json_bytes(payload)
     return _Reply(status, body, headers=headers, code=code if isinstance(code, int) else None)
 
 
@@ -463,6 +490,26 @@ def _validated_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         if allowed is not None and value not in allowed:
             raise ValueError(f"calendar field {name} must be one of {sorted(allowed)}, got {value!r}")
     return dict(fields)
+
+
+def _is_exception(fields: Mapping[str, Any]) -> bool:
+    """An exception of a recurring event (one occurrence changed or cancelled)."""
+    return fields.get("is_exception") is True and bool(fields.get("recurring_event_id"))
+
+
+def _timestamp(time_info: Any) -> int | None:
+    """The epoch seconds of a Feishu TimeInfo (``{"timestamp": "..."}``), or None when it has none."""
+    raw = time_info.get("timestamp") if isinstance(time_info, dict) else None
+    return int(raw) if isinstance(raw, str) and raw.isascii() and raw.isdigit() else None
+
+
+def _occurrence_times(fields: Mapping[str, Any]) -> tuple[int, int, str]:
+    """A recurring event's first start, its length and its timezone (defaults where it has none)."""
+    start = _timestamp(fields.get("start_time")) or 1_767_225_600
+    end = _timestamp(fields.get("end_time")) or start + 3600
+    start_time = fields.get("start_time")
+    timezone = start_time.get("timezone") if isinstance(start_time, dict) else None
+    return start, max(0, end - start), timezone if isinstance(timezone, str) else "UTC"
 
 
 def _with_query(url: str, params: Mapping[str, str | None]) -> str:
@@ -723,39 +770,104 @@ class FeishuSimulator:
         return entries
 
     def create_event(self, open_id: str, calendar_id: str, *, event_id: str | None = None, **fields: Any) -> str:
-        """Add an event (日程) to one of the user's calendars; returns its event_id (``event_id`` names
-        it instead, e.g. ``<uid>_<original start>`` for an exception of a recurring event)."""
+        """Add an event (日程) to one of the user's calendars; returns its event_id (``<uid>_0`` as Feishu's
+        are, unless given, e.g. ``<uid>_<original start>`` for an exception of a recurring event). Fields are
+        held as given, whatever they are (a ``Decimal`` keeps its text)."""
         with self._lock:
             calendar = self._live_calendar(open_id, calendar_id)
+            event_id = event_id if event_id is not None else f"{uuid.uuid4()}_0"
+            if event_id in calendar.events:
+                raise ValueError(f"calendar {calendar_id} already has an event {event_id}")
             self._seq += 1
-            event_id = event_id or f"{uuid.uuid4()}_0"
-            values = {**copy.deepcopy(EVENT_FIELD_DEFAULTS), "summary": f"Event {len(calendar.events) + 1}", **fields}
-            unknown = set(values) - set(EVENT_FIELD_DEFAULTS)
-            if unknown:
-                raise ValueError(f"unknown event fields {sorted(unknown)}")
+            values = {
+                **copy.deepcopy(EVENT_FIELD_DEFAULTS),
+                "summary": f"Event {len(calendar.events) + 1}",
+                **copy.deepcopy(fields),
+            }
             calendar.events[event_id] = _EventState(event_id, calendar_id, values, self._seq, str(int(time.time())))
         self._after_event_mutation(open_id, calendar_id, event_id, "create")
         return event_id
+
+    def create_exception(
+        self,
+        open_id: str,
+        calendar_id: str,
+        master_id: str,
+        original_start: int | None = None,
+        *,
+        cancelled: bool = False,
+        **fields: Any,
+    ) -> str:
+        """One occurrence of a recurring event changed (or, ``cancelled``, taken out), as Feishu models it:
+        an exception with event_id ``<uid>_<original start>``, ``is_exception``, ``recurring_event_id``
+        naming the master, the master's fields with the occurrence's times and then ``fields``.
+
+        ``original_start`` (epoch seconds) defaults to a day after the master's latest exception.
+        Returns the exception's event_id.
+        """
+        with self._lock:
+            master = self._live_event(open_id, calendar_id, master_id)
+            if not master.fields.get("recurrence"):
+                raise ValueError(f"event {master_id} is not recurring")
+            start, length, timezone = _occurrence_times(master.fields)
+            if original_start is None:
+                taken = [
+                    int(e.event_id.rsplit("_", 1)[1])
+                    for e in self._live_calendar(open_id, calendar_id).events.values()
+                    if e.fields.get("recurring_event_id") == master_id and e.event_id.rsplit("_", 1)[1].isdigit()
+                ]
+                original_start = max([start, *taken]) + 86400
+            occurrence = {
+                "start_time": {"timestamp": str(original_start), "timezone": timezone},
+                "end_time": {"timestamp": str(original_start + length), "timezone": timezone},
+            }
+            values = {
+                **copy.deepcopy(master.fields),
+                **occurrence,
+                "recurrence": "",
+                "is_exception": True,
+                "recurring_event_id": master_id,
+                **copy.deepcopy(fields),
+            }
+            if cancelled:
+                values["status"] = "cancelled"
+        return self.create_event(
+            open_id, calendar_id, event_id=f"{master_id.rsplit('_', 1)[0]}_{original_start}", **values
+        )
 
     def update_event(self, open_id: str, calendar_id: str, event_id: str, **fields: Any) -> None:
         """Change fields of a live event."""
         with self._lock:
             event = self._live_event(open_id, calendar_id, event_id)
-            unknown = set(fields) - set(EVENT_FIELD_DEFAULTS)
-            if unknown:
-                raise ValueError(f"unknown event fields {sorted(unknown)}")
             self._seq += 1
             event.fields.update(copy.deepcopy(fields))
             event.changed_seq = self._seq
         self._after_event_mutation(open_id, calendar_id, event_id, "update")
 
-    def delete_event(self, open_id: str, calendar_id: str, event_id: str) -> None:
-        """Delete an event (incremental listings then return it with status "cancelled")."""
+    def delete_event(self, open_id: str, calendar_id: str, event_id: str, *, exceptions_first: bool = False) -> None:
+        """Delete an event (incremental listings then return it with status "cancelled").
+
+        On an exception of a recurring event this cancels that occurrence: Feishu keeps the exception,
+        with status "cancelled". On a recurring event's master it deletes the master's exceptions too;
+        an incremental listing returns their changes after the master's (``exceptions_first``: before).
+        """
         with self._lock:
+            calendar = self._live_calendar(open_id, calendar_id)
             event = self._live_event(open_id, calendar_id, event_id)
-            self._seq += 1
-            event.deleted = True
-            event.changed_seq = self._seq
+            if _is_exception(event.fields):
+                self._seq += 1
+                event.fields["status"] = "cancelled"
+                event.changed_seq = self._seq
+            else:
+                exceptions = [
+                    e
+                    for e in calendar.events.values()
+                    if not e.deleted and _is_exception(e.fields) and e.fields["recurring_event_id"] == event_id
+                ]
+                for gone in [*exceptions, event] if exceptions_first else [event, *exceptions]:
+                    self._seq += 1
+                    gone.deleted = True
+                    gone.changed_seq = self._seq
         self._after_event_mutation(open_id, calendar_id, event_id, "delete")
 
     def events(self, open_id: str, calendar_id: str) -> list[dict[str, Any]]:
@@ -1399,7 +1511,7 @@ class FeishuSimulator:
             since = int(anchor) if anchor.isdigit() else None
             live = [e for e in calendar.events.values() if not e.deleted]
             if since is not None:
-                live = [e for e in live if int(e.fields["end_time"].get("timestamp") or 0) >= since]
+                live = [e for e in live if (_timestamp(e.fields.get("end_time")) or since) >= since]
             entries = tuple(e.entry() for e in live)
             # Documented quirk: a page_token is only returned when anchor_time was passed.
             listing, offset, pageable = (

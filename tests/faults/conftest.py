@@ -63,11 +63,12 @@ def token_vault(local_kms: LocalKms, token_key: str, aws_calls: CallRecorder) ->
 
 @pytest.fixture(scope="session")
 def fault_totals() -> Iterator[dict[str, Counter[str]]]:
-    """Faults injected, actions taken (changes, pushes, extra syncs) and sync outcomes over every schedule of the session, written to a report."""
+    """Faults injected, actions taken (changes, pushes, extra syncs), sync outcomes and the data drawn and mirrored over every schedule of the session, written to a report."""
     totals: dict[str, Counter[str]] = {
         "faults": Counter(),
         "actions": Counter(),
         "syncs": Counter(),
+        "data": Counter(),
         "schedules": Counter(),
     }
     yield totals

@@ -15,15 +15,25 @@ codes), refresh answers lost after Feishu processed them (connection closed, rea
 ``error.permission_violations``, or a grant that lost its calendar scope), one asynchronous event run
 twice at once with one request id, and the user signing in again while a sync runs (around its
 refresh, or at any moment). Each schedule also picks how Feishu goes on with an event increment longer
-than a page (from each page's sync token, by page tokens, or not at all). Then it quiesces, runs one
-scheduled resync, lets every user who must authorise again do so (each for a cause the schedule
-injected: a user in ``reauth_required`` for anything else is locked out), runs the resync again (and,
-for held mass deletions, the confirming one) and checks:
+than a page (from each page's sync token, by page tokens, or not at all).
 
-* the calendar mirror equals Feishu's truth field by field, for every user;
-* the live events of every readable calendar equal Feishu's, field by field; every event of a
-  calendar that is gone or unreadable is a tombstone; every readable calendar's event listing is
-  finished (a sync token, no checkpoint) and no calendar is left marked dirty;
+Event data comes partly from the official SDK's models (``tests/feishu_models.py``: every field of
+``CalendarEvent`` and what it nests, floats as exact text, integers past 64 bits, CJK and emoji, extra
+JSON inside the objects), partly in the simulator's own simple shapes; recurring masters get modified
+and cancelled occurrences in Feishu's id shapes, and masters are deleted (their exceptions with them).
+A quarter of the schedules also put values DynamoDB cannot hold as sent into some events and calendars
+(lone surrogates, numbers past 38 digits, NaN, empty keys, nesting past 32 levels, strings past 400 KB).
+Then it quiesces, runs one scheduled resync, lets every user who must authorise again do so (each for a
+cause the schedule injected: a user in ``reauth_required`` for anything else is locked out), runs the
+resync again (and, for held mass deletions, the confirming one) and checks:
+
+* the calendar mirror equals Feishu's truth field by field (``tests/mirror_oracle.py``: numbers by value,
+  a field DynamoDB cannot hold dropped and named in ``mirror_reduced`` for a reason that holds), for
+  every user;
+* the live events of every readable calendar equal Feishu's, field by field by the same oracle —
+  cancelled occurrences live, with their status; no live exception without its live master; every
+  event of a calendar that is gone or unreadable is a tombstone; every readable calendar's event
+  listing is finished (a sync token, no checkpoint) and no calendar is left marked dirty;
 * no refresh token was ever presented twice;
 * every user is active, synced, with tokens of their latest consent (a user who signed in again during a
   sync keeps that consent);
@@ -99,6 +109,8 @@ from local.feishu_sim import (
 )
 from local.stack import ROOT
 from local.template import load
+from tests.feishu_models import FeishuData, RandomSource
+from tests.mirror_oracle import Oracle
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -120,7 +132,11 @@ CALENDARS_PATH = "/open-apis/calendar/v4/calendars"
 TOKEN_PATH = "/open-apis/authen/v2/oauth/token"
 READER_ROLES = frozenset({"reader", "writer", "owner"})  # the simulator lists events for these roles only
 READ_TIMEOUT = 0.5  # the client's: a late_reply answers after it
+SDK_SHAPED = 0.3  # of new events and event updates: drawn from the SDK's models, the rest in the simulator's shapes
+ODD_SCHEDULES = 0.25  # of schedules: some values are what DynamoDB cannot hold as sent
+ODD_VALUES = 0.02  # in those schedules: how often a generated value is one
 EXPIRED = "page_token or sync_token expired"
+RRULES = ("FREQ=WEEKLY;INTERVAL=1;COUNT=6", "FREQ=DAILY;COUNT=10", "FREQ=WEEKLY;BYDAY=MO,WE,FR")
 TABLES = ("UsersTable", "CalendarsTable", "EventsTable", "EventListingsTable", "RateLimitTable")
 
 
@@ -148,20 +164,10 @@ def is_readable(calendar: dict[str, Any]) -> bool:
     return calendar["type"] in EVENT_SYNCABLE_TYPES and calendar["role"] in READER_ROLES
 
 
-def event_fields(event: dict[str, Any]) -> dict[str, Any]:
-    """An event (from Feishu or the mirror) reduced to the fields the mirror keeps."""
-    return {name: event[name] for name in EVENT_FIELDS if name in event}
-
-
 def difference(mirror: dict[str, dict[str, Any]], truth: dict[str, dict[str, Any]]) -> str:
-    """What differs between two collections of events, by id (for failure messages)."""
+    """Which events the mirror lacks or has too many of, by id (for failure messages)."""
     missing, extra = sorted(truth.keys() - mirror.keys()), sorted(mirror.keys() - truth.keys())
-    changed = {
-        key: {name for name in mirror[key].keys() | truth[key].keys() if mirror[key].get(name) != truth[key].get(name)}
-        for key in sorted(mirror.keys() & truth.keys())
-        if mirror[key] != truth[key]
-    }
-    return f"missing {missing[:3]} (of {len(missing)}), extra {extra[:3]} (of {len(extra)}), changed {changed}"
+    return f"missing {missing[:3]} (of {len(missing)}), extra {extra[:3]} (of {len(extra)})"
 
 
 @dataclass
@@ -199,6 +205,7 @@ class Report:
     faults: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
     syncs: Counter[str] = field(default_factory=Counter)
+    data: Counter[str] = field(default_factory=Counter)  # what the events held, as drawn and as finally mirrored
 
     def note(self, text: str) -> None:
         """Add a step to the printed schedule."""
@@ -288,6 +295,11 @@ class Schedule:
         ).start()
         self.sim.incremental_event_paging = self.rng.choice(INCREMENTAL_EVENT_PAGING)
         self.report.note(f"event increments longer than a page go on by: {self.sim.incremental_event_paging}")
+        odd = ODD_VALUES if self.rng.random() < ODD_SCHEDULES else 0.0
+        self.data = FeishuData(RandomSource(self.rng), odd=odd, max_depth=2)
+        if odd:
+            self.report.note("some values are what DynamoDB cannot hold as sent")
+        self.oracle = Oracle(client, names["EventsTable"], ("calendar_key", "event_id"))
         self.gate = DynamoRateGate(
             client,
             self.settings.rate_limit_table,
@@ -305,6 +317,8 @@ class Schedule:
         self.pings = _CallbackPings(PingDispatcher(self.users, self.syncs), calls)
         self.open_ids: list[str] = []
         self.labels: dict[str, str] = {}  # calendar_id → a short name for the printed schedule
+        self.exceptions: set[str] = set()  # event ids of the exceptions of recurring events made so far
+        self.recurring: set[str] = set()  # those and their masters
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the machinery under test
@@ -432,6 +446,8 @@ class Schedule:
             (readable if n < extra_readable else unreadable).append(cid)
         for cid in readable:
             self._add_events(open_id, cid, rng.choice([0, 1, 2, 5, 10, 20]))
+        if rng.random() < 0.4:  # a recurring series with changed and cancelled occurrences
+            self._add_series(open_id, rng.choice(readable))
         if rng.random() < 0.15:  # a calendar whose event listings page
             self._add_events(open_id, rng.choice(readable), rng.randint(PAGE_SIZE + 1, 2 * PAGE_SIZE + 10))
         for cid in unreadable[:2]:  # events the user cannot list: never mirrored
@@ -459,6 +475,8 @@ class Schedule:
             "event_fault": (18, self._event_fault),
             "access": (6, self._access),
             "event_kill": (4, self._event_kill),
+            "recurring": (5, self._recurring),
+            "master_delete": (3, self._master_delete),
             "doomed_calendar": (3, self._doomed_calendar),
             "twin_delivery": (3, self._twin_delivery),
             "refresh_fault": (5, self._refresh_fault),
@@ -601,6 +619,9 @@ class Schedule:
                     {"type": "exchange", "is_third_party": True},
                 ]
             )
+        if rng.random() < SDK_SHAPED:  # the SDK model's other fields: descriptions, aliases, colours of any kind
+            sdk = self.data.calendar()
+            extra = {name: sdk[name] for name in ("description", "summary_alias", "color") if name in sdk} | extra
         calendar_id = self.sim.create_calendar(open_id, summary=summary, **kind, **extra)
         self.labels[calendar_id] = f"{open_id}/{summary}"
         return calendar_id
@@ -683,8 +704,18 @@ class Schedule:
             location["address"] = f"{rng.randint(1, 999)} 中山路"
         return location
 
+    def _sdk_event(self) -> dict[str, Any]:
+        """An event's fields drawn from the SDK's models (the simulator gives it its id)."""
+        start = 1_767_225_600 + self.rng.randint(0, 365 * 24) * 1800
+        fields = self.data.event("unused_0", start)
+        del fields["event_id"]
+        return fields
+
     def _event_fields(self) -> dict[str, Any]:
         rng = self.rng
+        if rng.random() < SDK_SHAPED:
+            self.report.data["events drawn from the SDK's models"] += 1
+            return self._sdk_event()
         fields: dict[str, Any] = {"summary": f"{rng.choice(['周会', '1:1', 'Review'])} {rng.random():.6f}"}
         fields |= self._times()
         if rng.random() < 0.5:
@@ -698,6 +729,11 @@ class Schedule:
     def _event_update(self) -> dict[str, Any]:
         """One to three changes of an event's fields, nested ones (times, location) included."""
         rng = self.rng
+        if rng.random() < SDK_SHAPED:  # fields of a freshly drawn SDK-shaped event, its recurring shape aside
+            drawn = self._sdk_event()
+            self.report.data["event changes drawn from the SDK's models"] += 1
+            names = [n for n in drawn if n not in ("status", "recurrence", "is_exception", "recurring_event_id")]
+            return {name: drawn[name] for name in rng.sample(names, min(len(names), rng.randint(1, 4)))}
         changes: dict[str, Any] = {}
         for name in rng.sample(
             ["summary", "description", "times", "location", "color", "visibility", "free_busy_status", "recurrence"],
@@ -741,9 +777,16 @@ class Schedule:
             if kind == "create" or not events:
                 self.sim.create_event(open_id, calendar_id, **self._event_fields())
             elif kind == "update":
-                self.sim.update_event(open_id, calendar_id, rng.choice(events), **self._event_update())
-            else:
-                self.sim.delete_event(open_id, calendar_id, rng.choice(events))
+                event_id = rng.choice(events)
+                changes = self._event_update()
+                if event_id in self.recurring:  # occurrences have none of their own; masters keep theirs
+                    changes.pop("recurrence", None)
+                self.sim.update_event(open_id, calendar_id, event_id, **changes)
+            else:  # an exception is cancelled (it stays, status "cancelled"); a master takes its exceptions
+                event_id = rng.choice(events)
+                self.sim.delete_event(open_id, calendar_id, event_id, exceptions_first=rng.random() < 0.5)
+                if event_id in self.exceptions:
+                    self._act("occurrence cancelled")
             changed += 1
         pushed = rng.random() < 0.7  # Feishu pushes the change; otherwise a later listing finds it
         if pushed:
@@ -752,6 +795,69 @@ class Schedule:
         self.report.note(
             f"{kind} {changed} event(s) of {self.label(calendar_id)}"
             f" (now {len(self.sim.events(open_id, calendar_id))}){', pushed' if pushed else ''}"
+        )
+
+    def _recurring(self, open_id: str) -> None:
+        """A recurring event with occurrences moved, changed or cancelled (pushed, mostly)."""
+        calendar_id = self._pick_calendar(open_id)
+        kinds = self._add_series(open_id, calendar_id)
+        pushed = self.rng.random() < 0.7
+        if pushed:
+            self._push(open_id, calendar_id)
+        self._act("recurring event with exceptions")
+        self._act("occurrence cancelled", kinds.count("cancelled"))
+        self.report.note(
+            f"recurring event on {self.label(calendar_id)}: {', '.join(kinds)}{', pushed' if pushed else ''}"
+        )
+
+    def _add_series(self, open_id: str, calendar_id: str) -> list[str]:
+        """A recurring master (SDK-shaped or simple) and 1–3 exceptions; returns how each occurrence differs."""
+        rng = self.rng
+        fields = self._event_fields()
+        fields.update(recurrence=rng.choice(RRULES), is_exception=False, recurring_event_id="")
+        if fields.get("status") not in ("confirmed", "tentative"):
+            fields["status"] = "confirmed"
+        master = self.sim.create_event(open_id, calendar_id, **fields)
+        self.recurring.add(master)
+        kinds = []
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.choice(["moved", "changed", "cancelled"])
+            changes = self._event_update() if kind == "changed" else {}
+            changes.pop("recurrence", None)
+            exception = self.sim.create_exception(
+                open_id, calendar_id, master, cancelled=kind == "cancelled", **changes
+            )
+            self.exceptions.add(exception)
+            self.recurring.add(exception)
+            kinds.append(kind)
+        return kinds
+
+    def _master_delete(self, open_id: str) -> None:
+        """A recurring event's master is deleted: its exceptions go with it (listed before or after it)."""
+        rng = self.rng
+        masters: list[tuple[str, str]] = []
+        for calendar in self.sim.calendars(open_id):
+            events = self.sim.events(open_id, calendar["calendar_id"])
+            live = {e["event_id"] for e in events}
+            found = {e["recurring_event_id"] for e in events if e["event_id"] in self.exceptions} & live
+            masters += [(calendar["calendar_id"], master) for master in sorted(found)]
+        if not masters:
+            self.report.note(f"no recurring event with exceptions of {open_id} to delete")
+            return
+        calendar_id, master = rng.choice(masters)
+        settled = rng.random() < 0.7
+        if settled:  # mostly a series the mirror holds by now: its push synced before the deletion
+            self._push(open_id, calendar_id)
+            self.syncs.join()
+        first = rng.random() < 0.5
+        self.sim.delete_event(open_id, calendar_id, master, exceptions_first=first)
+        pushed = rng.random() < 0.7
+        if pushed:
+            self._push(open_id, calendar_id)
+        self._act("recurring master deleted")
+        self.report.note(
+            f"delete a recurring master of {self.label(calendar_id)}{' (synced first)' if settled else ''}"
+            f" ({'exceptions' if first else 'master'} listed first){', pushed' if pushed else ''}"
         )
 
     def _event_ping(self, open_id: str) -> None:
@@ -884,16 +990,20 @@ class Schedule:
             self.report.note("held mass deletion: the confirming resync")
             self._scheduled_resync(LATER + self.settings.mass_delete_confirm_seconds + 1)
         stored_events = self.event_items()
+        self._tally_final(stored_events)
         for open_id in self.open_ids:
-            truth = {
-                c["calendar_id"]: {k: c[k] for k in CALENDAR_FIELDS if k in c} for c in self.sim.calendars(open_id)
-            }
-            mirror = {
-                cid: {k: v for k, v in item.items() if k in CALENDAR_FIELDS} for cid, item in self.live(open_id).items()
-            }
-            assert mirror == truth, f"{open_id}: mirror {sorted(mirror)} != Feishu {sorted(truth)}\n{self.report}"
-            user = self.user(open_id)
-            assert user["status"] == "active", f"{open_id} needs reauth\n{self.report}"
+            truth = {c["calendar_id"]: c for c in self.sim.calendars(open_id)}
+            mirror = self.live(open_id)
+            assert set(mirror) == set(truth), (
+                f"{open_id}: mirror {sorted(mirror)} != Feishu {sorted(truth)}\n{self.report}"
+            )
+            problems = [
+                f"{self.label(cid)}: {problem}"
+                for cid in sorted(truth)
+                for problem in self.oracle.problems(truth[cid], mirror[cid], CALENDAR_FIELDS)
+            ]
+            assert not problems, f"{open_id}: calendars differ from Feishu: {problems}\n{self.report}"
+            assert self.user(open_id)["status"] == "active", f"{open_id} needs reauth\n{self.report}"
             latest = self.sim.latest_grant(open_id)
             stored = self.users.get(open_id)
             assert stored is not None
@@ -912,15 +1022,50 @@ class Schedule:
             f"Feishu refused requests for their rate (the gate let them through): {refused}\n{self.report}"
         )
 
+    def _tally_final(self, stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        """Count what the final mirror holds of the data that matters here (for the suite's figures)."""
+        data = self.report.data
+        calendars = [item for open_id in self.open_ids for item in self.live(open_id).values()]
+        events = [item for items in stored.values() for item in items.values()]
+        for item in calendars + [e for e in events if "deleted_at" not in e]:
+            if "mirror_reduced" in item:
+                data["items stored reduced, in the final mirror"] += 1
+                for reason in item["mirror_reduced"].values():
+                    data[f"fields dropped as {reason}, in the final mirror"] += 1
+        for item in events:
+            exception = item.get("is_exception") is True and bool(item.get("recurring_event_id"))
+            if exception and "deleted_at" not in item and item.get("status") == "cancelled":
+                data["cancelled occurrences, live in the final mirror"] += 1
+            elif exception and "deleted_at" in item:
+                data["exceptions tombstoned, in the final mirror"] += 1
+
     def _check_events(self, open_id: str, stored: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         """Readable calendars: live events equal Feishu's; every other calendar's events are tombstones."""
         readable = {c["calendar_id"] for c in self.sim.calendars(open_id) if is_readable(c)}
         for calendar_id in sorted(readable):
-            truth = {e["event_id"]: event_fields(e) for e in self.sim.events(open_id, calendar_id)}
+            truth = {e["event_id"]: e for e in self.sim.events(open_id, calendar_id)}
             items = stored.get((open_id, calendar_id), {})
-            live = {eid: event_fields(item) for eid, item in items.items() if "deleted_at" not in item}
-            assert live == truth, (
+            live = {eid: item for eid, item in items.items() if "deleted_at" not in item}
+            problems = [
+                f"{eid}: {problem}"
+                for eid in sorted(truth.keys() & live.keys())
+                for problem in self.oracle.problems(truth[eid], live[eid], EVENT_FIELDS)
+            ]
+            assert live.keys() == truth.keys(), (
                 f"{open_id} {self.label(calendar_id)}: events differ from Feishu: {difference(live, truth)}\n{self.report}"
+            )
+            assert not problems, (
+                f"{open_id} {self.label(calendar_id)}: event fields differ from Feishu: {problems[:5]}\n{self.report}"
+            )
+            orphans = sorted(
+                eid
+                for eid, item in live.items()
+                if item.get("is_exception") is True
+                and item.get("recurring_event_id")
+                and item["recurring_event_id"] not in live
+            )
+            assert not orphans, (
+                f"{open_id} {self.label(calendar_id)}: live exceptions without their live master: {orphans}\n{self.report}"
             )
         for (owner, calendar_id), items in sorted(stored.items()):
             if owner != open_id or calendar_id in readable:
@@ -1120,6 +1265,7 @@ class _ScheduleEventListings(EventListingStore):
         kind: str,
         held_sweep: HeldSweep | None,
         reset: bool,
+        reduced: int = 0,
     ) -> None:
         """Only a token this invocation received on a last page of this calendar's events may be committed."""
         received = self._received.events.get(calendar_id, set())
@@ -1135,4 +1281,5 @@ class _ScheduleEventListings(EventListingStore):
             kind=kind,
             held_sweep=held_sweep,
             reset=reset,
+            reduced=reduced,
         )

@@ -41,4 +41,5 @@ def test_schedule_converges(
     fault_totals["faults"].update(schedule.report.faults)
     fault_totals["actions"].update(schedule.report.actions)
     fault_totals["syncs"].update(schedule.report.syncs)
+    fault_totals["data"].update(schedule.report.data)
     fault_totals["schedules"]["converged"] += 1

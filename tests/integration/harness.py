@@ -105,10 +105,17 @@ class Harness:
         )
 
     def sync(
-        self, open_id: str, *, page_size: int | None = None, clock_offset: float = 0, vault: TokenVault | None = None
+        self,
+        open_id: str,
+        *,
+        page_size: int | None = None,
+        clock_offset: float = 0,
+        vault: TokenVault | None = None,
+        feishu: FeishuClient | None = None,
     ) -> SyncResult:
-        """One sync invocation, as the sync function runs it (``vault`` replaces the token vault)."""
-        engine = self.engine(page_size=page_size, clock_offset=clock_offset, vault=vault)
+        """One sync invocation, as the sync function runs it (``vault`` and ``feishu`` replace the token
+        vault and the Feishu client)."""
+        engine = self.engine(page_size=page_size, clock_offset=clock_offset, vault=vault, feishu=feishu)
         return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
 
     def consent_again(self, open_id: str, *, revoke_previous: bool = False) -> dict[str, Any]:

@@ -220,6 +220,21 @@ def test_the_mapped_fields_are_exactly_the_models_feishu_fields() -> None:
     assert "t-secret" not in change.entry("bus")["Detail"]
 
 
+def test_an_item_stored_reduced_carries_its_marker_in_before_and_after() -> None:
+    # GIVEN an event whose description DynamoDB could not hold, and its next version that fits again
+    reduced = event(mirrored_at=1, summary="Offsite", mirror_reduced={"description": "too_large"})
+    fits = event(mirrored_at=2, summary="Offsite", description="short")
+    # WHEN both writes are mapped
+    created = mapped(record("INSERT", new=reduced))
+    updated = mapped(record("MODIFY", old=reduced, new=fits))
+    # THEN consumers see which fields the mirror left out, and why; `changed` names Feishu fields only
+    assert created.detail["after"] == {"summary": "Offsite", "mirror_reduced": {"description": "too_large"}}
+    assert created.detail["changed"] == ["summary"]
+    assert updated.detail["before"]["mirror_reduced"] == {"description": "too_large"}
+    assert "mirror_reduced" not in updated.detail["after"]
+    assert updated.detail["changed"] == ["description"]
+
+
 # ---------------------------------------------------------------------------------- bad records
 
 

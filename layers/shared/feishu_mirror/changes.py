@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from feishu_mirror.models import CALENDAR_FIELDS, EVENT_FIELDS
+from feishu_mirror.storable import REDUCED_ATTRIBUTE
 
 SOURCE = "feishu-calendar-mirror"
 SCHEMA_VERSION = "1"
@@ -178,6 +179,14 @@ def _approximate_ms(record: Mapping[str, Any]) -> int | None:
     return int(float(created) * 1000) if isinstance(created, int | float | str | Decimal) and created != "" else None
 
 
+def _fields(image: Mapping[str, Any], names: Mapping[str, type]) -> dict[str, Any]:
+    """The Feishu fields of an image, and ``mirror_reduced`` when the item was stored without some of them."""
+    fields = {k: image[k] for k in names if k in image}
+    if REDUCED_ATTRIBUTE in image:
+        fields[REDUCED_ATTRIBUTE] = image[REDUCED_ATTRIBUTE]
+    return fields
+
+
 def change_event(record: Mapping[str, Any]) -> ChangeEvent | None:
     """The domain event for one DynamoDB stream record (``NEW_AND_OLD_IMAGES``), or None.
 
@@ -186,8 +195,8 @@ def change_event(record: Mapping[str, Any]) -> ChangeEvent | None:
     keys, old, new = _images(record)
     is_event = "event_id" in keys
     names = EVENT_FIELDS if is_event else CALENDAR_FIELDS
-    before = {k: old[k] for k in names if k in old} if old is not None and _live(old) else None
-    after = {k: new[k] for k in names if k in new} if new is not None and _live(new) else None
+    before = _fields(old, names) if old is not None and _live(old) else None
+    after = _fields(new, names) if new is not None and _live(new) else None
     if before is None and after is None:  # a tombstone written again, or removed (its TTL expired)
         return None
     if before == after:  # only mirrored_at changed

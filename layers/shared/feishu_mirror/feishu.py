@@ -14,10 +14,12 @@ is retried (see ``refresh_access_token``); any other failure raises ``RefreshOut
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
@@ -460,9 +462,12 @@ class FeishuClient:
 
     @staticmethod
     def _json(response: requests.Response) -> dict[str, Any] | None:
+        """The JSON body, numbers exact: a number with a fraction or exponent becomes the ``Decimal`` of
+        its text (never a ``float``, which DynamoDB refuses and which rounds), and so do NaN and the
+        infinities (which ``storable`` then keeps out of DynamoDB)."""
         try:
-            body = response.json()
-        except ValueError:
+            body = json.loads(response.content.decode("utf-8"), parse_float=Decimal, parse_constant=Decimal)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond the parser
             return None
         return body if isinstance(body, dict) else None
 

@@ -76,6 +76,7 @@ class UserHealth:
     missing_scope: str | None  # for ``scope_missing``: the scope Feishu named (any one of them), or its code
     held_deletions: int
     held_since: int | None
+    items_reduced: int  # live calendars and events stored without fields DynamoDB cannot hold (``mirror_reduced``)
     syncing: bool
     resuming_listing: bool
     due_at: int | None
@@ -127,6 +128,7 @@ class UserHealth:
             missing_scope=str(item["missing_scope"]) if item.get("missing_scope") else None,
             held_deletions=held_deletions,
             held_since=_int(held.get("first_seen_at")),
+            items_reduced=_int(item.get("items_reduced")) or 0,
             syncing=syncing,
             resuming_listing=bool(checkpoint.get("kind")),
             due_at=_int(item.get("due_at")),

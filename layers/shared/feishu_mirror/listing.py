@@ -8,6 +8,12 @@ checkpoint after each page that has a successor; commit the new ``sync_token`` o
 page; on 190008 restart as a full listing whose end sweeps away what it no longer contains — unless
 that looks like a mass deletion, which is held until a later full listing confirms it.
 
+Items may belong to a parent item of the same collection (the exceptions of a recurring event belong
+to its master): they live only while it does. A deleted parent takes its children with it in the same
+write, wherever they are; at the end of a listing, children whose parent is not live are retired (a full
+listing may list a child before its parent; an increment may bring a series made and deleted since the
+last listing, its master on any page).
+
 A ``Collection`` says where the items and the listing state live and how a page is fetched (the
 caller wraps token refresh and deadlines into ``fetch``). The planning functions are pure.
 """
@@ -22,6 +28,7 @@ from typing import Protocol
 from feishu_mirror.errors import FeishuError, SyncTokenExpired
 from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingState, Page, Stored, SyncKind
 from feishu_mirror.observability import count, logger
+from feishu_mirror.storable import same_value
 
 MASS_DELETE_MIN = 5
 MASS_DELETE_FRACTION = 0.5
@@ -36,36 +43,68 @@ class PagePlan[T: Item]:
     deletions: tuple[T, ...]
     live_delta: int
     listed_ids: frozenset[str]
+    reduced_delta: int = 0  # the change in live items stored reduced
 
 
-def plan_page[T: Item](entries: Iterable[tuple[T, bool]], current: Mapping[str, Stored[T]]) -> PagePlan[T]:
+def unchanged(stored: Item, item: Item) -> bool:
+    """True when ``item`` would write nothing over ``stored``: the same fields by value (numbers as
+    numbers, ``1 == 1.0``), and the same fields dropped for the same reasons."""
+    return dict(stored.reduced) == dict(item.reduced) and same_value(dict(stored.fields), dict(item.fields))
+
+
+def plan_page[T: Item](
+    entries: Iterable[tuple[T, bool]], current: Mapping[str, Stored[T]], *, full_listing: bool = False
+) -> PagePlan[T]:
     """Compare a page with what the mirror holds: new or changed items, and deletions.
 
     An entry identical to the stored live item writes nothing. Deleted entries tombstone a live item
-    (keeping the latest known fields) and are ignored when nothing live is stored.
+    (keeping the latest known fields) and are ignored when nothing live is stored. Items that belong to
+    a parent (the exceptions of a recurring event's master) follow it: a deleted parent tombstones its
+    live children in ``current`` (the caller loads them), and in an incremental listing an entry whose
+    parent the mirror holds as a tombstone is a deletion too. A full listing may list a child before its
+    parent, so there children are settled at the end of the listing (``ListingEngine``), not here.
     """
     view = dict(current)
+    children: dict[str, set[str]] = {}
+    for key, held in view.items():
+        if held.live and held.item.parent_key:
+            children.setdefault(held.item.parent_key, set()).add(key)
     changes: dict[str, tuple[T, bool]] = {}
-    live_delta = 0
+    live_delta = reduced_delta = 0
     listed: set[str] = set()
-    for item, is_deleted in entries:
+
+    def tombstone(key: str, tomb: T, was: Stored[T]) -> None:
+        nonlocal live_delta, reduced_delta
+        changes[key] = (tomb, True)
+        view[key] = Stored(tomb, deleted_at=0)
+        live_delta -= 1
+        reduced_delta -= bool(was.item.reduced)
+        listed.discard(key)
+
+    for item, listed_deleted in entries:
         key = item.key
         stored = view.get(key)
         was_live = stored is not None and stored.live
-        if is_deleted:
+        parent = item.parent_key
+        parent_stored = view.get(parent) if parent and not full_listing else None
+        if listed_deleted or (parent_stored is not None and not parent_stored.live):
             listed.discard(key)
             if was_live:
                 assert stored is not None
-                tomb = item if item.fields else stored.item
-                changes[key] = (tomb, True)
-                view[key] = Stored(tomb, deleted_at=0)
-                live_delta -= 1
+                tombstone(key, item if item.fields else stored.item, stored)
+            for child in sorted(children.pop(key, ())):
+                child_stored = view[child]
+                if child_stored.live and child_stored.item.parent_key == key:
+                    tombstone(child, child_stored.item, child_stored)
             continue
         listed.add(key)
-        if was_live and stored is not None and dict(stored.item.fields) == dict(item.fields):
+        if parent:
+            children.setdefault(parent, set()).add(key)
+        if was_live and stored is not None and unchanged(stored.item, item):
             continue
         changes[key] = (item, False)
         view[key] = Stored(item)
+        reduced_delta += bool(item.reduced) - bool(was_live and stored is not None and stored.item.reduced)
         if not was_live:
             live_delta += 1
     return PagePlan(
@@ -73,7 +112,15 @@ def plan_page[T: Item](entries: Iterable[tuple[T, bool]], current: Mapping[str, 
         deletions=tuple(i for i, deleted in changes.values() if deleted),
         live_delta=live_delta,
         listed_ids=frozenset(listed),
+        reduced_delta=reduced_delta,
     )
+
+
+def orphans[T: Item](live: Iterable[T]) -> tuple[T, ...]:
+    """Of these live items, the ones whose parent is not among them (an exception whose master is gone)."""
+    items = tuple(live)
+    keys = {item.key for item in items}
+    return tuple(item for item in items if item.parent_key and item.parent_key not in keys)
 
 
 def is_mass_deletion(*, live_before: int, missing: int, listed: int) -> bool:
@@ -110,6 +157,15 @@ class MetricNames:
     confirmed: str
 
 
+@dataclass(frozen=True, slots=True)
+class ListingOutcome:
+    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
+
+    held: HeldSweep | None
+    mirrored: int
+    reduced: int
+
+
 class Collection[T: Item](Protocol):
     """One mirrored collection, as the engine sees it. Writes are fenced by the user's lease."""
 
@@ -128,6 +184,10 @@ class Collection[T: Item](Protocol):
         """The stored items with these keys."""
         ...
 
+    def load_children(self, parent_keys: Iterable[str]) -> dict[str, Stored[T]]:
+        """The stored items that belong to these (the exceptions of recurring events' masters)."""
+        ...
+
     def apply(self, now: int, upserts: tuple[T, ...], deletions: tuple[T, ...]) -> None:
         """Write changed items and tombstones."""
         ...
@@ -140,10 +200,8 @@ class Collection[T: Item](Protocol):
         """Forget the sync token and checkpoint (after 190008)."""
         ...
 
-    def commit(
-        self, now: int, *, sync_token: str | None, mirrored: int, kind: str, held_sweep: HeldSweep | None, reset: bool
-    ) -> None:
-        """After the last page: the new sync token (or none), the live count, the held sweep."""
+    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
+        """After the last page: the new sync token (or none), the held sweep and the live and reduced counts."""
         ...
 
 
@@ -170,6 +228,8 @@ class _Position[T: Item]:
     started_at: int
     existing: dict[str, Stored[T]] = field(default_factory=dict)  # full: every stored item, kept current
     live_before: int = 0
+    # incremental: listed children whose parent was not live in the mirror then (new, or deleted unseen)
+    unsettled: dict[str, T] = field(default_factory=dict)
 
     @property
     def incremental_cursor(self) -> str | None:
@@ -192,8 +252,8 @@ class ListingEngine:
     def _now(self) -> int:
         return int(self._clock())
 
-    def run[T: Item](self, collection: Collection[T], state: ListingState, tally: Tally) -> HeldSweep | None:
-        """List, write and commit; returns the held sweep when deletions were held back."""
+    def run[T: Item](self, collection: Collection[T], state: ListingState, tally: Tally) -> ListingOutcome:
+        """List, write and commit; returns the held sweep (when deletions were held back) and the counts."""
         names = collection.metrics
         kind, page_token, seen, started_at = choose_listing(state, self._now())
         tally.listings += 1
@@ -203,7 +263,7 @@ class ListingEngine:
         if kind == "full":
             position.load(collection)
         reset = False
-        mirrored = state.mirrored
+        mirrored, reduced = state.mirrored, state.reduced
         while True:
             try:
                 page = collection.fetch(page_token=position.page_token, sync_token=position.incremental_cursor)
@@ -216,34 +276,38 @@ class ListingEngine:
                 collection.discard_sync_state(self._now())
                 self._restart_full(collection, position, tally)
                 continue
-            mirrored += self._apply_page(collection, position, page, tally)
+            plan = self._apply_page(collection, position, page, tally)
+            mirrored += plan.live_delta
+            reduced += plan.reduced_delta
             if not page.has_more:
                 break
             self._advance(collection, position, page, tally)
         held: HeldSweep | None = None
         if position.kind == "full":
-            held, mirrored = self._sweep(collection, state=state, tally=tally, position=position)
+            held, mirrored, reduced = self._sweep(collection, state=state, tally=tally, position=position)
+        elif position.unsettled:
+            retired = self._settle(collection, position, tally)
+            mirrored -= len(retired)
+            reduced -= sum(1 for item in retired if item.reduced)
         sync_token = page.sync_token or (state.sync_token if position.kind == "incremental" else None)
+        outcome = ListingOutcome(held, max(0, mirrored), max(0, reduced))
         collection.commit(
-            self._now(),
-            sync_token=None if held else sync_token,
-            mirrored=max(0, mirrored),
-            kind=position.kind,
-            held_sweep=held,
-            reset=reset,
+            self._now(), sync_token=None if held else sync_token, outcome=outcome, kind=position.kind, reset=reset
         )
-        return held
+        return outcome
 
     def _apply_page[T: Item](
         self, collection: Collection[T], position: _Position[T], page: Page[T], tally: Tally
-    ) -> int:
-        """Write what one page changes; returns the change in live items."""
+    ) -> PagePlan[T]:
+        """Write what one page changes; returns the plan (its changes in live and reduced items)."""
         tally.pages += 1
         count(collection.metrics.pages)
         full = position.kind == "full"
-        current = position.existing if full else collection.load_some(item.key for item, _ in page.entries)
-        plan = plan_page(page.entries, current)
+        current = position.existing if full else self._current(collection, page)
+        plan = plan_page(page.entries, current, full_listing=full)
         self._write(collection, tally, plan.upserts, plan.deletions)
+        if not full:
+            self._note_unsettled(position, page, current, plan)
         if full:
             position.seen |= plan.listed_ids
             position.seen -= {item.key for item in plan.deletions}
@@ -251,7 +315,50 @@ class ListingEngine:
                 position.existing[item.key] = Stored(item)
             for item in plan.deletions:
                 position.existing[item.key] = Stored(item, deleted_at=0)
-        return plan.live_delta
+        return plan
+
+    @staticmethod
+    def _note_unsettled[T: Item](
+        position: _Position[T], page: Page[T], current: Mapping[str, Stored[T]], plan: PagePlan[T]
+    ) -> None:
+        """Remember the listed children of an increment whose parent the mirror did not hold live: a
+        series made since the last listing may also have been deleted since, its master on any page."""
+        live = {key for key, stored in current.items() if stored.live}
+        live = (live - {item.key for item in plan.deletions}) | {item.key for item in plan.upserts}
+        for item, _ in page.entries:
+            position.unsettled.pop(item.key, None)
+            if item.key in plan.listed_ids and item.parent_key and item.parent_key not in live:
+                position.unsettled[item.key] = item
+
+    def _settle[T: Item](self, collection: Collection[T], position: _Position[T], tally: Tally) -> tuple[T, ...]:
+        """End of an increment: tombstone the children it listed whose parent is not live now; returns them."""
+        children = position.unsettled
+        stored = collection.load_some(
+            set(children) | {item.parent_key for item in children.values() if item.parent_key}
+        )
+        retired = tuple(
+            s.item
+            for key, s in stored.items()
+            if key in children and s.live and not (s.item.parent_key in stored and stored[s.item.parent_key].live)
+        )
+        if retired:
+            self._write(collection, tally, (), retired)
+        return retired
+
+    @staticmethod
+    def _current[T: Item](collection: Collection[T], page: Page[T]) -> dict[str, Stored[T]]:
+        """For an incremental page: the stored items it names, their parents, and the children of the
+        parents it deletes (wherever they are: a master's exceptions need not be on the page)."""
+        keys = {item.key for item, _ in page.entries} | {item.parent_key for item, _ in page.entries if item.parent_key}
+        current = collection.load_some(keys)
+        parents = sorted(
+            item.key
+            for item, deleted in page.entries
+            if deleted and (item.is_parent or (item.key in current and current[item.key].item.is_parent))
+        )
+        if parents:
+            current = {**collection.load_children(parents), **current}
+        return current
 
     def _advance[T: Item](self, collection: Collection[T], position: _Position[T], page: Page[T], tally: Tally) -> None:
         """After a page with more to come: follow its page token (checkpointed), or its sync token."""
@@ -274,6 +381,7 @@ class ListingEngine:
 
     def _restart_full[T: Item](self, collection: Collection[T], position: _Position[T], tally: Tally) -> None:
         position.kind, position.page_token, position.seen, position.started_at = "full", "", set(), self._now()
+        position.unsettled.clear()  # a full listing settles every child at its end
         position.load(collection)
         tally.kind = "full"
 
@@ -284,10 +392,11 @@ class ListingEngine:
         state: ListingState,
         tally: Tally,
         position: _Position[T],
-    ) -> tuple[HeldSweep | None, int]:
-        """End of a full listing: tombstone live items it did not contain, unless suspicious.
+    ) -> tuple[HeldSweep | None, int, int]:
+        """End of a full listing: tombstone live items it did not contain, unless suspicious, and the
+        children whose parent is not live (whatever the listing's order, it has seen every parent now).
 
-        Returns the held sweep (if any) and the number of live items the mirror now holds.
+        Returns the held sweep (if any) and how many live items, and live reduced items, the mirror holds.
         """
         now = self._now()
         names = collection.metrics
@@ -295,20 +404,28 @@ class ListingEngine:
         missing = tuple(item for item in live if item.key not in position.seen)
         listed = len(live) - len(missing)
         live_before = max(position.live_before, len(missing))
+        hold = False
         if is_mass_deletion(live_before=live_before, missing=len(missing), listed=listed):
-            held = state.held_sweep
-            confirmed = held is not None and now - held.first_seen_at >= self._confirm_seconds
+            previous = state.held_sweep
+            hold = previous is None or now - previous.first_seen_at < self._confirm_seconds
             extra = {"collection": collection.name, "missing": len(missing), "live": len(live)}
-            if not confirmed:
-                count(names.held)
-                logger.warning("mass_deletion_held", extra=extra)
-                tally.held += len(missing)
-                return HeldSweep(len(missing), held.first_seen_at if held else now), len(live)
-            count(names.confirmed)
-            logger.warning("mass_deletion_confirmed", extra=extra)
-        if missing:
-            self._write(collection, tally, (), missing)
-        return None, listed
+            count(names.held if hold else names.confirmed)
+            logger.warning("mass_deletion_held" if hold else "mass_deletion_confirmed", extra=extra)
+        gone = set() if hold else {item.key for item in missing}
+        remaining = [item for item in live if item.key not in gone]
+        orphaned = orphans(remaining)
+        held: HeldSweep | None = None
+        if hold:
+            orphan_keys = {item.key for item in orphaned}
+            missing = tuple(item for item in missing if item.key not in orphan_keys)
+            tally.held += len(missing)
+            held = HeldSweep(len(missing), state.held_sweep.first_seen_at if state.held_sweep else now)
+            missing = ()
+        if missing or orphaned:
+            self._write(collection, tally, (), missing + orphaned)
+        retired = {item.key for item in orphaned}
+        remaining = [item for item in remaining if item.key not in retired]
+        return held, len(remaining), sum(1 for item in remaining if item.reduced)
 
     def _write[T: Item](
         self, collection: Collection[T], tally: Tally, upserts: tuple[T, ...], deletions: tuple[T, ...]
@@ -316,6 +433,14 @@ class ListingEngine:
         if not upserts and not deletions:
             return
         collection.apply(self._now(), upserts, deletions)
+        reduced = [item for item in upserts if item.reduced]
+        if reduced:
+            count("ItemsReduced", len(reduced))
+            for item in reduced:
+                logger.warning(
+                    "item_reduced",
+                    extra={"collection": collection.name, "key": item.key, "reduced": dict(item.reduced)},
+                )
         tally.upserted += len(upserts)
         tally.deleted += len(deletions)
         count(collection.metrics.upserted, len(upserts))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
+
+from feishu_mirror.storable import fit
 
 # The Feishu calendar fields the mirror keeps, under their Feishu names, with their JSON types.
 CALENDAR_FIELDS: dict[str, type] = {
@@ -41,26 +43,42 @@ EVENT_FIELDS: dict[str, type] = {
     "attachments": list,
     "create_time": str,
 }
-MAX_CALENDAR_ID_LENGTH = 512
+MAX_CALENDAR_ID_LENGTH = 512  # bytes of UTF-8: a calendar_id is part of DynamoDB keys (≤ 1024 and 2048 bytes)
 MAX_EVENT_ID_LENGTH = 512
 
-FieldValue = Any  # str | int | bool, and for events also nested maps and lists of them
+FieldValue = Any  # str | int | bool, and for events also Decimal, None and nested maps and lists of them
 SyncKind = Literal["full", "incremental"]
 SyncOutcome = Literal["synced", "busy", "failed", "interrupted", "reauth_required", "unknown_user"]
 
 
-def _known_fields(raw: Mapping[str, Any], names: Mapping[str, type]) -> dict[str, FieldValue]:
-    """The documented fields of a Feishu object that have their documented JSON type (bool is no int)."""
+def _known_fields(raw: Mapping[str, Any], names: Mapping[str, type]) -> tuple[dict[str, FieldValue], dict[str, str]]:
+    """The documented fields of a Feishu object that have their documented JSON type (bool is no int),
+    as DynamoDB can hold them, and the ones that had to be dropped, with the reason (``storable.fit``)."""
     fields: dict[str, FieldValue] = {}
     for name, expected in names.items():
         value = raw.get(name)
         if value is not None and type(value) is expected:
             fields[name] = value
-    return fields
+    kept, reduced, _ = fit(fields)
+    return kept, reduced
+
+
+def _valid_id(value: object, max_bytes: int) -> TypeGuard[str]:
+    """A Feishu id the mirror can key an item by: a non-empty string of at most ``max_bytes`` of UTF-8."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        return len(value.encode("utf-8")) <= max_bytes
+    except UnicodeEncodeError:  # a lone surrogate: no valid key
+        return False
 
 
 class Item(Protocol):
-    """Something the mirror keeps: a Feishu id (``key``) and Feishu fields."""
+    """Something the mirror keeps: a Feishu id (``key``), Feishu fields, and the fields it could not keep.
+
+    An item may belong to another item of its collection (``parent_key``: an exception of a recurring
+    event belongs to the master): it lives only while that one does.
+    """
 
     @property
     def key(self) -> str:
@@ -68,7 +86,19 @@ class Item(Protocol):
 
     @property
     def fields(self) -> Mapping[str, FieldValue]:
-        """The Feishu fields, by Feishu name."""
+        """The Feishu fields, by Feishu name, as stored."""
+
+    @property
+    def reduced(self) -> Mapping[str, str]:
+        """Fields DynamoDB could not hold as sent, each with the reason it was dropped."""
+
+    @property
+    def parent_key(self) -> str | None:
+        """The key of the item this one belongs to, if any."""
+
+    @property
+    def is_parent(self) -> bool:
+        """True when other items may belong to this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,23 +107,36 @@ class Calendar:
 
     calendar_id: str
     fields: Mapping[str, FieldValue]
+    reduced: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """The calendar_id."""
         return self.calendar_id
 
+    @property
+    def parent_key(self) -> str | None:
+        """Calendars belong to no other calendar."""
+        return None
+
+    @property
+    def is_parent(self) -> bool:
+        """No calendar belongs to another."""
+        return False
+
     @classmethod
     def from_feishu(cls, raw: Mapping[str, Any]) -> tuple[Calendar, bool]:
         """Parse one ``calendar_list`` entry; returns the calendar and its ``is_deleted`` flag.
 
         Fields of the wrong type are dropped rather than stored (Feishu's documented types are
-        the contract); a missing or empty ``calendar_id`` raises ``ValueError``.
+        the contract), and so are fields DynamoDB cannot hold (named in ``reduced``); a missing or
+        empty ``calendar_id`` raises ``ValueError``.
         """
         calendar_id = raw.get("calendar_id")
-        if not isinstance(calendar_id, str) or not calendar_id or len(calendar_id) > MAX_CALENDAR_ID_LENGTH:
+        if not _valid_id(calendar_id, MAX_CALENDAR_ID_LENGTH):
             raise ValueError("calendar entry without a valid calendar_id")
-        return cls(calendar_id, _known_fields(raw, CALENDAR_FIELDS)), raw.get("is_deleted") is True
+        fields, reduced = _known_fields(raw, CALENDAR_FIELDS)
+        return cls(calendar_id, fields, reduced), raw.get("is_deleted") is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,24 +145,47 @@ class Event:
 
     event_id: str
     fields: Mapping[str, FieldValue]
+    reduced: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         """The event_id."""
         return self.event_id
 
+    @property
+    def master_id(self) -> str | None:
+        """For an exception of a recurring event (``is_exception``), the master's event_id."""
+        master = self.fields.get("recurring_event_id")
+        if self.fields.get("is_exception") is True and isinstance(master, str) and master and master != self.event_id:
+            return master
+        return None
+
+    @property
+    def parent_key(self) -> str | None:
+        """An exception belongs to its master."""
+        return self.master_id
+
+    @property
+    def is_parent(self) -> bool:
+        """A recurring event's master (it has a ``recurrence``) may have exceptions."""
+        return bool(self.fields.get("recurrence"))
+
     @classmethod
     def from_feishu(cls, raw: Mapping[str, Any]) -> tuple[Event, bool]:
         """Parse one ``items`` entry of the event list; returns the event and whether it is gone.
 
         ``status: cancelled`` (how a deleted event comes back in an incremental listing) counts as a
-        deletion. A missing or empty ``event_id`` raises ``ValueError``.
+        deletion — except on an exception of a recurring event, where it is a cancelled occurrence:
+        a live item that tells consumers to skip that occurrence. Fields DynamoDB cannot hold are
+        dropped (named in ``reduced``). A missing or empty ``event_id`` raises ``ValueError``.
         """
         event_id = raw.get("event_id")
-        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID_LENGTH:
+        if not _valid_id(event_id, MAX_EVENT_ID_LENGTH):
             raise ValueError("event entry without a valid event_id")
-        fields = _known_fields(raw, EVENT_FIELDS)
-        return cls(event_id, fields), fields.get("status") == "cancelled" or raw.get("is_deleted") is True
+        fields, reduced = _known_fields(raw, EVENT_FIELDS)
+        event = cls(event_id, fields, reduced)
+        cancelled = fields.get("status") == "cancelled" and event.master_id is None
+        return event, cancelled or raw.get("is_deleted") is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +302,7 @@ class UserRecord:
     last_success_at: int | None = None
     consecutive_failures: int = 0
     calendars_mirrored: int = 0
+    calendars_reduced: int = 0
     dirty_calendars: frozenset[str] = frozenset()
     pending_ping_at: int | None = None  # the earliest push (or operator resync) the mirror does not reflect yet
 
@@ -281,6 +348,7 @@ class ListingState:
     checkpoint: Checkpoint | None = None
     held_sweep: HeldSweep | None = None
     mirrored: int = 0
+    reduced: int = 0  # live items stored reduced (see ``storable``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -411,6 +411,8 @@ def _events_cells(events: Mapping[str, Any] | None, now: int) -> str:
     count = str(events.get("events_mirrored", 0))
     if isinstance(held, Mapping) and held.get("count"):
         count += f" ({held['count']} deletions held)"
+    if events.get("events_reduced"):
+        count += f" ({events['events_reduced']} reduced)"
     return f"<td class='events'>{_e(count)}</td><td>{_e(_when(events.get('synced_at'), now))}</td>"
 
 
@@ -464,6 +466,7 @@ def render_user(view: UserDetail, *, flash: str = "", upcoming: Upcoming | None 
         ("Consecutive failures", str(u.consecutive_failures)),
         ("Last error", _e(f"{u.last_error_code or ''} {u.last_error_message or ''}".strip() or "—")),
         ("Held deletions (calendars and events)", _held(u, now)),
+        ("Items stored reduced (fields DynamoDB cannot hold, see mirror_reduced)", str(u.items_reduced)),
         ("Sync running", "yes" if u.syncing else "no"),
         ("Next due", _e(_when(u.due_at, now))),
         ("Authorised", _e(_when(u.authorized_at, now))),

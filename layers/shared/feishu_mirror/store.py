@@ -4,12 +4,15 @@ listings, OAuth state, rate gate.
 The only module that touches boto3's DynamoDB API. Mirror writes (calendars and events) go in
 transactions that also check the user's lease (a fencing token), so a sync that lost its lease can
 never write; user-record and event-listing writes made during a sync carry the same condition.
-Numbers are stored as integers (epoch seconds; the rate gate's slots in microseconds).
+Times are stored as integers (epoch seconds; the rate gate's slots in microseconds); Feishu's numbers
+as they came (see ``storable``), and they read back exactly: integral numbers as ``int``, others as
+``Decimal`` (``plain``).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +42,7 @@ from feishu_mirror.models import (
     UserRecord,
 )
 from feishu_mirror.observability import logger
+from feishu_mirror.storable import REDUCED_ATTRIBUTE, stored_form
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -53,13 +57,23 @@ DUE_INDEX = "due-index"
 STATUS_INDEX = "status-index"
 DUE_SHARDS = 8
 TRANSACTION_ITEMS = 100  # DynamoDB's limit; one slot is the lease check
+TRANSACTION_BYTES = 3_500_000  # by estimate, of DynamoDB's 4 MB limit on a transaction's items
 BATCH_GET_KEYS = 100
 MAX_CHECKPOINT_BYTES = 200_000  # of compressed ids; DynamoDB items hold 400 KB
 ACTIVE = "active"
 REAUTH_REQUIRED = "reauth_required"
 
+
+class _ExactDeserializer(TypeDeserializer):
+    """boto3's deserializer with numbers read exactly: DynamoDB gives a large round number back with all
+    its digits (1E+45 as 46 of them), which boto3's 38-digit context refuses to read (``decimal.Rounded``)."""
+
+    def _deserialize_n(self, value: str) -> Decimal:
+        return Decimal(value)
+
+
 _serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
+_deserializer = _ExactDeserializer()
 
 
 def _av(value: Any) -> AttributeValueTypeDef:
@@ -71,13 +85,23 @@ def attribute_values(values: Mapping[str, Any]) -> dict[str, AttributeValueTypeD
     return {name: _av(value) for name, value in values.items()}
 
 
+def exact_numbers(value: Any) -> Any:
+    """A deserialized value with every number as it reads best and exactly: integral numbers as ``int``,
+    others as ``Decimal`` — inside maps, lists and sets too."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else value
+    if isinstance(value, dict):
+        return {key: exact_numbers(member) for key, member in value.items()}
+    if isinstance(value, list):
+        return [exact_numbers(member) for member in value]
+    if isinstance(value, set):
+        return {exact_numbers(member) for member in value}
+    return value
+
+
 def plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A DynamoDB item as plain Python values (numbers as ints)."""
-    out: dict[str, Any] = {}
-    for name, value in item.items():
-        plain = _deserializer.deserialize(value)
-        out[name] = int(plain) if isinstance(plain, Decimal) else plain
-    return out
+    """A DynamoDB item as plain Python values (``exact_numbers``); the one way items are read."""
+    return {name: exact_numbers(_deserializer.deserialize(value)) for name, value in item.items()}
 
 
 def _is_condition_failure(exc: ClientError) -> bool:
@@ -152,6 +176,7 @@ def _user(item: Mapping[str, Any]) -> UserRecord:
         last_success_at=raw.get("last_success_at"),
         consecutive_failures=raw.get("consecutive_failures", 0),
         calendars_mirrored=raw.get("calendars_mirrored", 0),
+        calendars_reduced=raw.get("calendars_reduced", 0),
         dirty_calendars=frozenset(str(c) for c in raw.get("dirty_calendars") or ()),
         pending_ping_at=raw.get("pending_ping_at"),
     )
@@ -524,11 +549,12 @@ class UserStore:
         kind: str,
         held_sweep: HeldSweep | None,
         reset: bool,
+        calendars_reduced: int = 0,
     ) -> None:
         """After the last page: store the new ``sync_token`` and drop the checkpoint."""
-        sets = ["calendars_mirrored = :n", "last_sync_kind = :kind"]
+        sets = ["calendars_mirrored = :n", "calendars_reduced = :r", "last_sync_kind = :kind"]
         removes = ["checkpoint"]
-        values: dict[str, Any] = {":n": calendars_mirrored, ":kind": kind}
+        values: dict[str, Any] = {":n": calendars_mirrored, ":r": calendars_reduced, ":kind": kind}
         if sync_token:
             sets.append("sync_token = :st")
             values[":st"] = sync_token
@@ -561,6 +587,7 @@ class UserStore:
         due_at: int,
         handled_calendars: frozenset[str] = frozenset(),
         held_event_deletions: int = 0,
+        items_reduced: int = 0,
     ) -> UserRecord | None:
         """Release the lease if no ping arrived since ``seen_dirty_seq``; else return the fresh record.
 
@@ -568,7 +595,8 @@ class UserStore:
         write makes it fail, and the running sync loops once more instead of missing the change; once
         it holds, every push so far is in the mirror (``pending_ping_at`` goes). ``handled_calendars``
         (whose events this sync listed) leave ``dirty_calendars``; ``held_event_deletions`` is how many
-        event deletions are held back over all of the user's calendars (for health).
+        event deletions are held back over all of the user's calendars, ``items_reduced`` how many live
+        calendars and events are stored reduced (both for health).
         """
         values: dict[str, Any] = {
             ":now": now,
@@ -584,6 +612,11 @@ class UserStore:
             values[":held"] = held_event_deletions
         else:
             removes.append("held_event_deletions")
+        if items_reduced:
+            sets.append("items_reduced = :reduced")
+            values[":reduced"] = items_reduced
+        else:
+            removes.append("items_reduced")
         expression = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
         if handled_calendars:
             expression += " DELETE dirty_calendars :handled"
@@ -755,6 +788,7 @@ class UserStore:
         "missing_scope",
         "held_sweep",
         "held_event_deletions",
+        "items_reduced",
         "pending_ping_at",
         "dirty_seq",
         "due_at",
@@ -870,7 +904,7 @@ class MirrorTable[T: (Calendar, Event)]:
         self._sleep = sleep
         self.write_requests = 0  # transactions sent, for benchmarks
 
-    def _make(self, key: str, fields: dict[str, FieldValue]) -> T:
+    def _make(self, key: str, fields: dict[str, FieldValue], reduced: dict[str, str]) -> T:
         raise NotImplementedError
 
     def _derived(self, open_id: str, item: T) -> dict[str, Any]:  # noqa: ARG002 - a hook for subclasses
@@ -880,17 +914,13 @@ class MirrorTable[T: (Calendar, Event)]:
     def _stored(self, item: Mapping[str, Any]) -> Stored[T]:
         raw = plain(item)
         fields: dict[str, FieldValue] = {name: raw[name] for name in self.field_types if name in raw}
-        return Stored(self._make(str(raw[self.sort_attribute]), fields), raw.get("deleted_at"))
+        marker = raw.get(REDUCED_ATTRIBUTE)
+        reduced = {str(name): str(why) for name, why in marker.items()} if isinstance(marker, dict) else {}
+        return Stored(self._make(str(raw[self.sort_attribute]), fields, reduced), raw.get("deleted_at"))
 
-    def _load_all(self, partition: str) -> dict[str, Stored[T]]:
+    def _query(self, request: dict[str, Any]) -> dict[str, Stored[T]]:
+        """Every item a Query finds (all its pages), by key."""
         found: dict[str, Stored[T]] = {}
-        request: dict[str, Any] = {
-            "TableName": self.table_name,
-            "KeyConditionExpression": "#p = :p",
-            "ExpressionAttributeNames": {"#p": self.partition_attribute},
-            "ExpressionAttributeValues": attribute_values({":p": partition}),
-            "ConsistentRead": True,
-        }
         while True:
             page = self._client.query(**request)
             for item in page.get("Items", []):
@@ -899,6 +929,17 @@ class MirrorTable[T: (Calendar, Event)]:
             if "LastEvaluatedKey" not in page:
                 return found
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _load_all(self, partition: str) -> dict[str, Stored[T]]:
+        return self._query(
+            {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "#p = :p",
+                "ExpressionAttributeNames": {"#p": self.partition_attribute},
+                "ExpressionAttributeValues": attribute_values({":p": partition}),
+                "ConsistentRead": True,
+            }
+        )
 
     def _load_some(self, partition: str, keys: Iterable[str]) -> dict[str, Stored[T]]:
         wanted = sorted(set(keys))
@@ -934,37 +975,39 @@ class MirrorTable[T: (Calendar, Event)]:
     ) -> int:
         now_ms = int(now * 1000)
         base = {**extra, self.partition_attribute: partition}
+        tombstone = {"deleted_at": now, "expires_at": now + self._tombstone_ttl}
         puts: list[dict[str, Any]] = [
             {
                 **item.fields,
-                **self._derived(fence.open_id, item),
+                **({REDUCED_ATTRIBUTE: dict(item.reduced)} if item.reduced else {}),
+                **(tombstone if deleted else self._derived(fence.open_id, item)),
                 **base,
                 self.sort_attribute: item.key,
                 "mirrored_at": now_ms,
             }
-            for item in upserts
+            for items, deleted in ((upserts, False), (deletions, True))
+            for item in items
         ]
-        puts += [
-            {
-                **item.fields,
-                **base,
-                self.sort_attribute: item.key,
-                "mirrored_at": now_ms,
-                "deleted_at": now,
-                "expires_at": now + self._tombstone_ttl,
-            }
-            for item in deletions
-        ]
-        chunk = TRANSACTION_ITEMS - 1
-        for start in range(0, len(puts), chunk):
-            items: list[TransactWriteItemTypeDef] = [_fence_check(self._users_table, fence, now)]
-            items += [
-                {"Put": {"TableName": self.table_name, "Item": attribute_values(put)}}
-                for put in puts[start : start + chunk]
-            ]
-            self.write_requests += 1
-            _transact(self._client, fence, items, self._sleep)
+        # Each transaction: the lease check and up to 99 items, of at most TRANSACTION_BYTES by estimate.
+        chunk: list[dict[str, Any]] = []
+        chunk_bytes = 0
+        for fields in puts:
+            put, size = stored_form(fields)
+            if chunk and (len(chunk) == TRANSACTION_ITEMS - 1 or chunk_bytes + size > TRANSACTION_BYTES):
+                self._put_all(fence, now, chunk)
+                chunk, chunk_bytes = [], 0
+            chunk.append(put)
+            chunk_bytes += size
+        if chunk:
+            self._put_all(fence, now, chunk)
         return len(puts)
+
+    def _put_all(self, fence: Fence, now: int, puts: Sequence[Mapping[str, Any]]) -> None:
+        """One fenced transaction putting these items."""
+        items: list[TransactWriteItemTypeDef] = [_fence_check(self._users_table, fence, now)]
+        items += [{"Put": {"TableName": self.table_name, "Item": attribute_values(put)}} for put in puts]
+        self.write_requests += 1
+        _transact(self._client, fence, items, self._sleep)
 
 
 class CalendarStore(MirrorTable[Calendar]):
@@ -974,8 +1017,8 @@ class CalendarStore(MirrorTable[Calendar]):
     sort_attribute = "calendar_id"
     field_types = CALENDAR_FIELDS
 
-    def _make(self, key: str, fields: dict[str, FieldValue]) -> Calendar:
-        return Calendar(key, fields)
+    def _make(self, key: str, fields: dict[str, FieldValue], reduced: dict[str, str]) -> Calendar:
+        return Calendar(key, fields, reduced)
 
     def load_all(self, open_id: str) -> dict[str, Stored[Calendar]]:
         """Every item of the user, tombstones included (strongly consistent)."""
@@ -996,6 +1039,9 @@ class CalendarStore(MirrorTable[Calendar]):
         return self._apply(fence, now, fence.open_id, extra={}, upserts=upserts, deletions=deletions)
 
 
+_MASTER_ID = re.compile(r"(.+_)\d+", re.DOTALL)  # Feishu's <uid>_<start>; group 1 is what its exceptions begin with
+
+
 def calendar_key(open_id: str, calendar_id: str) -> str:
     """The events table's partition key: one calendar's events as one user sees them."""
     return f"{open_id}#{calendar_id}"
@@ -1011,8 +1057,8 @@ class EventStore(MirrorTable[Event]):
     sort_attribute = "event_id"
     field_types = EVENT_FIELDS
 
-    def _make(self, key: str, fields: dict[str, FieldValue]) -> Event:
-        return Event(key, fields)
+    def _make(self, key: str, fields: dict[str, FieldValue], reduced: dict[str, str]) -> Event:
+        return Event(key, fields, reduced)
 
     def _derived(self, open_id: str, item: Event) -> dict[str, Any]:
         """The agenda index's attributes (``agenda.agenda_index_attributes``); tombstones get none."""
@@ -1027,6 +1073,33 @@ class EventStore(MirrorTable[Event]):
     def load_some(self, open_id: str, calendar_id: str, event_ids: Iterable[str]) -> dict[str, Stored[Event]]:
         """The items for these event ids that exist (BatchGetItem, strongly consistent)."""
         return self._load_some(calendar_key(open_id, calendar_id), event_ids)
+
+    def load_exceptions(self, open_id: str, calendar_id: str, master_ids: Iterable[str]) -> dict[str, Stored[Event]]:
+        """The stored exceptions (tombstones included) of these recurring events' masters.
+
+        Feishu's ids are ``<uid>_0`` for a master and ``<uid>_<original start>`` for its exceptions, so
+        one Query per master reads only ids that begin with ``<uid>_``; ``recurring_event_id`` decides.
+        A master id of another shape costs a Query of the whole calendar.
+        """
+        found: dict[str, Stored[Event]] = {}
+        for master_id in sorted(set(master_ids)):
+            request: dict[str, Any] = {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "#p = :p",
+                "FilterExpression": "#r = :m",
+                "ExpressionAttributeNames": {"#p": self.partition_attribute, "#r": "recurring_event_id"},
+                "ExpressionAttributeValues": attribute_values(
+                    {":p": calendar_key(open_id, calendar_id), ":m": master_id}
+                ),
+                "ConsistentRead": True,
+            }
+            shape = _MASTER_ID.fullmatch(master_id)
+            if shape:
+                request["KeyConditionExpression"] += " AND begins_with(#k, :uid)"
+                request["ExpressionAttributeNames"]["#k"] = self.sort_attribute
+                request["ExpressionAttributeValues"][":uid"] = _av(shape.group(1))
+            found |= {key: s for key, s in self._query(request).items() if s.item.master_id == master_id}
+        return found
 
     def apply(
         self,
@@ -1076,6 +1149,7 @@ def _listing(item: Mapping[str, Any]) -> EventListing:
             checkpoint=checkpoint,
             held_sweep=HeldSweep(int(held["count"]), int(held["first_seen_at"])) if isinstance(held, dict) else None,
             mirrored=int(raw.get("events_mirrored", 0)),
+            reduced=int(raw.get("events_reduced", 0)),
         ),
         synced_at=raw.get("synced_at"),
         subscribed_at=raw.get("subscribed_at"),
@@ -1115,6 +1189,7 @@ class EventListingStore:
     SUMMARY_ATTRIBUTES = (
         "calendar_id",
         "events_mirrored",
+        "events_reduced",
         "synced_at",
         "subscribed_at",
         "held_sweep",
@@ -1205,11 +1280,12 @@ class EventListingStore:
         kind: str,
         held_sweep: HeldSweep | None,
         reset: bool,
+        reduced: int = 0,
     ) -> None:
         """After the last page: store the new ``sync_token`` and drop the checkpoint."""
-        sets = ["events_mirrored = :n", "last_sync_kind = :kind", "synced_at = :now"]
+        sets = ["events_mirrored = :n", "events_reduced = :r", "last_sync_kind = :kind", "synced_at = :now"]
         removes = ["checkpoint"]
-        values: dict[str, Any] = {":n": mirrored, ":kind": kind, ":now": now}
+        values: dict[str, Any] = {":n": mirrored, ":r": reduced, ":kind": kind, ":now": now}
         if sync_token:
             sets.append("sync_token = :st")
             values[":st"] = sync_token

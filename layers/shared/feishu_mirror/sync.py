@@ -37,13 +37,12 @@ from feishu_mirror.errors import (
     TokenVaultUnavailable,
 )
 from feishu_mirror.feishu import FeishuClient
-from feishu_mirror.listing import ListingEngine, MetricNames, Tally, is_mass_deletion, plan_page
+from feishu_mirror.listing import ListingEngine, ListingOutcome, MetricNames, Tally, is_mass_deletion, plan_page
 from feishu_mirror.models import (
     Calendar,
     Checkpoint,
     Event,
     EventListing,
-    HeldSweep,
     ListingState,
     Page,
     Stored,
@@ -139,6 +138,8 @@ class _Run:
     events: Tally = field(default_factory=Tally)
     handled_calendars: set[str] = field(default_factory=set)
     held_events: dict[str, int] = field(default_factory=dict)  # calendar_id → event deletions held back
+    calendars_reduced: int = 0  # live calendars stored reduced
+    events_reduced: dict[str, int] = field(default_factory=dict)  # calendar_id → live events stored reduced
     events_due_at: int | None = None  # when the earliest calendar not listed now is due
     subscription_checked: bool = False
     superseded: int = 0  # new consents followed so far
@@ -316,7 +317,9 @@ class CalendarSync:
     def _loop(self, user: UserRecord, run: _Run) -> SyncResult:
         for _ in range(MAX_PASSES):
             run.passes += 1
-            held = self._engine.run(self._calendar_list(run), _calendar_state(user), run.calendars) is not None
+            listed = self._engine.run(self._calendar_list(run), _calendar_state(user), run.calendars)
+            run.calendars_reduced = listed.reduced
+            held = listed.held is not None
             if user.checkpoint is not None and not held:
                 # The resumed listing began in an earlier invocation, possibly before the changes that
                 # started this one: follow it with an incremental pass from the token it just committed.
@@ -338,6 +341,7 @@ class CalendarSync:
                 due_at=due,
                 handled_calendars=frozenset(run.handled_calendars & user.dirty_calendars),
                 held_event_deletions=sum(run.held_events.values()),
+                items_reduced=run.calendars_reduced + sum(run.events_reduced.values()),
             )
             if fresh is None:
                 count("SyncsCompleted")
@@ -390,6 +394,7 @@ class CalendarSync:
             for cid, listing in listings.items()
             if cid in readable and listing.state.held_sweep
         }
+        run.events_reduced = {cid: listing.state.reduced for cid, listing in listings.items() if cid in readable}
         # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
         run.handled_calendars |= user.dirty_calendars - readable
         held = False
@@ -403,7 +408,7 @@ class CalendarSync:
                     run.events_due_at = min(run.events_due_at or due, due)
                 continue
             try:
-                sweep = self._list_events(mirror, run, calendar_id, listing)
+                outcome = self._list_events(mirror, run, calendar_id, listing)
             except (ReauthorizationRequired, AccessTokenRejected, FeishuUnavailable):
                 raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
             except FeishuError as exc:
@@ -424,9 +429,10 @@ class CalendarSync:
                 )
                 continue
             run.held_events.pop(calendar_id, None)
-            if sweep is not None:
+            run.events_reduced[calendar_id] = outcome.reduced
+            if outcome.held is not None:
                 held = True
-                run.held_events[calendar_id] = sweep.count
+                run.held_events[calendar_id] = outcome.held.count
             run.handled_calendars.add(calendar_id)
             self._assert_event_subscription(mirror, run, calendar_id, listing)
         if failure is not None:
@@ -435,23 +441,23 @@ class CalendarSync:
 
     def _list_events(
         self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
-    ) -> HeldSweep | None:
-        """One calendar's event listing (its held sweep, if deletions were held back); a resumed one is
-        followed by an incremental catch-up."""
+    ) -> ListingOutcome:
+        """One calendar's event listing (its held sweep, if deletions were held back, and its counts); a
+        resumed one is followed by an incremental catch-up."""
         collection = _CalendarEvents(self, run, mirror, calendar_id)
         if listing is None:
             mirror.listings.begin(run.fence, self._now(), calendar_id)
         state = listing.state if listing else ListingState()
         while True:
-            held = self._engine.run(collection, state, run.events)
-            if state.checkpoint is None or held:
-                return held
+            outcome = self._engine.run(collection, state, run.events)
+            if state.checkpoint is None or outcome.held:
+                return outcome
             # The resumed listing began in an earlier invocation, possibly before the change that
             # started this one: follow it with an incremental pass from the token it just committed.
             count("EventListingResumedThenIncremental")
             fresh = mirror.listings.get(run.fence.open_id, calendar_id)
             if fresh is None:
-                return held
+                return outcome
             state = fresh.state
 
     def _events_due(
@@ -629,7 +635,9 @@ EVENTS_STALE_MARGIN_SECONDS = 300
 
 
 def _calendar_state(user: UserRecord) -> ListingState:
-    return ListingState(user.sync_token, user.checkpoint, user.held_sweep, user.calendars_mirrored)
+    return ListingState(
+        user.sync_token, user.checkpoint, user.held_sweep, user.calendars_mirrored, user.calendars_reduced
+    )
 
 
 class _CalendarList:
@@ -661,6 +669,10 @@ class _CalendarList:
     def load_some(self, keys: Iterable[str]) -> dict[str, Stored[Calendar]]:
         return self._sync._calendars.load_some(self._fence.open_id, keys)
 
+    def load_children(self, parent_keys: Iterable[str]) -> dict[str, Stored[Calendar]]:
+        del parent_keys  # no calendar belongs to another
+        return {}
+
     def apply(self, now: int, upserts: tuple[Calendar, ...], deletions: tuple[Calendar, ...]) -> None:
         self._sync._calendars.apply(self._fence, now, upserts=upserts, deletions=deletions)
 
@@ -670,16 +682,15 @@ class _CalendarList:
     def discard_sync_state(self, now: int) -> None:
         self._sync._users.discard_sync_state(self._fence, now)
 
-    def commit(
-        self, now: int, *, sync_token: str | None, mirrored: int, kind: str, held_sweep: HeldSweep | None, reset: bool
-    ) -> None:
+    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
         self._sync._users.commit_listing(
             self._fence,
             now,
             sync_token=sync_token,
-            calendars_mirrored=mirrored,
+            calendars_mirrored=outcome.mirrored,
+            calendars_reduced=outcome.reduced,
             kind=kind,
-            held_sweep=held_sweep,
+            held_sweep=outcome.held,
             reset=reset,
         )
 
@@ -715,6 +726,9 @@ class _CalendarEvents:
     def load_some(self, keys: Iterable[str]) -> dict[str, Stored[Event]]:
         return self._mirror.events.load_some(self._fence.open_id, self._calendar_id, keys)
 
+    def load_children(self, parent_keys: Iterable[str]) -> dict[str, Stored[Event]]:
+        return self._mirror.events.load_exceptions(self._fence.open_id, self._calendar_id, parent_keys)
+
     def apply(self, now: int, upserts: tuple[Event, ...], deletions: tuple[Event, ...]) -> None:
         self._mirror.events.apply(self._fence, now, self._calendar_id, upserts=upserts, deletions=deletions)
 
@@ -724,16 +738,15 @@ class _CalendarEvents:
     def discard_sync_state(self, now: int) -> None:
         self._mirror.listings.discard_sync_state(self._fence, now, self._calendar_id)
 
-    def commit(
-        self, now: int, *, sync_token: str | None, mirrored: int, kind: str, held_sweep: HeldSweep | None, reset: bool
-    ) -> None:
+    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
         self._mirror.listings.commit_listing(
             self._fence,
             now,
             self._calendar_id,
             sync_token=sync_token,
-            mirrored=mirrored,
+            mirrored=outcome.mirrored,
+            reduced=outcome.reduced,
             kind=kind,
-            held_sweep=held_sweep,
+            held_sweep=outcome.held,
             reset=reset,
         )
