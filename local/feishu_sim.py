@@ -12,6 +12,13 @@ values), served as real JSON text (`json_bytes`). Recurring events are modelled 
 a master `<uid>_0` with a `recurrence`, exceptions `<uid>_<original start>` (`create_exception`);
 deleting an exception cancels that occurrence, deleting a master deletes its exceptions too.
 
+The clock, monotonic clock and sleep it answers by are injectable, and `session()` is a
+`requests.Session` that answers in-process without HTTP: so the simulator can run in virtual time
+(`local.virtual_time`) with Feishu's answer times and rate limits. A calendar can be shared, the same
+calendar and events in several users' lists (`share_calendar`: an org-wide calendar), and a
+calendar's events can be generated on demand from an `EventSource` (`add_generated_events`), so a
+world of millions of events costs memory only for the events that changed.
+
 Run standalone: `python -m local.feishu_sim --port 8089`.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import copy
 import hashlib
 import json
@@ -34,17 +42,18 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
-from typing import Any, Literal, override
+from typing import Any, Literal, Protocol, override
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import requests
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from requests.structures import CaseInsensitiveDict
 
 TENANT_TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 AUTHORIZE_PATH = "/open-apis/authen/v1/authorize"
@@ -277,7 +286,7 @@ class _CalendarState:
     fields: dict[str, Any]
     changed_seq: int
     deleted: bool = False
-    events: dict[str, _EventState] = field(default_factory=dict)
+    events: _EventBook = field(default_factory=lambda: _EventBook(""))
     events_subscribed: bool = False
 
     def entry(self) -> dict[str, Any]:
@@ -317,6 +326,90 @@ class _EventState:
         if self.deleted:
             entry["status"] = "cancelled"
         return entry
+
+
+class EventSource(Protocol):
+    """A block of events made on demand (``add_generated_events``): ``count`` events, each with an id of its
+    own that ``index`` maps back, and the fields it is created with (a fresh dict per call)."""
+
+    count: int
+
+    def event_id(self, index: int) -> str:
+        """The id of event ``index``."""
+        ...
+
+    def index(self, event_id: str) -> int | None:
+        """The index of ``event_id``, or None when it is not one of this block's."""
+        ...
+
+    def fields(self, index: int) -> dict[str, Any]:
+        """The fields event ``index`` was created with."""
+        ...
+
+
+class _EventBook:
+    """A calendar's events: those created one by one, and an optional generated block whose events exist
+    only while listed, until one is looked up to be changed (then it is kept like any other)."""
+
+    def __init__(self, calendar_id: str) -> None:
+        self.calendar_id = calendar_id
+        self._kept: dict[str, _EventState] = {}
+        self._source: EventSource | None = None
+        self._source_seq = 0
+        self._source_created = ""
+
+    def generate(self, source: EventSource, seq: int, create_time: str) -> None:
+        """Hold ``source``'s events, all created at ``seq``."""
+        if self._source is not None:
+            raise ValueError(f"calendar {self.calendar_id} already has generated events")
+        self._source, self._source_seq, self._source_created = source, seq, create_time
+
+    def _made(self, index: int) -> _EventState:
+        assert self._source is not None
+        event_id = self._source.event_id(index)
+        return _EventState(
+            event_id, self.calendar_id, self._source.fields(index), self._source_seq, self._source_created
+        )
+
+    def __len__(self) -> int:
+        generated = self._source.count if self._source else 0
+        return generated + sum(1 for event_id in self._kept if not self._generated(event_id))
+
+    def _generated(self, event_id: str) -> bool:
+        return self._source is not None and self._source.index(event_id) is not None
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._kept or self._generated(event_id)
+
+    def get(self, event_id: str) -> _EventState | None:
+        """The event (a generated one is kept from now on: it is about to be read or changed)."""
+        event = self._kept.get(event_id)
+        if event is None and self._source is not None:
+            index = self._source.index(event_id)
+            if index is not None:
+                event = self._kept[event_id] = self._made(index)
+        return event
+
+    def __setitem__(self, event_id: str, event: _EventState) -> None:
+        self._kept[event_id] = event
+
+    def values(self) -> Iterator[_EventState]:
+        """Every event, the generated block first (in its order), then the others in creation order."""
+        if self._source is not None:
+            for index in range(self._source.count):
+                kept = self._kept.get(self._source.event_id(index))
+                yield kept if kept is not None else self._made(index)
+        for event_id, event in self._kept.items():
+            if not self._generated(event_id):
+                yield event
+
+    def changed_since(self, seq: int) -> list[_EventState]:
+        """The events changed after ``seq``, in the order of their changes."""
+        if self._source is not None and seq >= self._source_seq:
+            changed = (e for e in self._kept.values() if e.changed_seq > seq)
+        else:
+            changed = (e for e in self.values() if e.changed_seq > seq)
+        return sorted(changed, key=lambda e: e.changed_seq)
 
 
 @dataclass
@@ -554,9 +647,10 @@ class _SlidingWindowLimiter:
         if len(self._accepted) >= per_minute:
             frees_at = self._accepted[len(self._accepted) - per_minute] + 60.0
             return per_minute, max(1, math.ceil(frees_at - now))
-        last_second = [t for t in self._accepted if t > now - 1.0]
-        if len(last_second) >= per_second:
-            frees_at = last_second[len(last_second) - per_second] + 1.0
+        accepted = self._accepted
+        in_last_second = len(accepted) - bisect.bisect_right(accepted, now - 1.0)
+        if in_last_second >= per_second:
+            frees_at = accepted[len(accepted) - per_second] + 1.0
             return per_second, max(1, math.ceil(frees_at - now))
         self._accepted.append(now)
         return None
@@ -585,7 +679,15 @@ class FeishuSimulator:
         access_token_ttl: int = 7200,
         refresh_token_ttl: int = 604800,
         push_retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        # What the API answers by (token expiry, rate limits, answer times): injectable for virtual time.
+        # Pushes to a callback URL and the HTTP server always run in real time.
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
         self.app_id = app_id
         self.app_secret = app_secret
         self.encrypt_key = encrypt_key
@@ -687,6 +789,10 @@ class FeishuSimulator:
     ) -> None:
         self.stop()
 
+    def session(self) -> InProcessSession:
+        """A ``requests.Session`` that this simulator answers in the calling thread, without HTTP."""
+        return InProcessSession(self)
+
     @property
     def url(self) -> str:
         """The origin serving both the OpenAPI and the accounts paths, e.g. http://127.0.0.1:PORT."""
@@ -707,8 +813,16 @@ class FeishuSimulator:
             "FEISHU_VERIFICATION_TOKEN": self.verification_token,
         }
 
-    def add_user(self, open_id: str, name: str, *, union_id: str | None = None, user_id: str | None = None) -> None:
-        """Create a tenant user together with their primary calendar."""
+    def add_user(
+        self,
+        open_id: str,
+        name: str,
+        *,
+        union_id: str | None = None,
+        user_id: str | None = None,
+        primary_calendar_id: str | None = None,
+    ) -> None:
+        """Create a tenant user together with their primary calendar (``primary_calendar_id``, or a new id)."""
         with self._lock:
             if open_id in self._users:
                 raise ValueError(f"user {open_id} already exists")
@@ -720,26 +834,51 @@ class FeishuSimulator:
             )
             self._users[open_id] = user
             self._seq += 1
-            calendar_id = _new_calendar_id()
+            calendar_id = primary_calendar_id or _new_calendar_id()
             fields = {**CALENDAR_FIELD_DEFAULTS, "summary": name, "type": "primary", "role": "owner"}
-            user.calendars[calendar_id] = _CalendarState(calendar_id, fields, self._seq)
+            user.calendars[calendar_id] = _CalendarState(calendar_id, fields, self._seq, events=_EventBook(calendar_id))
 
     def users(self) -> list[str]:
         """The open_ids of all users."""
         with self._lock:
             return list(self._users)
 
-    def create_calendar(self, open_id: str, **fields: Any) -> str:
-        """Add a calendar to the user's list; returns its calendar_id."""
+    def create_calendar(self, open_id: str, *, calendar_id: str | None = None, **fields: Any) -> str:
+        """Add a calendar to the user's list (``calendar_id``, or a new id); returns its calendar_id."""
         values = _validated_fields(fields)
         with self._lock:
             user = self._user(open_id)
-            calendar_id = _new_calendar_id()
+            calendar_id = calendar_id or _new_calendar_id()
+            if calendar_id in user.calendars:
+                raise ValueError(f"user {open_id} already has a calendar {calendar_id}")
             self._seq += 1
             state = {**CALENDAR_FIELD_DEFAULTS, "summary": f"Calendar {len(user.calendars) + 1}", **values}
-            user.calendars[calendar_id] = _CalendarState(calendar_id, state, self._seq)
+            user.calendars[calendar_id] = _CalendarState(calendar_id, state, self._seq, events=_EventBook(calendar_id))
         self._after_mutation(open_id)
         return calendar_id
+
+    def share_calendar(self, open_id: str, calendar_id: str, with_open_id: str, **fields: Any) -> None:
+        """Put ``open_id``'s calendar in ``with_open_id``'s list too (an org-wide or team calendar): the same
+        calendar_id and the same events, the calendar's fields as ``with_open_id`` sees them (``role``,
+        ``type``, ...) overriding the owner's."""
+        values = _validated_fields(fields)
+        with self._lock:
+            source = self._live_calendar(open_id, calendar_id)
+            user = self._user(with_open_id)
+            if calendar_id in user.calendars:
+                raise ValueError(f"user {with_open_id} already has a calendar {calendar_id}")
+            self._seq += 1
+            state = {**source.fields, **values}
+            user.calendars[calendar_id] = _CalendarState(calendar_id, state, self._seq, events=source.events)
+        self._after_mutation(with_open_id)
+
+    def add_generated_events(self, open_id: str, calendar_id: str, source: EventSource) -> None:
+        """Give a calendar ``source.count`` events made on demand (see ``EventSource``), created now and
+        listed like any other; they take memory only once changed. No push is sent for them."""
+        with self._lock:
+            calendar = self._live_calendar(open_id, calendar_id)
+            self._seq += 1
+            calendar.events.generate(source, self._seq, str(int(self._clock())))
 
     def update_calendar(self, open_id: str, calendar_id: str, **fields: Any) -> None:
         """Change fields of one of the user's live calendars."""
@@ -784,7 +923,7 @@ class FeishuSimulator:
                 "summary": f"Event {len(calendar.events) + 1}",
                 **copy.deepcopy(fields),
             }
-            calendar.events[event_id] = _EventState(event_id, calendar_id, values, self._seq, str(int(time.time())))
+            calendar.events[event_id] = _EventState(event_id, calendar_id, values, self._seq, str(int(self._clock())))
         self._after_event_mutation(open_id, calendar_id, event_id, "create")
         return event_id
 
@@ -875,6 +1014,11 @@ class FeishuSimulator:
         with self._lock:
             calendar = self._user(open_id).calendars[calendar_id]
             return [e.entry() for e in calendar.events.values() if not e.deleted]
+
+    def event_count(self, open_id: str, calendar_id: str) -> int:
+        """How many events (live or deleted) the calendar holds, generated ones included."""
+        with self._lock:
+            return len(self._user(open_id).calendars[calendar_id].events)
 
     def is_subscribed_to_events(self, open_id: str, calendar_id: str) -> bool:
         """Whether the user subscribed to event changes of this calendar."""
@@ -1151,13 +1295,13 @@ class FeishuSimulator:
         return _Reply(reply.status, reply.body, reply.content_type, (*reply.headers, log_id), reply.code)
 
     def _handle_feishu(self, call: _Call) -> _Reply | None:
-        started = time.time()
+        started = self._clock()
         is_app_request = call.path != AUTHORIZE_PATH  # the consent page is the user's browser
         api = api_name(call.method, call.path)
         fault: Fault | None = None
         with self._lock:
             if is_app_request:
-                now = time.monotonic()
+                now = self._monotonic()
                 self._request_times.setdefault(api, []).append(now)
                 limiter = self._limiters.setdefault(api, _SlidingWindowLimiter())
                 rejection = limiter.admit(now, self.rate_per_second, self.rate_per_minute)
@@ -1166,7 +1310,7 @@ class FeishuSimulator:
             if rejection is None:
                 fault = self._take_fault(call.path)
         if rejection is None and is_app_request and self.latency[1] > 0:
-            time.sleep(random.uniform(*self.latency))
+            self._sleep(random.uniform(*self.latency))
         reply: _Reply | None
         if rejection is not None:
             reply = _rate_limit_reply(*rejection)
@@ -1184,12 +1328,12 @@ class FeishuSimulator:
             reply = self._fault_reply(fault, call.path)
         else:
             if fault is not None:
-                time.sleep(fault.seconds)
+                self._sleep(fault.seconds)
             reply = self._route(call)
         fault_name = "rate_limit" if rejection is not None else (fault.kind if fault else None)
         self._record(call, started, reply, fault_name, api)
         if fault is not None and fault.kind == "late_reply":
-            time.sleep(fault.seconds)
+            self._sleep(fault.seconds)
         return reply
 
     def _route(self, call: _Call, *, empty_page: bool = False) -> _Reply:
@@ -1291,7 +1435,7 @@ class FeishuSimulator:
             raise _api_error(400, 10014, "app secret invalid")
         token = "t-" + secrets.token_hex(20)
         with self._lock:
-            self._access_tokens[token] = _AccessToken("tenant", None, time.time() + self.access_token_ttl)
+            self._access_tokens[token] = _AccessToken("tenant", None, self._clock() + self.access_token_ttl)
         return _json_reply(200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": self.access_token_ttl})
 
     def _authorize_page(self, call: _Call) -> _Reply:
@@ -1317,7 +1461,7 @@ class FeishuSimulator:
             scope = query.get("scope", "")
             self._grant_scopes(self._user(open_id), scope)
             code = secrets.token_urlsafe(48)
-            self._auth_codes[code] = _AuthCode(open_id, redirect_uri, scope, challenge, method, time.time())
+            self._auth_codes[code] = _AuthCode(open_id, redirect_uri, scope, challenge, method, self._clock())
         location = _with_query(redirect_uri, {"code": code, "state": state})
         return _html_reply(302, "Redirecting", (("Location", location),))
 
@@ -1348,7 +1492,7 @@ class FeishuSimulator:
             raise _oauth_error(20003, "authorization code not found")
         if grant.used:
             raise _oauth_error(20065, "authorization code has been used")
-        if time.time() - grant.created > self.auth_code_ttl:
+        if self._clock() - grant.created > self.auth_code_ttl:
             raise _oauth_error(20004, "authorization code expired")
         if body.get("redirect_uri") != grant.redirect_uri:
             raise _oauth_error(20071, "redirect_uri mismatch")
@@ -1381,7 +1525,7 @@ class FeishuSimulator:
         if record.state == "used":
             self._refresh_reuse_count += 1
             raise _oauth_error(20073, "refresh token has been used")
-        now = time.time()
+        now = self._clock()
         if now >= record.expires_at:
             raise _oauth_error(20037, "refresh token expired")
         scopes = self._narrowed_scopes(record.scopes, body.get("scope"))
@@ -1498,9 +1642,7 @@ class FeishuSimulator:
                 raise _api_error(400, 190008, "page_token or sync_token expired")
             if point.open_id != user.open_id or point.calendar_id != calendar.calendar_id:
                 raise _api_error(400, 190002, "invalid parameters in request: sync_token")
-            changed = sorted(
-                (e for e in calendar.events.values() if e.changed_seq > point.seq), key=lambda e: e.changed_seq
-            )
+            changed = calendar.events.changed_since(point.seq)
             if self.incremental_event_paging != "page_token" and (empty_page or len(changed) > page_size):
                 return self._incremental_events_page(
                     user, calendar, point.seq, [] if empty_page else changed[:page_size]
@@ -1586,7 +1728,7 @@ class FeishuSimulator:
                 raise _api_error(
                     400, 99991668, "Invalid access token for authorization. Please make a request with token attached."
                 )
-            if record.forced_expired or time.time() >= record.expires_at:
+            if record.forced_expired or self._clock() >= record.expires_at:
                 raise _api_error(400, 99991677, "token expire")
             if record.kind == "tenant" or record.open_id is None:
                 raise _api_error(*tenant_error)
@@ -1668,7 +1810,7 @@ class FeishuSimulator:
         self, open_id: str, scopes: list[str], *, grant: int | None = None, with_refresh: bool = True
     ) -> dict[str, Any]:
         """A token pair; without ``grant`` it is a new consent (numbered), else a refresh within ``grant``."""
-        now = time.time()
+        now = self._clock()
         if grant is None:
             self._grants += 1
             grant = self._latest_grant[open_id] = self._grants
@@ -1872,6 +2014,64 @@ class _SimulatorRequestHandler(BaseHTTPRequestHandler):
     @override
     def log_message(self, format: str, *args: Any) -> None:
         """Keep the test output quiet."""
+
+
+class InProcessSession(requests.Session):
+    """A ``requests.Session`` answered by the simulator in the calling thread, without HTTP: the request is
+    prepared as ``requests`` would send it and the answer built as it would arrive. The simulator's answer
+    time passes in its own (injectable) ``sleep``; an answer that took longer than the read timeout raises
+    ``ReadTimeout`` (after the whole answer time), and a dropped connection ``ConnectionError``."""
+
+    def __init__(self, simulator: FeishuSimulator) -> None:
+        super().__init__()
+        self._simulator = simulator
+
+    @override
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        cookies: Any = None,
+        files: Any = None,
+        auth: Any = None,
+        timeout: Any = None,
+        allow_redirects: bool = True,
+        proxies: Any = None,
+        hooks: Any = None,
+        stream: bool | None = None,
+        verify: Any = None,
+        cert: Any = None,
+        json: Any = None,
+    ) -> requests.Response:
+        """Answer one request in-process (``cookies`` … ``cert`` are accepted and ignored)."""
+        del cookies, files, auth, allow_redirects, proxies, hooks, stream, verify, cert
+        method_name = method.decode() if isinstance(method, bytes) else method
+        address = url.decode() if isinstance(url, bytes) else url
+        prepared = requests.Request(
+            method_name.upper(), address, params=params, data=data, headers=headers, json=json
+        ).prepare()
+        body = prepared.body or b""
+        raw_body = body.encode("utf-8") if isinstance(body, str) else body
+        sent_headers = {name.lower(): value for name, value in prepared.headers.items()}
+        simulator = self._simulator
+        started = simulator._monotonic()
+        reply = simulator._dispatch(prepared.method or "GET", prepared.path_url, sent_headers, raw_body)
+        if reply is None:
+            raise requests.ConnectionError("Connection aborted: the server closed the connection without answering")
+        read_timeout = timeout[1] if isinstance(timeout, tuple) else timeout
+        if read_timeout is not None and simulator._monotonic() - started > read_timeout:
+            raise requests.ReadTimeout(f"no answer within the read timeout ({read_timeout} s)")
+        response = requests.Response()
+        response.status_code = reply.status
+        response._content = reply.body
+        response.headers = CaseInsensitiveDict({**dict(reply.headers), "Content-Type": reply.content_type})
+        response.url = prepared.url or address
+        response.request = prepared
+        response.encoding = "utf-8"
+        return response
 
 
 # ---------------------------------------------------------------------------------------------
