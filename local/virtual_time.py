@@ -20,7 +20,8 @@ import _thread
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,32 @@ class VirtualTime:
                 raise RuntimeError(f"simulated thread {failed.name} failed") from failed.error
         if until is not None:
             self._now = max(self._now, until)
+
+    def map[T, R](self, function: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
+        """From a simulated thread: ``function`` over ``items`` on ``workers`` simulated threads (what a
+        ``ThreadPoolExecutor.map`` does in real time); the results in the items' order. The first
+        exception raised by ``function`` is raised here, after every worker has stopped."""
+        queue = deque(enumerate(items))
+        results: dict[int, R] = {}
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            while queue and not failures:
+                index, item = queue.popleft()
+                try:
+                    results[index] = function(item)
+                except Exception as exc:  # handed to the caller below
+                    failures.append(exc)
+
+        threads = [self.spawn(work, propagate=False) for _ in range(max(1, min(workers, len(queue))))]
+        for thread in threads:
+            thread.join()
+        for thread in threads:
+            if thread.error is not None:  # killed, or a BaseException: the caller unwinds too
+                raise thread.error
+        if failures:
+            raise failures[0]
+        return [results[index] for index in sorted(results)]
 
     def pending(self) -> int:
         """How many wake-ups and callbacks are scheduled."""

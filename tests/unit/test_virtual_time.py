@@ -147,3 +147,26 @@ def test_runs_are_deterministic() -> None:
         return out
 
     assert trace() == trace()
+
+
+def test_map_runs_on_worker_threads_in_virtual_time_and_keeps_the_order() -> None:
+    # GIVEN 10 calls of 1 s each on 4 workers
+    clock = VirtualTime()
+    out: dict[str, object] = {}
+
+    def caller() -> None:
+        def slow(n: int) -> int:
+            clock.sleep(1)
+            return n * n
+
+        out["results"] = clock.map(slow, range(10), 4)
+        out["took"] = clock.now
+        try:
+            clock.map(lambda n: 1 // (n - 3), range(6), 2)
+        except ZeroDivisionError:
+            out["raised"] = True
+
+    clock.spawn(caller)
+    clock.run()
+    # THEN they overlap (3 rounds of 1 s), results keep the order, and an exception reaches the caller
+    assert out == {"results": [n * n for n in range(10)], "took": 3.0, "raised": True}
