@@ -39,31 +39,40 @@ READ_UNIT_BYTES = 4096
 
 
 def _number_size(value: int | Decimal) -> int:
-    digits = Decimal(value).normalize().as_tuple().digits if value else (0,)
-    return (len(digits) + 1) // 2 + 1
-
-
-def _scalar_size(value: Any) -> int | None:
-    """The size of a scalar (None for a container)."""
-    if value is None or isinstance(value, bool):
-        return 1
-    if isinstance(value, str):
-        return len(value.encode("utf-8"))
-    if isinstance(value, bytes | bytearray):
-        return len(value)
-    if isinstance(value, Binary):
-        raw: Any = getattr(value, "value", b"")  # boto3's stubs do not declare Binary's payload
-        return len(bytes(raw))
-    if isinstance(value, int | Decimal | float):
-        return _number_size(Decimal(repr(value)) if isinstance(value, float) else value)
-    return None
+    if type(value) is int:
+        digits = len(str(abs(value)).rstrip("0")) or 1
+    else:
+        digits = len(Decimal(value).normalize().as_tuple().digits) if value else 1
+    return (digits + 1) // 2 + 1
 
 
 def value_size(value: Any) -> int:
     """The size DynamoDB counts for one attribute value."""
-    scalar = _scalar_size(value)
-    if scalar is not None:
-        return scalar
+    kind = type(value)
+    if kind is str:
+        return len(value) if value.isascii() else len(value.encode("utf-8"))
+    if kind is bool or value is None:
+        return 1
+    if kind is int or kind is Decimal:
+        return _number_size(value)
+    if kind is dict:
+        return 3 + sum(
+            1 + (len(k) if k.isascii() else len(k.encode("utf-8"))) + value_size(v) for k, v in value.items()
+        )
+    if kind is list:
+        return 3 + sum(1 + value_size(member) for member in value)
+    return _other_size(value)
+
+
+def _other_size(value: Any) -> int:
+    """The size of the rarer kinds of values (binary, sets, other mappings and sequences, floats)."""
+    if isinstance(value, bytes | bytearray | Binary):
+        raw: Any = getattr(value, "value", value)  # boto3's stubs do not declare Binary's payload
+        return len(bytes(raw))
+    if isinstance(value, float):
+        return _number_size(Decimal(repr(value)))
+    if isinstance(value, int | Decimal):
+        return _number_size(value)
     if isinstance(value, set | frozenset):
         return sum(value_size(member) for member in value)
     if isinstance(value, Mapping):
@@ -77,7 +86,7 @@ def item_size(item: Mapping[str, Any] | None) -> int:
     """The size DynamoDB counts for a whole item (0 for no item)."""
     if not item:
         return 0
-    return sum(len(name.encode("utf-8")) + value_size(value) for name, value in item.items())
+    return sum((len(name) if name.isascii() else len(name.encode("utf-8"))) + value_size(v) for name, v in item.items())
 
 
 def write_units(

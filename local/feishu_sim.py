@@ -106,6 +106,7 @@ _ALLOWED_VALUES: dict[str, frozenset[str]] = {
 }
 
 PAGE_SIZE_DEFAULT = 500
+MAX_PAGE_TOKENS = 5_000
 PAGE_SIZE_MIN = 50
 PAGE_SIZE_MAX = 1000
 
@@ -314,13 +315,14 @@ class _EventState:
     changed_seq: int
     create_time: str
     deleted: bool = False
+    transient: bool = False  # made for one listing from an EventSource: its fields are nobody else's
 
     def entry(self) -> dict[str, Any]:
         """The event as the event list API returns it (a deleted event comes back cancelled)."""
         entry = {
             "organizer_calendar_id": self.calendar_id,
             "create_time": self.create_time,
-            **copy.deepcopy(self.fields),
+            **(self.fields if self.transient else copy.deepcopy(self.fields)),
             "event_id": self.event_id,
         }
         if self.deleted:
@@ -364,11 +366,11 @@ class _EventBook:
             raise ValueError(f"calendar {self.calendar_id} already has generated events")
         self._source, self._source_seq, self._source_created = source, seq, create_time
 
-    def _made(self, index: int) -> _EventState:
+    def _made(self, index: int, *, transient: bool = True) -> _EventState:
         assert self._source is not None
-        event_id = self._source.event_id(index)
+        event_id, fields = self._source.event_id(index), self._source.fields(index)
         return _EventState(
-            event_id, self.calendar_id, self._source.fields(index), self._source_seq, self._source_created
+            event_id, self.calendar_id, fields, self._source_seq, self._source_created, transient=transient
         )
 
     def __len__(self) -> int:
@@ -387,7 +389,7 @@ class _EventBook:
         if event is None and self._source is not None:
             index = self._source.index(event_id)
             if index is not None:
-                event = self._kept[event_id] = self._made(index)
+                event = self._kept[event_id] = self._made(index, transient=False)
         return event
 
     def __setitem__(self, event_id: str, event: _EventState) -> None:
@@ -1584,18 +1586,25 @@ class FeishuSimulator:
                 listing, offset = _Listing(user.open_id, live, self._seq), 0
             if empty_page:
                 page_token = "ListCalendarsPageToken_" + secrets.token_urlsafe(24)
-                self._page_tokens[page_token] = _PageCursor(listing, offset)
+                self._keep_page_token(page_token, _PageCursor(listing, offset))
                 data = {"has_more": True, "page_token": page_token, "sync_token": "", "calendar_list": []}
             else:
                 data = self._page(listing, offset, page_size)
         return _json_reply(200, {"code": 0, "msg": "success", "data": data})
+
+    def _keep_page_token(self, token: str, cursor: _PageCursor) -> None:
+        """Hand out a page token; the oldest ones expire (190008) once ``MAX_PAGE_TOKENS`` are out, as
+        Feishu's expire with time (each holds its listing's snapshot)."""
+        self._page_tokens[token] = cursor
+        while len(self._page_tokens) > MAX_PAGE_TOKENS:
+            del self._page_tokens[next(iter(self._page_tokens))]
 
     def _page(self, listing: _Listing, offset: int, page_size: int) -> dict[str, Any]:
         page = [dict(entry) for entry in listing.entries[offset : offset + page_size]]
         next_offset = offset + len(page)
         if next_offset < len(listing.entries):
             page_token = "ListCalendarsPageToken_" + secrets.token_urlsafe(24)
-            self._page_tokens[page_token] = _PageCursor(listing, next_offset)
+            self._keep_page_token(page_token, _PageCursor(listing, next_offset))
             return {"has_more": True, "page_token": page_token, "sync_token": "", "calendar_list": page}
         sync_token = "ListCalendarsSyncToken_" + secrets.token_urlsafe(24)
         self._sync_tokens[sync_token] = _SyncPoint(listing.open_id, listing.end_seq)
@@ -1667,7 +1676,7 @@ class FeishuSimulator:
             token = ""
             if pageable:
                 token = "ListEventsPageToken_" + secrets.token_urlsafe(24)
-                self._page_tokens[token] = _PageCursor(listing, next_offset)
+                self._keep_page_token(token, _PageCursor(listing, next_offset))
             data = {"has_more": True, "page_token": token, "sync_token": "", "items": page}
         else:
             token = "ListEventsSyncToken_" + secrets.token_urlsafe(24)
