@@ -48,13 +48,15 @@ class FakeGateTable:
             new = _number(values[":next"])
         else:
             raise NotImplementedError(f"the fake gate table does not answer {expression!r} if {condition!r}")
+        if passed:
+            self.next_at[bucket] = new  # applied at once: the request is atomic, whatever waits after it
+        else:
+            self.failed_updates += 1
         if self._on_request is not None:
             self._on_request(bucket, passed)
         if not passed:
-            self.failed_updates += 1
             error = {"Error": {"Code": "ConditionalCheckFailedException", "Message": "The conditional request failed"}}
             raise ClientError(error, "UpdateItem")  # type: ignore[arg-type]
-        self.next_at[bucket] = new
         if request.get("ReturnValues") == "UPDATED_NEW":
             return {"Attributes": {"next_at": {"N": str(new)}, "expires_at": values[":ttl"]}}
         return {}
