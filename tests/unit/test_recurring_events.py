@@ -95,7 +95,7 @@ def test_an_exception_deleted_with_its_master_on_the_same_page_is_written_once()
 
 
 # ------------------------------------------------------------------------------ the engine
-METRICS = MetricNames(*(f"M{n}" for n in range(9)))
+METRICS = MetricNames(*(f"M{n}" for n in range(10)))
 
 
 class Events:

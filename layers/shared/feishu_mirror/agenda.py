@@ -1,6 +1,6 @@
 """The read side: a user's calendars, agenda (recurring events expanded) and free/busy, from the mirror.
 
-Pure logic plus the service that drives an ``AgendaSource`` (the port; ``agenda_store.AgendaReader`` is
+Pure logic plus the service that drives an ``AgendaSource`` (the port; ``dynamodb.agenda_reader.AgendaReader`` is
 its DynamoDB adapter). Nothing here does I/O itself.
 
 **The agenda index.** Each live event item carries four derived attributes, written with the item by
@@ -494,7 +494,7 @@ def longest_occurrence(items: Iterable[EventItem]) -> int:
 
 # ---------------------------------------------------------------------------------- service
 class AgendaSource(Protocol):
-    """What the read side needs from the mirror (``agenda_store.AgendaReader`` on DynamoDB)."""
+    """What the read side needs from the mirror (``dynamodb.agenda_reader.AgendaReader`` on DynamoDB)."""
 
     def sync_state(self, open_id: str) -> Mapping[str, Any] | None:
         """The user's ``open_id``, ``status`` and ``last_success_at``; None for an unknown user."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from feishu_mirror.errors import FeishuError, SyncTokenExpired
-from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingState, Page, Stored, SyncKind
+from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingOutcome, ListingState, Page, Stored, SyncKind
 from feishu_mirror.observability import count, logger
 from feishu_mirror.storable import same_value
 
@@ -155,15 +155,7 @@ class MetricNames:
     resets: str
     held: str
     confirmed: str
-
-
-@dataclass(frozen=True, slots=True)
-class ListingOutcome:
-    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
-
-    held: HeldSweep | None
-    mirrored: int
-    reduced: int
+    resumed_then_incremental: str  # a resumed listing followed by an incremental pass (``sync``)
 
 
 class Collection[T: Item](Protocol):
