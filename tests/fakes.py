@@ -429,22 +429,12 @@ class FakeListings:
         else:
             holder.state = state
 
-    def commit(
-        self,
-        fence: Fence,
-        now: int,
-        collection: CollectionId,
-        *,
-        sync_token: str | None,
-        outcome: ListingOutcome,
-        kind: str,
-        reset: bool,
-    ) -> None:
+    def commit(self, fence: Fence, now: int, collection: CollectionId, outcome: ListingOutcome) -> None:
         """After the last page: the new sync token, the counts and the held sweep; no checkpoint."""
         _, holder = self._state(fence, now, collection)
-        self._set(holder, ListingState(sync_token or None, None, outcome.held, outcome.mirrored, outcome.reduced))
-        holder.last_sync_kind = kind
-        holder.full_resync_count += int(reset)
+        self._set(holder, ListingState(outcome.sync_token, None, outcome.held, outcome.mirrored, outcome.reduced))
+        holder.last_sync_kind = outcome.kind
+        holder.full_resync_count += int(outcome.reset)
         if isinstance(holder, FakeEventListing):
             holder.synced_at = now
 

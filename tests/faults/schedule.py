@@ -1226,19 +1226,9 @@ class _ScheduleListings(ListingStates):
             self._kill.after_write("after a checkpointed page")
         return kept
 
-    def commit(
-        self,
-        fence: Fence,
-        now: int,
-        collection: CollectionId,
-        *,
-        sync_token: str | None,
-        outcome: ListingOutcome,
-        kind: str,
-        reset: bool,
-    ) -> None:
+    def commit(self, fence: Fence, now: int, collection: CollectionId, outcome: ListingOutcome) -> None:
         """Only a token this invocation received on a last page of the same collection may be committed."""
-        calendar_id = collection.calendar_id
+        calendar_id, sync_token = collection.calendar_id, outcome.sync_token
         if calendar_id is None:
             if sync_token and sync_token not in self._received.calendars:
                 self._schedule.bad_commits.append(sync_token)
@@ -1248,4 +1238,4 @@ class _ScheduleListings(ListingStates):
             if sync_token and sync_token not in self._received.events.get(calendar_id, set()):
                 self._schedule.bad_commits.append(f"events of {self._schedule.label(calendar_id)}: {sync_token}")
             self._kill.after_write("before its commit")  # the listing's pages are written: it must resume or restart
-        super().commit(fence, now, collection, sync_token=sync_token, outcome=outcome, kind=kind, reset=reset)
+        super().commit(fence, now, collection, outcome)

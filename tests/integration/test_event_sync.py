@@ -279,10 +279,10 @@ def test_a_calendar_whose_first_listing_died_before_its_commit_still_takes_its_e
     ids = [sim.create_event(open_id, shared, summary=f"Event {n}") for n in range(3)]
     commit = harness.listings.commit
 
-    def die_on_that_calendar(fence: Any, now: int, collection: CollectionId, **kwargs: Any) -> None:
+    def die_on_that_calendar(fence: Any, now: int, collection: CollectionId, outcome: Any) -> None:
         if collection.calendar_id == shared:
             raise RuntimeError("the invocation died")
-        commit(fence, now, collection, **kwargs)
+        commit(fence, now, collection, outcome)
 
     monkeypatch.setattr(harness.listings, "commit", die_on_that_calendar)
     with pytest.raises(RuntimeError):

@@ -129,17 +129,15 @@ def listings_scenario(b: Backend) -> list[Any]:
     checkpoint = Checkpoint("full", "page-2", frozenset({"x", "y"}), T0)
     seen.append(b.listings.save_checkpoint(fence, T0 + 1, calendars, checkpoint))
     seen.append(b.users.get(USER).calendar_list)
-    outcome = ListingOutcome(HeldSweep(6, T0), 10, 2)
-    b.listings.commit(fence, T0 + 2, calendars, sync_token="s1", outcome=outcome, kind="full", reset=True)
+    outcome = ListingOutcome("full", None, True, HeldSweep(6, T0), 10, 2)
+    b.listings.commit(fence, T0 + 2, calendars, outcome)
     seen.append(b.users.get(USER).calendar_list)
     b.listings.discard_sync_state(fence, T0 + 3, calendars)
     seen.append(b.users.get(USER).calendar_list)
     b.listings.begin_events(fence, T0 + 4, "c1")
     seen.append(b.listings.event_listing(USER, "c1"))
     seen.append(b.listings.save_checkpoint(fence, T0 + 5, events, checkpoint))
-    b.listings.commit(
-        fence, T0 + 6, events, sync_token="e1", outcome=ListingOutcome(None, 3, 0), kind="full", reset=False
-    )
+    b.listings.commit(fence, T0 + 6, events, ListingOutcome("full", "e1", False, None, 3, 0))
     b.listings.mark_events_subscribed(fence, T0 + 7, "c1")
     seen.append(b.listings.event_listings(USER))
     seen.append({cid: summary.get("events_mirrored") for cid, summary in b.listings.summaries(USER).items()})
@@ -159,11 +157,7 @@ def listings_scenario(b: Backend) -> list[Any]:
     # once the lease is gone (expired and taken), nothing more is written
     assert b.users.acquire_lease(USER, "b", T0 + 300, T0 + 600) is not None
     seen.append(observe(lambda: b.listings.save_checkpoint(fence, T0 + 301, calendars, checkpoint)))
-    seen.append(
-        observe(
-            lambda: b.listings.commit(fence, T0 + 301, events, sync_token=None, outcome=outcome, kind="x", reset=False)
-        )
-    )
+    seen.append(observe(lambda: b.listings.commit(fence, T0 + 301, events, outcome)))
     seen.append(observe(lambda: b.calendars.apply(fence, T0 + 301, calendars, deletions=[Calendar("c1", {})])))
     seen.append(len(b.calendars.load_all(calendars)))
     return seen

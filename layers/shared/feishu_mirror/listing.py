@@ -192,7 +192,7 @@ class Collection[T: Item](Protocol):
         """Forget the sync token and checkpoint (after 190008)."""
         ...
 
-    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
+    def commit(self, now: int, outcome: ListingOutcome) -> None:
         """After the last page: the new sync token (or none), the held sweep and the live and reduced counts."""
         ...
 
@@ -282,10 +282,10 @@ class ListingEngine:
             mirrored -= len(retired)
             reduced -= sum(1 for item in retired if item.reduced)
         sync_token = page.sync_token or (state.sync_token if position.kind == "incremental" else None)
-        outcome = ListingOutcome(held, max(0, mirrored), max(0, reduced))
-        collection.commit(
-            self._now(), sync_token=None if held else sync_token, outcome=outcome, kind=position.kind, reset=reset
+        outcome = ListingOutcome(
+            position.kind, None if held else (sync_token or None), reset, held, max(0, mirrored), max(0, reduced)
         )
+        collection.commit(self._now(), outcome)
         return outcome
 
     def _apply_page[T: Item](

@@ -58,17 +58,7 @@ class ListingRecords(Protocol):
         """Remember how far the listing got; False when it is too big to keep."""
         ...
 
-    def commit(
-        self,
-        fence: Fence,
-        now: int,
-        collection: CollectionId,
-        *,
-        sync_token: str | None,
-        outcome: ListingOutcome,
-        kind: str,
-        reset: bool,
-    ) -> None:
+    def commit(self, fence: Fence, now: int, collection: CollectionId, outcome: ListingOutcome) -> None:
         """After the last page: the new sync token, the counts and the held sweep."""
         ...
 
@@ -137,7 +127,5 @@ class MirrorCollection[T: Item]:
     def discard_sync_state(self, now: int) -> None:
         self._listings.discard_sync_state(self._fence, now, self._collection)
 
-    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
-        self._listings.commit(
-            self._fence, now, self._collection, sync_token=sync_token, outcome=outcome, kind=kind, reset=reset
-        )
+    def commit(self, now: int, outcome: ListingOutcome) -> None:
+        self._listings.commit(self._fence, now, self._collection, outcome)

@@ -382,8 +382,12 @@ class SyncResult:
 
 @dataclass(frozen=True, slots=True)
 class ListingOutcome:
-    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
+    """How one listing ended, as it is committed: its kind, the sync token to keep (None: none, as after a
+    held sweep), whether 190008 restarted it in full, the deletions it held back, the live and reduced items."""
 
+    kind: SyncKind
+    sync_token: str | None
+    reset: bool
     held: HeldSweep | None
     mirrored: int
     reduced: int

@@ -154,29 +154,19 @@ class ListingStates:
         )
         return True
 
-    def commit(
-        self,
-        fence: Fence,
-        now: int,
-        collection: CollectionId,
-        *,
-        sync_token: str | None,
-        outcome: ListingOutcome,
-        kind: str,
-        reset: bool,
-    ) -> None:
+    def commit(self, fence: Fence, now: int, collection: CollectionId, outcome: ListingOutcome) -> None:
         """After the last page: the new ``sync_token`` (or none), the counts and the held sweep; the
         checkpoint goes."""
         counts = CALENDAR_LIST_COUNTS if collection.is_calendar_list else EVENT_COUNTS
         sets = [f"{counts.mirrored} = :n", f"{counts.reduced} = :r", "last_sync_kind = :kind"]
-        values: dict[str, Any] = {":n": outcome.mirrored, ":r": outcome.reduced, ":kind": kind}
+        values: dict[str, Any] = {":n": outcome.mirrored, ":r": outcome.reduced, ":kind": outcome.kind}
         removes = ["checkpoint"]
         if not collection.is_calendar_list:
             sets.append("synced_at = :synced")
             values[":synced"] = now
-        if sync_token:
+        if outcome.sync_token:
             sets.append("sync_token = :st")
-            values[":st"] = sync_token
+            values[":st"] = outcome.sync_token
         else:
             removes.append("sync_token")
         if outcome.held:
@@ -184,7 +174,7 @@ class ListingStates:
             values[":held"] = {"count": outcome.held.count, "first_seen_at": outcome.held.first_seen_at}
         else:
             removes.append("held_sweep")
-        if reset:
+        if outcome.reset:
             sets.append("full_resync_count = if_not_exists(full_resync_count, :zero) + :one")
             values |= {":zero": 0, ":one": 1}
         self._write(fence, now, collection, f"SET {', '.join(sets)} REMOVE {', '.join(removes)}", values)
