@@ -396,7 +396,7 @@ class FakeListings:
 
     def __init__(self, users: FakeUsers) -> None:
         self._users = users
-        self.items: dict[tuple[str, str], FakeEventListing] = {}
+        self.items: dict[str, dict[str, FakeEventListing]] = {}  # open_id → calendar_id → its event listing
 
     def _fenced(self, fence: Fence, now: int) -> FakeUser:
         user = self._users.items.get(fence.open_id)
@@ -405,7 +405,9 @@ class FakeListings:
         return user
 
     def _listing(self, fence: Fence, calendar_id: str) -> FakeEventListing:
-        return self.items.setdefault((fence.open_id, calendar_id), FakeEventListing())  # an update creates it
+        return self.items.setdefault(fence.open_id, {}).setdefault(
+            calendar_id, FakeEventListing()
+        )  # an update creates it
 
     def _state(self, fence: Fence, now: int, collection: CollectionId) -> tuple[ListingState, Any]:
         user = self._fenced(fence, now)
@@ -447,13 +449,12 @@ class FakeListings:
         """Every calendar's event-listing state of the user."""
         return {
             cid: EventListing(cid, listing.state, listing.synced_at, listing.subscribed_at)
-            for (owner, cid), listing in self.items.items()
-            if owner == open_id
+            for cid, listing in self.items.get(open_id, {}).items()
         }
 
     def event_listing(self, open_id: str, calendar_id: str) -> EventListing | None:
         """One calendar's event-listing state, or None."""
-        listing = self.items.get((open_id, calendar_id))
+        listing = self.items.get(open_id, {}).get(calendar_id)
         return EventListing(calendar_id, listing.state, listing.synced_at, listing.subscribed_at) if listing else None
 
     def begin_events(self, fence: Fence, now: int, calendar_id: str) -> None:
@@ -469,7 +470,7 @@ class FakeListings:
     def retire_events(self, fence: Fence, now: int, calendar_id: str) -> None:
         """Forget a calendar that left the user's list."""
         self._fenced(fence, now)
-        self.items.pop((fence.open_id, calendar_id), None)
+        self.items.get(fence.open_id, {}).pop(calendar_id, None)
 
     def summaries(self, open_id: str) -> dict[str, dict[str, Any]]:
         """Each calendar's event counts and times."""
@@ -485,7 +486,7 @@ class FakeListings:
                 )
                 if value is not None
             }
-            for cid, listing in ((c, self.items[(o, c)]) for o, c in self.items if o == open_id)
+            for cid, listing in self.items.get(open_id, {}).items()
         }
 
 
@@ -612,6 +613,8 @@ class FakeFeishu:
     def __init__(self, *, clock: Callable[[], float] = time.time, access_seconds: int = 7200) -> None:
         self.users: dict[str, _FeishuUser] = {}
         self.calls: list[str] = []
+        self._access_tokens: dict[str, str] = {}  # every access token ever issued → its user
+        self._refresh_tokens: dict[str, str] = {}
         self.failures: dict[str, list[Exception]] = {}
         self.before_call: Callable[[str], None] | None = None
         self.expired_sync_tokens: set[str] = set()
@@ -624,8 +627,13 @@ class FakeFeishu:
         """A Feishu user with a primary calendar; returns the grant of their first consent."""
         grant = self._grant(open_id)
         self.users[open_id] = _FeishuUser(grant.access_token, grant.refresh_token or "")
+        self._issued(open_id, grant)
         self.put_calendar(open_id, f"{open_id}-primary", summary=open_id, type="primary", role="owner")
         return grant
+
+    def _issued(self, open_id: str, grant: TokenGrant) -> None:
+        self._access_tokens[grant.access_token] = open_id
+        self._refresh_tokens[grant.refresh_token or ""] = open_id
 
     def _grant(self, open_id: str) -> TokenGrant:
         n = next(self._ids)
@@ -682,10 +690,8 @@ class FakeFeishu:
             raise AccessTokenRejected(99991677, "user access token expired")
 
     def _owner(self, access_token: str) -> str:
-        for open_id, user in self.users.items():
-            if user.access_token == access_token:
-                return open_id
-        return ""
+        open_id = self._access_tokens.get(access_token, "")
+        return open_id if open_id and self.users[open_id].access_token == access_token else ""
 
     def _page[T: Item](
         self,
@@ -772,12 +778,14 @@ class FakeFeishu:
     def refresh_access_token(self, refresh_token: str, *, deadline: float) -> TokenGrant:
         """A new pair for the user's current refresh token (which is spent by it)."""
         self._call("refresh_access_token")
-        for open_id, user in self.users.items():
-            if user.refresh_token == refresh_token:
-                grant = self._grant(open_id)
-                user.access_token, user.refresh_token = grant.access_token, grant.refresh_token or ""
-                return grant
-        raise ReauthorizationRequired(20064, "refresh token revoked or already used")
+        open_id = self._refresh_tokens.get(refresh_token, "")
+        user = self.users.get(open_id)
+        if user is None or user.refresh_token != refresh_token:
+            raise ReauthorizationRequired(20064, "refresh token revoked or already used")
+        grant = self._grant(open_id)
+        user.access_token, user.refresh_token = grant.access_token, grant.refresh_token or ""
+        self._issued(open_id, grant)
+        return grant
 
 
 # ------------------------------------------------------------------------------ a deployment in memory

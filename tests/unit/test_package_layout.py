@@ -4,6 +4,9 @@ boto3, no HTTP, no adapter imported), and only the composition root and the adap
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import feishu_mirror
@@ -59,3 +62,31 @@ def test_domain_modules_import_no_adapter_and_no_io_library() -> None:
 def test_only_the_adapters_and_the_composition_root_touch_boto3() -> None:
     users = {name for name, path in modules().items() if any(m.startswith("boto3") for m in imported(path))}
     assert users <= {"aws_clients", "dynamodb.values", "dynamodb.users"}
+
+
+def test_the_callbacks_cold_path_imports_neither_the_sync_engine_nor_the_read_side() -> None:
+    # GIVEN a fresh interpreter with the callback function's environment (as Lambda starts its container)
+    root = PACKAGE.parents[2]
+    probe = (
+        "import sys, app; print(' '.join(sorted(m for m in sys.modules if m.startswith(("
+        "'requests', 'dateutil.rrule', 'feishu_mirror.sync', 'feishu_mirror.feishu', 'feishu_mirror.agenda',"
+        " 'feishu_mirror.recurrence', 'feishu_mirror.token_vault', 'feishu_mirror.status')))))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{root / 'functions' / 'callback'}{os.pathsep}{PACKAGE.parent}",
+        "USERS_TABLE": "users",
+        "IDEMPOTENCY_TABLE": "idempotency",
+        "SYNC_FUNCTION_NAME": "sync",
+        "FEISHU_APP_ID": "cli_test",
+        "FEISHU_APP_SECRET": "secret",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "POWERTOOLS_LOG_LEVEL": "ERROR",
+    }
+    # WHEN its module is imported (which also prepares the container: credentials, clients, idempotency)
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed probe
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    # THEN none of what only the other functions need was loaded
+    assert done.stdout.split() == []

@@ -2,8 +2,8 @@
 
 ``build(settings, clients, feishu)`` is pure — it reads no environment and creates no client — and lazy:
 each service is built on first use, and the modules only it needs are imported then, so a function
-pays only for what it uses (the callback never imports the sync engine, ``requests``, ``dateutil``,
-``cryptography`` or the idempotency utility). Handlers take their warm singletons from ``for_lambda``
+pays only for what it uses (the callback's path never imports the sync engine and ``requests``, the read
+side and its RRULE expansion, or the token vault). Handlers take their warm singletons from ``for_lambda``
 (cached per container, per settings and Feishu credentials: the secret may rotate); tests and benchmarks
 call ``build`` with clients of their own (DynamoDB Local, a recording invoker, a local KMS, the Feishu
 simulator), and may swap one DynamoDB adapter for their own through ``tables``.

@@ -1,8 +1,8 @@
 """A mirrored collection as the ``ListingEngine`` sees it (``listing.Collection``), made of its parts:
 its pages from Feishu (a function the sync gives, with token refresh and deadline inside), its items in
 the mirror (``MirroredItems``) and its listing state (``ListingRecords``), every write under the sync's
-fence. The two ports are the sync's (``sync``); the DynamoDB adapters satisfy them
-(``dynamodb.mirror``, ``dynamodb.listings``).
+fence. The two ports are the sync's, which also reads and retires through them; the DynamoDB adapters
+``dynamodb.mirror`` and ``dynamodb.listings`` satisfy them.
 """
 
 from __future__ import annotations
