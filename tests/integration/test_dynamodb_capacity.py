@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from feishu_mirror.store import attribute_values
+from feishu_mirror.dynamodb.values import attribute_values
 from local.dynamodb_capacity import Index, item_size, read_units, write_units
 from local.dynamodb_local import create_tables
 from local.stack import ROOT

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING, cast
 
-from feishu_mirror.store import DynamoRateGate
+from feishu_mirror.dynamodb.rate_gate import DynamoRateGate
 from local.virtual_time import VirtualTime
 from tests.fake_gate_table import FakeGateTable
 
