@@ -169,7 +169,7 @@ def first_sync() -> list[Entry]:
         assert measured.result.outcome == "synced", measured.result
         assert measured.result.event_listings == max(measured.calls.values()), (measured.result, measured.calls)
     total_calls = sum(fast.calls.values())
-    name = f"first_sync_{CALENDARS}_calendars"
+    name = f"first_sync_{CALENDARS}_calendars_simulator_pace"
     latency = f"first_sync_{LATENCY_CALENDARS}_calendars_feishu_latency"
     return [
         Entry(f"{name}_feishu_calls", total_calls, "calls"),

@@ -17,6 +17,7 @@ from bench.cold_start import cold_start
 from bench.common import Entry
 from bench.event_cost import event_cost
 from bench.first_sync import first_sync
+from bench.fleet import fleet
 from bench.scale import scale
 from bench.stack_latency import stack_latency
 from bench.sync_cost import sync_cost
@@ -33,6 +34,7 @@ SUITES: dict[str, Callable[[], list[Entry]]] = {
     "scale": scale,
     "agenda": agenda_cost,
     "first_sync": first_sync,
+    "fleet": fleet,
 }
 
 

@@ -104,6 +104,28 @@ class VirtualEvent:
         return self._set
 
 
+class VirtualLock:
+    """A lock in virtual time (``threading.Lock`` for simulated threads): a waiter parks until released."""
+
+    def __init__(self, clock: VirtualTime) -> None:
+        self._clock = clock
+        self._held = False
+        self._waiters: deque[VirtualThread] = deque()
+
+    def __enter__(self) -> VirtualLock:
+        while self._held:
+            me = self._clock.current()
+            self._waiters.append(me)
+            self._clock._park(me, None)
+        self._held = True
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._held = False
+        if self._waiters:
+            self._clock._wake(self._waiters.popleft(), self._clock.now)
+
+
 class VirtualTime:
     """The scheduler (see the module docstring). ``run`` drives it from the calling thread."""
 
@@ -162,6 +184,10 @@ class VirtualTime:
     def event(self) -> VirtualEvent:
         """A new ``VirtualEvent``."""
         return VirtualEvent(self)
+
+    def lock(self) -> VirtualLock:
+        """A new ``VirtualLock``."""
+        return VirtualLock(self)
 
     # ------------------------------------------------------------------ scheduling
     def spawn(self, target: Callable[..., Any], *args: Any, name: str = "", propagate: bool = True) -> VirtualThread:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from feishu_mirror.concurrency import THREADS, Concurrency
 from feishu_mirror.config import Settings
 from feishu_mirror.dynamodb.listings import MAX_CHECKPOINT_BYTES, encode_ids
 from feishu_mirror.dynamodb.user_health import HEALTH_ATTRIBUTES
@@ -610,7 +611,16 @@ class FakeFeishu:
     on refresh; a spent or unknown refresh token is refused (``ReauthorizationRequired``).
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, access_seconds: int = 7200) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        access_seconds: int = 7200,
+        answer_seconds: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.answer_seconds = answer_seconds  # each call's answer time (taken before it is answered)
+        self._sleep = sleep
         self.users: dict[str, _FeishuUser] = {}
         self.calls: list[str] = []
         self._access_tokens: dict[str, str] = {}  # every access token ever issued → its user
@@ -681,6 +691,8 @@ class FakeFeishu:
     # -------------------------------------------------------------- the API
     def _call(self, method: str, open_id: str | None = None, access_token: str | None = None) -> None:
         self.calls.append(method)
+        if self.answer_seconds:
+            self._sleep(self.answer_seconds)
         if self.before_call is not None:
             self.before_call(method)
         queued = self.failures.get(method)
@@ -816,14 +828,21 @@ class FakeWorld:
     """The domain services on the fakes: one deployment's tables, Feishu, KMS and Lambda in memory, on a
     ``FakeClock``. Each service is built as ``composition`` builds it, with the fakes in the adapters' places."""
 
-    def __init__(self, settings: Settings | None = None, *, clock: FakeClock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: FakeClock | None = None,
+        concurrency: Concurrency = THREADS,
+    ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or FakeClock()
+        self.concurrency = concurrency
         self.users = FakeUsers()
         self.listings = FakeListings(self.users)
         self.calendars: FakeMirror[Calendar] = FakeMirror(self.users)
         self.events: FakeMirror[Event] = FakeMirror(self.users)
-        self.feishu = FakeFeishu(clock=self.clock)
+        self.feishu = FakeFeishu(clock=self.clock, sleep=self.clock.sleep)
         self.invoker = RecordingInvoker()
         self.vault = TokenVault(FakeDataKeys())
 
@@ -840,6 +859,7 @@ class FakeWorld:
             vault=self.vault,
             clock=self.clock,
             monotonic=self.clock.monotonic,
+            concurrency=self.concurrency,
         )
 
     def pings(self) -> PingDispatcher:

@@ -19,6 +19,7 @@ Domain
 - ``listing``: the one listing engine: pages, checkpoints, sync tokens, 190008, held mass deletions.
 - ``mirror_collection``: a collection as the engine sees it (``MirroredItems``, ``ListingRecords``).
 - ``sync_tokens``: a user's tokens during a sync; single-use refresh tokens (``TokenRecords``).
+- ``concurrency``: listings side by side within one sync: a bounded map and a lock (``Concurrency``).
 - ``onboarding``: the OAuth consent and its callback (``OAuthApi``, ``Authorizations``, ``StateClaims``).
 - ``oauth_state``: the signed, expiring OAuth state and its PKCE verifier.
 - ``status``: the operator's pages and "resync now" (``HealthReads``, ``MirroredCalendars``, …).

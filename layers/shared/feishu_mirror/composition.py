@@ -18,6 +18,7 @@ from functools import cache, cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from feishu_mirror import aws_clients
+from feishu_mirror.concurrency import THREADS, Concurrency
 from feishu_mirror.config import FeishuCredentials, Settings
 from feishu_mirror.dynamodb.fencing import FencedWrites
 from feishu_mirror.dynamodb.listings import ListingStates
@@ -169,7 +170,9 @@ class Services:
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         sleep: Callable[[float], None],
+        concurrency: Concurrency = THREADS,
     ) -> None:
+        self._concurrency = concurrency
         self.settings = settings
         self.clients = clients
         self.feishu_app = feishu_app
@@ -263,6 +266,7 @@ class Services:
             vault=self.vault,
             clock=self._clock,
             monotonic=self._monotonic,
+            concurrency=self._concurrency,
         )
 
     @cached_property
@@ -324,11 +328,12 @@ def build(
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    concurrency: Concurrency = THREADS,
 ) -> Services:
     """The services of one configuration: pure and lazy (see the module docstring). ``feishu`` is needed by
     the services that call Feishu (sync, onboarding); ``tables`` replaces the DynamoDB adapters; ``clock``
     (epoch seconds), ``monotonic`` (deadlines) and ``sleep`` (waits and backoffs) are time as the services
-    see it, which a simulation may make virtual."""
+    see it, and ``concurrency`` how a sync runs listings side by side, which a simulation may make virtual."""
     return Services(
         settings,
         clients,
@@ -337,6 +342,7 @@ def build(
         clock=clock,
         monotonic=monotonic,
         sleep=sleep,
+        concurrency=concurrency,
     )
 
 

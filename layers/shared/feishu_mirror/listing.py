@@ -208,6 +208,15 @@ class Tally:
     held: int = 0
     kind: str = ""
 
+    def add(self, other: Tally) -> None:
+        """Count ``other``'s listings too (listings that ran side by side)."""
+        self.listings += other.listings
+        self.pages += other.pages
+        self.upserted += other.upserted
+        self.deleted += other.deleted
+        self.held += other.held
+        self.kind = self.kind or other.kind
+
 
 @dataclass(slots=True)
 class _Position[T: Item]:

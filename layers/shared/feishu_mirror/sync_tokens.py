@@ -8,8 +8,10 @@ and a user who consents again while a sync runs keeps the new consent (``TokensS
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -91,7 +93,9 @@ class TokenSession:
         refresher: TokenRefresher,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        lock: AbstractContextManager[object] | None = None,
     ) -> None:
+        self._lock = lock or threading.Lock()  # listings side by side share the pair: one refresh at a time
         self._stored = stored  # the user as last adopted: its tokens are opened on first use
         self._opened: _Opened | None = None
         self._fence = fence
@@ -121,12 +125,14 @@ class TokenSession:
             self.adopt(fresh)
 
     def call[T](self, call: Callable[[str], T]) -> T:
-        """One Feishu call with the user's access token, refreshing it once if Feishu says it expired."""
+        """One Feishu call with the user's access token, refreshing it once if Feishu says it expired
+        (once for all the calls that were sent with it: the first to see it rejected refreshes it)."""
+        token = self.access_token()
         try:
-            return call(self.access_token())
+            return call(token)
         except AccessTokenRejected:
             logger.info("access_token_rejected")
-            return call(self.refresh())
+            return call(self.refresh(rejected=token))
 
     def _open(self) -> _Opened:
         """The user's tokens in plaintext, opened on first use (one KMS call per sync). Plaintext tokens
@@ -152,12 +158,22 @@ class TokenSession:
 
     def access_token(self) -> str:
         """A valid access token, refreshed first when it expires within ``REFRESH_MARGIN_SECONDS``."""
-        tokens = self._open()
-        if tokens.access_token and tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
-            return tokens.access_token
-        return self.refresh()
+        with self._lock:
+            tokens = self._open()
+            if tokens.access_token and tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
+                return tokens.access_token
+            return self._refresh()
 
-    def refresh(self) -> str:
+    def refresh(self, *, rejected: str | None = None) -> str:
+        """A new access token: the one another caller got meanwhile when ``rejected`` is no longer the
+        current one (single flight), else a refresh (``_refresh``)."""
+        with self._lock:
+            current = self._opened.access_token if self._opened else None
+            if rejected is not None and current is not None and current != rejected:
+                return current
+            return self._refresh()
+
+    def _refresh(self) -> str:
         """Rotate the token pair (we hold the lease, so no other sync can) and persist it at once.
 
         The refresh token is sent at most once: the user is marked before the request goes out and the
