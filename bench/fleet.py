@@ -35,10 +35,12 @@ from bench.fleet_world import FEISHU_PER_MINUTE, FleetWorld
 from bench.population import Population, big_users_joining, make_population
 
 ROOT = Path(__file__).resolve().parent.parent
+RESERVED = int(__import__("os").environ.get("FLEET_RESERVED", "5"))
 SWEEP_USERS = 10_000
 SWEEP_EVENTS_CAP = 0
 SWEEP_AFTER = 25 * 3600.0  # tokens expired, listings stale, subscriptions due
 SWEEP_WINDOW = 4 * 3600.0
+ONBOARDING_WINDOW = 3 * 3600.0  # the fleet's first syncs, before the sweep
 FRESHNESS_USERS = 300
 BIG_USERS = 5
 PUSH_EVERY = 2.0  # seconds between pushes to ordinary users, fleet-wide
@@ -78,11 +80,12 @@ def sweep(users: int = SWEEP_USERS) -> list[Entry]:
     """A forced sweep of ``users`` mirrored users (see the module docstring)."""
     started = time.perf_counter()
     population = _capped(make_population(users, big_users=max(1, users * 5 // SWEEP_USERS)), SWEEP_EVENTS_CAP)
-    world = FleetWorld.build()
+    world = FleetWorld.build(reserved_concurrency=RESERVED)
     world.load(population)
-    _onboard(world, [u.open_id for u in population.users], settle=SWEEP_AFTER)
+    _onboard(world, [u.open_id for u in population.users], settle=ONBOARDING_WINDOW)
     synced = {r.open_id for r in world.results() if r.outcome == "synced"}
     _log(f"{len(synced)} of {users} users mirrored ({time.perf_counter() - started:.0f} s)")
+    world.run(until=SWEEP_AFTER)  # nothing runs meanwhile: no resync is scheduled until the sweep
     begin = world.clock.now
     world.schedule_resync(begin, begin + SWEEP_WINDOW)
     world.run(until=begin + SWEEP_WINDOW)
@@ -125,7 +128,7 @@ def _short(api: str) -> str:
 def first_sync_1000() -> list[Entry]:
     """One user with 1,000 readable calendars signs in: time until mirrored ÷ the floor."""
     population = big_users_joining(1)
-    world = FleetWorld.build()
+    world = FleetWorld.build(reserved_concurrency=RESERVED)
     world.load(population)
     open_id = population.users[0].open_id
     world.authorize([open_id])
@@ -154,7 +157,7 @@ def freshness() -> tuple[list[Entry], list[tuple[float, float]], list[tuple[floa
     """Ordinary users' pushes while 5 users with 1,000 calendars onboard: push → mirror, p95 and max."""
     ordinary = _capped(make_population(FRESHNESS_USERS, big_users=0, heavy_calendars=0, seed=61), SWEEP_EVENTS_CAP)
     big = big_users_joining(BIG_USERS)
-    world = FleetWorld.build()
+    world = FleetWorld.build(reserved_concurrency=RESERVED)
     world.load(ordinary)
     _onboard(world, [u.open_id for u in ordinary.users], settle=3600.0)
     begin = world.clock.now

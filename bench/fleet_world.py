@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from feishu_mirror.composition import Services
     from feishu_mirror.concurrency import Concurrency
+    from feishu_mirror.invoker import SyncInvoker
 
 FEISHU_LATENCY = (0.1, 0.3)  # seconds per answer, as Feishu's from a nearby AWS region
 FEISHU_PER_SECOND = 50
@@ -53,6 +54,20 @@ RESYNC_PERIOD = 900.0  # the template's ResyncSchedule default, rate(15 minutes)
 SAFETY_SECONDS = 10  # functions/sync/app.py: left for the final writes after the last Feishu call
 LEASE_MARGIN_SECONDS = 30  # functions/sync/app.py: the lease outlives the invocation's timeout by this much
 CALLBACK_SECONDS = 0.05  # the callback's checks and its conditional write, before it invokes the sync
+
+
+@contextlib.contextmanager
+def quiet_powertools() -> Iterator[None]:
+    """Powertools prints metrics (every 100 data points) and logs to stdout: keep them off the table."""
+    level = logger.log_level
+    logger.setLevel("ERROR")
+    metrics.namespace = metrics.namespace or "FeishuCalendarMirrorFleet"  # flushed every 100 points
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        logger.setLevel(level)
+        metrics.clear_metrics()
 
 
 class LambdaInvoker:
@@ -103,8 +118,10 @@ class FleetWorld:
         latency: tuple[float, float] = FEISHU_LATENCY,
         reserved_concurrency: int = SYNC_RESERVED_CONCURRENCY,
         seed: int = 16,
+        invoker: SyncInvoker | None = None,
     ) -> FleetWorld:
-        """An empty deployment (add users with ``authorize``)."""
+        """An empty deployment (add users with ``authorize``); ``invoker`` replaces the sync function's
+        asynchronous invokes (a run that syncs users itself)."""
         random.seed(seed)  # the simulator's answer times
         clock = VirtualTime()
         sim = FeishuSimulator(
@@ -156,7 +173,7 @@ class FleetWorld:
         )
         services = composition.build(
             settings,
-            GivenClients(cast("DynamoDBClient", gate_table), LambdaInvoker(sync_function), FakeDataKeys()),
+            GivenClients(cast("DynamoDBClient", gate_table), invoker or LambdaInvoker(sync_function), FakeDataKeys()),
             FeishuApp(
                 FeishuCredentials(sim.app_id, sim.app_secret),
                 session=sim.session(),
@@ -263,18 +280,9 @@ class FleetWorld:
                 out.append(invocation.result["result"])
         return out
 
-    @contextlib.contextmanager
-    def quiet(self) -> Iterator[None]:
-        """Powertools prints metrics (every 100 data points) and logs to stdout: keep them off the table."""
-        level = logger.log_level
-        logger.setLevel("ERROR")
-        metrics.namespace = metrics.namespace or "FeishuCalendarMirrorFleet"  # flushed every 100 points
-        try:
-            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-                yield
-        finally:
-            logger.setLevel(level)
-            metrics.clear_metrics()
+    def quiet(self) -> contextlib.AbstractContextManager[None]:
+        """``quiet_powertools`` (for runs driven from outside ``run``)."""
+        return quiet_powertools()
 
     def run(self, until: float | None = None) -> None:
         """Run the world (quietly) until nothing is scheduled, or until virtual time ``until``."""
