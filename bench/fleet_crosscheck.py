@@ -15,6 +15,7 @@ index entries a ``Put`` adds.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -189,7 +190,7 @@ def _virtual(population: Population) -> Run:
     return Run(Counter(r.api for r in world.sim.requests_log), mirrored, results)
 
 
-def _real(population: Population) -> tuple[Run, CapacityMeter, int]:
+def _real(population: Population) -> tuple[Run, Units, Units]:
     with DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb:
         client = dynamodb.client()
         settings = fresh_tables(client)
@@ -218,7 +219,28 @@ def _real(population: Population) -> tuple[Run, CapacityMeter, int]:
             )
             items += scan["Items"]
         mirrored = Counter(f"{i['open_id']['S']}/{i['calendar_id']['S']}" for i in items if "deleted_at" not in i)
-        return Run(Counter(r.api for r in sim.requests_log), mirrored, first + second), meter, changed
+        run = Run(Counter(r.api for r in sim.requests_log), mirrored, first + second)
+        pushed = Units(meter.write_units, meter.read_units, changed, len(second), dict(meter.writes))
+        # A resync of the mirrored users with nothing changed: every listing stale, each listed again.
+        stale = composition.build(
+            dataclasses.replace(settings, stale_after_seconds=0),
+            GivenClients(client, RecordingInvoker(), FakeDataKeys()),
+            FeishuApp(FeishuCredentials(sim.app_id, sim.app_secret), session=sim.session()),
+        )
+        resynced = _sync_all(stale, ids, time.monotonic)
+        quiet = Units(meter.write_units - pushed.write, meter.read_units - pushed.read, 0, len(resynced))
+        return run, pushed, quiet
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """What a pass of syncs cost in DynamoDB: write and read units, items changed, syncs."""
+
+    write: float
+    read: float
+    changed: int
+    syncs: int
+    tables: dict[str, float] = dataclasses.field(default_factory=dict)  # write units per table
 
 
 def cross_check() -> list[Entry]:
@@ -226,10 +248,31 @@ def cross_check() -> list[Entry]:
     population = _population()
     virtual = _virtual(population)
     with quiet_powertools():
-        real, meter, changed = _real(population)
+        real, pushed, quiet = _real(population)
     assert all(r.outcome == "synced" for r in real.results + virtual.results), "a sync of the cross-check failed"
-    syncs = len(population.users)
-    return [
+    entries, _ = _entries(virtual, real, pushed, quiet)
+    return entries
+
+
+def measured() -> tuple[list[Entry], dict[str, float]]:
+    """``cross_check``'s figures, and the per-sync units the cost model takes (push syncs, quiet resyncs)."""
+    population = _population()
+    virtual = _virtual(population)
+    with quiet_powertools():
+        real, pushed, quiet = _real(population)
+    return _entries(virtual, real, pushed, quiet)
+
+
+def _entries(virtual: Run, real: Run, pushed: Units, quiet: Units) -> tuple[list[Entry], dict[str, float]]:
+    changed, syncs = pushed.changed, pushed.syncs
+    units = {
+        "push_sync_wcu": pushed.write / syncs,
+        "push_sync_rcu": pushed.read / syncs,
+        "changed_per_push_sync": changed / syncs,
+        "resync_wcu": quiet.write / quiet.syncs,
+        "resync_rcu": quiet.read / quiet.syncs,
+    }
+    entries = [
         Entry(
             "fleet_model_calls_mismatch",
             sum(((virtual.calls - real.calls) + (real.calls - virtual.calls)).values()),
@@ -244,11 +287,13 @@ def cross_check() -> list[Entry]:
             target=0,
             floor=0,
         ),
-        Entry("fleet_wcu_per_changed_item", meter.write_units / changed, "WCU", target=1.2, floor=1.0),
+        Entry("fleet_wcu_per_changed_item", pushed.write / changed, "WCU", target=1.2, floor=1.0),
         *(
-            Entry(f"fleet_wcu_per_changed_item_{table.split('-', 1)[-1]}", units / changed, "WCU")
-            for table, units in sorted(meter.writes.items())
+            Entry(f"fleet_wcu_per_changed_item_{table.split('-', 1)[-1]}", written / changed, "WCU")
+            for table, written in sorted(pushed.tables.items())
         ),
-        Entry("fleet_rcu_per_sync", meter.read_units / syncs, "RCU"),
-        Entry("fleet_incremental_sync_dynamodb_requests", sum(meter.requests.values()) / syncs, "requests"),
+        Entry("fleet_rcu_per_sync", pushed.read / syncs, "RCU"),
+        Entry("fleet_resync_no_change_wcu_per_sync", units["resync_wcu"], "WCU"),
+        Entry("fleet_resync_no_change_rcu_per_sync", units["resync_rcu"], "RCU"),
     ]
+    return entries, units

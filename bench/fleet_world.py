@@ -24,7 +24,10 @@ import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+import yaml
 
 from bench.population import Population, UserSpec
 from feishu_mirror import composition
@@ -35,6 +38,7 @@ from feishu_mirror.observability import logger, metrics
 from feishu_mirror.sync import lease_owner
 from local.feishu_sim import FeishuSimulator
 from local.lambda_model import FunctionConfig, LambdaContext, LambdaFunction
+from local.template import _Loader as TemplateLoader
 from local.virtual_time import VirtualTime
 from tests.fake_gate_table import FakeGateTable
 from tests.fakes import FakeDataKeys, FakeListings, FakeMirror, FakeUsers
@@ -49,8 +53,7 @@ if TYPE_CHECKING:
 FEISHU_LATENCY = (0.1, 0.3)  # seconds per answer, as Feishu's from a nearby AWS region
 FEISHU_PER_SECOND = 50
 FEISHU_PER_MINUTE = 1000  # per API, per app, per tenant
-SYNC_RESERVED_CONCURRENCY = 5  # the template's SyncReservedConcurrency default
-RESYNC_PERIOD = 900.0  # the template's ResyncSchedule default, rate(15 minutes)
+ROOT = Path(__file__).resolve().parent.parent
 SAFETY_SECONDS = 10  # functions/sync/app.py: left for the final writes after the last Feishu call
 LEASE_MARGIN_SECONDS = 30  # functions/sync/app.py: the lease outlives the invocation's timeout by this much
 CALLBACK_SECONDS = 0.05  # the callback's checks and its conditional write, before it invokes the sync
@@ -70,6 +73,12 @@ def quiet_powertools() -> Iterator[None]:
         metrics.clear_metrics()
 
 
+def template_default(parameter: str) -> Any:
+    """A parameter's default in ``template.yaml`` (what a deployment gets unless it says otherwise)."""
+    raw = yaml.load((ROOT / "template.yaml").read_text(), Loader=TemplateLoader)  # noqa: S506  # nosec B506
+    return raw["Parameters"][parameter]["Default"]
+
+
 class LambdaInvoker:
     """``invoker.SyncInvoker`` over the Lambda model: an asynchronous invoke of the sync function. The
     resync fans out on real worker threads, so the scheduler's queue is entered under a lock."""
@@ -78,10 +87,12 @@ class LambdaInvoker:
         self._function = function
         self._lock = threading.Lock()
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
         """``InvocationType=Event`` with the sync request."""
         with self._lock:
-            self._function.invoke_async({"open_id": open_id, "reason": reason, "event_id": event_id})
+            self._function.invoke_async(
+                {"open_id": open_id, "reason": reason, "event_id": event_id, "claimed_at": claimed_at}
+            )
 
 
 @dataclass
@@ -116,7 +127,7 @@ class FleetWorld:
         *,
         settings: Settings | None = None,
         latency: tuple[float, float] = FEISHU_LATENCY,
-        reserved_concurrency: int = SYNC_RESERVED_CONCURRENCY,
+        reserved_concurrency: int | None = None,
         seed: int = 16,
         invoker: SyncInvoker | None = None,
     ) -> FleetWorld:
@@ -161,7 +172,10 @@ class FleetWorld:
         box: list[FleetWorld] = []
         sync_function = LambdaFunction(
             clock,
-            FunctionConfig("SyncFunction", reserved_concurrency=reserved_concurrency),
+            FunctionConfig(
+                "SyncFunction",
+                reserved_concurrency=reserved_concurrency or int(template_default("SyncReservedConcurrency")),
+            ),
             lambda event, context: box[0]._sync_handler(event, context),  # noqa: PLW0108 - the world comes next
             rng=rng,
         )
@@ -218,7 +232,7 @@ class FleetWorld:
             )
             self.users.save_authorization(UserIdentity(open_id, open_id), vault.seal(open_id, grant), now)
 
-    def schedule_resync(self, first_at: float, until: float, period: float = RESYNC_PERIOD) -> None:
+    def schedule_resync(self, first_at: float, until: float, period: float) -> None:
         """The resync function's schedule: a run every ``period`` from ``first_at`` to ``until``."""
         at = first_at
         while at <= until:
@@ -260,6 +274,7 @@ class FleetWorld:
             owner=lease_owner(context.aws_request_id),
             deadline=self.clock.monotonic() + remaining - SAFETY_SECONDS,
             lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
+            claimed_at=int(event.get("claimed_at") or 0),
         )
         if result.outcome == "synced":
             for push in self._open_pushes.pop(result.open_id, []):

@@ -42,7 +42,7 @@ class CountingInvoker:
     def __init__(self) -> None:
         self.invoked: list[str] = []
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:  # noqa: ARG002 - the SyncInvoker protocol
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:  # noqa: ARG002 - the SyncInvoker protocol
         """Record one."""
         self.invoked.append(open_id)
 

@@ -130,6 +130,7 @@ class FakeUser:
             consecutive_failures=self.consecutive_failures,
             dirty_calendars=frozenset(self.dirty_calendars),
             pending_ping_at=self.pending_ping_at,
+            due_at=self.due_at,
         )
 
     def health(self) -> dict[str, Any]:
@@ -563,14 +564,16 @@ class RecordingInvoker:
 
     def __init__(self) -> None:
         self.invoked: list[tuple[str, str, str]] = []
+        self.claims: list[int] = []  # each invocation's ``claimed_at``
         self.fail = 0
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
         """Record (open_id, reason, event_id), or raise as a failed hand-over."""
         if self.fail:
             self.fail -= 1
             raise ConnectionError("the Lambda API is down")
         self.invoked.append((open_id, reason, event_id))
+        self.claims.append(claimed_at)
 
     @property
     def open_ids(self) -> list[str]:
@@ -878,13 +881,16 @@ class FakeWorld:
         self.users.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
         return open_id
 
-    def sync(self, open_id: str, *, owner: str = "", seconds: float = 300, events: bool = True) -> SyncResult:
+    def sync(
+        self, open_id: str, *, owner: str = "", seconds: float = 300, events: bool = True, claimed_at: int = 0
+    ) -> SyncResult:
         """One sync invocation of ``seconds`` (its lease outlives it by 30 s)."""
         return self.engine(events=events).run(
             open_id,
             owner=owner or f"sync-{next(_owners)}",
             deadline=self.clock.monotonic() + seconds,
             lease_seconds=int(seconds) + 30,
+            claimed_at=claimed_at,
         )
 
     def live_calendars(self, open_id: str) -> set[str]:

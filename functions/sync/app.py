@@ -49,6 +49,11 @@ def _open_id(request: dict[str, Any]) -> str | None:
     return None
 
 
+def _claimed_at(request: dict[str, Any]) -> int:
+    claimed_at = request.get("claimed_at")
+    return claimed_at if isinstance(claimed_at, int) and not isinstance(claimed_at, bool) else 0
+
+
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
@@ -72,6 +77,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         owner=lease_owner(context.aws_request_id),  # unique: Lambda may run one event twice at once
         deadline=time.monotonic() + remaining - SAFETY_SECONDS,
         lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
+        claimed_at=_claimed_at(request),  # a resync's claim may have lapsed while its invocation waited
     )
     record_event_to_mirror_lag(result, now=time.time())
     return result.as_dict()

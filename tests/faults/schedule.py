@@ -222,7 +222,7 @@ class SyncThreads:
         self.fail_next = 0
         self.errors: list[BaseException] = []
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
         """Start a sync for the user (or fail to hand it over, when told to)."""
         if self.fail_next:
             self.fail_next -= 1
@@ -1093,7 +1093,7 @@ class Schedule:
         started: list[str] = []
 
         class Collect:
-            def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+            def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
                 started.append(open_id)
 
         with self.calls.acting_as("ResyncFunction"):

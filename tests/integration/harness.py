@@ -32,7 +32,7 @@ class RecordingInvoker:
     def __init__(self, invoked: list[str]) -> None:
         self.invoked = invoked
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
         """Record the invocation."""
         self.invoked.append(open_id)
 

@@ -36,7 +36,7 @@ def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusServ
 class FailingInvoker:
     """The Lambda API is down."""
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
         raise ConnectionError("no Lambda API")
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from feishu_mirror.models import Fence
 from feishu_mirror.observability import metrics
+from feishu_mirror.resync import CLAIM_SECONDS
 from tests.fakes import FakeWorld
 
 
@@ -87,3 +88,25 @@ def test_a_failed_invoke_is_counted_and_the_user_is_due_again_when_the_claim_run
 
 def _metric(name: str) -> list[float]:
     return list(metrics.metric_set.get(name, {}).get("Value", []))
+
+
+def test_a_claim_that_lapsed_while_queued_never_makes_a_second_sync(world: FakeWorld) -> None:
+    # GIVEN a mirrored user whose listings went stale, claimed by a resync run, and the invocation waiting in
+    # Lambda's queue (throttled) longer than the claim, so that a later run claims and invokes again
+    open_id = world.onboard("ou_queued")
+    assert world.sync(open_id).outcome == "synced"
+    world.clock.advance(world.settings.stale_after_seconds + 1)
+    assert world.resync().run().started == 1
+    world.clock.advance(CLAIM_SECONDS + 1)
+    assert world.resync().run().started == 1
+    first_claim, second_claim = world.invoker.claims
+    # WHEN both invocations run, one after the other
+    first = world.sync(open_id, claimed_at=first_claim)
+    calls = len(world.feishu.calls)
+    second = world.sync(open_id, claimed_at=second_claim)
+    # THEN the first syncs the user and the second finds them no longer due: no second sync, no Feishu call
+    assert (first.outcome, second.outcome) == ("synced", "not_due")
+    assert len(world.feishu.calls) == calls
+    # AND a push that arrives meanwhile is still served by a resync's invocation
+    world.pings().dispatch([open_id], "push", calendar_id=f"{open_id}-primary")
+    assert world.sync(open_id, claimed_at=second_claim).outcome == "synced"

@@ -62,7 +62,7 @@ class Settings:
     dedup_ttl_seconds: int = 24 * 3600  # longer than the window above, so a replay inside it is a duplicate
     tombstone_ttl_seconds: int = 30 * 24 * 3600
     mass_delete_confirm_seconds: int = 3600
-    resync_max_users_per_run: int = 14000
+    resync_max_users_per_run: int = 200  # about a minute of the event-listing budget (see resync)
 
     @classmethod
     def from_env(cls, *required: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,7 +106,7 @@ class Settings:
             dedup_ttl_seconds=dedup_ttl,
             tombstone_ttl_seconds=_int(env, "TOMBSTONE_TTL_SECONDS", 30 * 24 * 3600),
             mass_delete_confirm_seconds=_int(env, "MASS_DELETE_CONFIRM_SECONDS", 3600),
-            resync_max_users_per_run=_int(env, "RESYNC_MAX_USERS_PER_RUN", 14000),
+            resync_max_users_per_run=_int(env, "RESYNC_MAX_USERS_PER_RUN", 200),
         )
 
 

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 class SyncInvoker(Protocol):
     """Something that starts a sync for one user in the background."""
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
-        """Start the sync; raises on failure to hand it over."""
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+        """Start the sync; raises on failure to hand it over. ``claimed_at``: when the resync claimed the
+        user for it (the sync does nothing if the user was synced since: a claim that lapsed)."""
 
 
 class LambdaSyncInvoker:
@@ -23,10 +24,12 @@ class LambdaSyncInvoker:
         self._client = client
         self._function_name = function_name
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
         """Queue ``{"open_id": ..., "reason": ..., "event_id": ...}`` for the sync function."""
-        request = {"open_id": open_id, "reason": reason}
+        request: dict[str, str | int] = {"open_id": open_id, "reason": reason}
         if event_id:
             request["event_id"] = event_id
+        if claimed_at:
+            request["claimed_at"] = claimed_at
         payload = json.dumps(request).encode("utf-8")
         self._client.invoke(FunctionName=self._function_name, InvocationType="Event", Payload=payload)

@@ -49,7 +49,7 @@ MAX_EVENT_ID_LENGTH = 512
 
 FieldValue = Any  # str | int | bool, and for events also Decimal, None and nested maps and lists of them
 SyncKind = Literal["full", "incremental"]
-SyncOutcome = Literal["synced", "busy", "failed", "interrupted", "reauth_required", "unknown_user"]
+SyncOutcome = Literal["synced", "busy", "not_due", "failed", "interrupted", "reauth_required", "unknown_user"]
 # A user's ``status``: syncing, or waiting to authorise again (no sync runs until they do).
 ACTIVE = "active"
 REAUTH_REQUIRED = "reauth_required"
@@ -345,6 +345,7 @@ class UserRecord:
     consecutive_failures: int = 0
     dirty_calendars: frozenset[str] = frozenset()
     pending_ping_at: int | None = None  # the earliest push (or operator resync) the mirror does not reflect yet
+    due_at: int | None = None  # when the resync should start the next sync (None: not in the due index)
 
     def lease_active(self, now: float) -> bool:
         """True while another (or this) sync holds the user's lease."""

@@ -19,7 +19,12 @@ from typing import Any, Protocol
 from feishu_mirror.invoker import SyncInvoker
 from feishu_mirror.observability import count, logger
 
-CLAIM_SECONDS = 1800  # longer than a full sweep takes to drain through the rate gate
+# A run starts at most ``max_users`` (``RESYNC_MAX_USERS_PER_RUN``, 200: about a minute of Feishu's event-
+# listing budget of 1,000/min at a typical user's 5-8 calendars) every minute, so its invocations wait in
+# Lambda's queue for seconds, far within the claim. Should one wait longer and its claim lapse (a later run
+# then starts the user again), the sync it starts finds the user synced since its ``claimed_at`` and does
+# nothing.
+CLAIM_SECONDS = 1800
 INVOKE_WORKERS = 8
 
 
@@ -102,7 +107,7 @@ class Resync:
         if not self._users.claim_invocation(open_id, now, now + self._claim_seconds):
             return "skipped"
         try:
-            self._invoker.invoke(open_id, "resync")
+            self._invoker.invoke(open_id, "resync", claimed_at=now)
         except Exception as exc:
             logger.warning("sync_invoke_failed", extra={"open_id": open_id, "error": type(exc).__name__})
             return "failed"

@@ -294,12 +294,14 @@ class CalendarSync:
     def _now(self) -> int:
         return int(self._clock())
 
-    def run(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int) -> SyncResult:
+    def run(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int, claimed_at: int = 0) -> SyncResult:
         """Sync one user. Expected failures are recorded on the user and returned, not raised.
 
         ``owner`` identifies this attempt (``lease_owner``: unique even for two copies of one Lambda
         event); ``deadline`` is a ``monotonic()`` value; the lease expires after ``lease_seconds``
-        even if we die.
+        even if we die. ``claimed_at`` (a sync the resync started: when it claimed the user): a user synced
+        since then, with no push waiting, was synced by another invocation (the claim lapsed while this one
+        waited in Lambda's queue and a later run claimed the user again): nothing is done (``not_due``).
         """
         now = self._now()
         try:
@@ -314,6 +316,10 @@ class CalendarSync:
         if user.status != ACTIVE:
             self._leases.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
             return SyncResult(open_id, "reauth_required")
+        if claimed_at and self._synced_since(user, claimed_at):
+            count("SyncSkippedNotDue")
+            self._leases.release_after_failure(fence, code=None, message="", due_at=user.due_at or now, failed=False)
+            return SyncResult(open_id, "not_due")
         tokens = TokenSession(
             user,
             fence,
@@ -326,6 +332,12 @@ class CalendarSync:
             lock=self._concurrency.lock(),
         )
         return self._guarded(_Run(fence, deadline, user, tokens))
+
+    @staticmethod
+    def _synced_since(user: UserRecord, claimed_at: int) -> bool:
+        """Whether a sync completed at or after ``claimed_at`` and no push waits for another."""
+        synced = user.last_success_at is not None and user.last_success_at >= claimed_at
+        return synced and user.pending_ping_at is None and not user.dirty_calendars
 
     def _guarded(self, run: _Run) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
         """Run the passes and map each expected failure to a recorded outcome."""

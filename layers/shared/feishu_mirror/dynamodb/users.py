@@ -63,6 +63,7 @@ def user_record(item: Mapping[str, Any]) -> UserRecord:
         consecutive_failures=raw.get("consecutive_failures", 0),
         dirty_calendars=frozenset(str(c) for c in raw.get("dirty_calendars") or ()),
         pending_ping_at=raw.get("pending_ping_at"),
+        due_at=raw.get("due_at"),
     )
 
 
