@@ -265,6 +265,34 @@ def _freshness_entries(run: Freshness) -> list[Entry]:
     ]
 
 
+SHARED_DOC = ROOT / "docs" / "shared-calendars.md"
+DUPLICATION_START, DUPLICATION_END = "<!-- duplication:start -->", "<!-- duplication:end -->"
+
+
+def write_duplication(entries: list[Entry], users: int) -> None:
+    """The shared-calendars proposal's paragraph on what duplication costs, from this run's figures."""
+    value = {e.name: e.value for e in entries}
+    paragraph = (
+        f"In the fleet benchmark's population ({users:,} users, `bench/population.py`), a user has "
+        f"{value['fleet_org_calendar_subscriptions_per_user']:.1f} org-wide calendars in their list on average. "
+        f"{value['shared_calendar_duplication']:.0%} of the event items the mirror stores are extra copies of "
+        f"org-wide calendars (one per subscriber who may read them), and "
+        f"{value['shared_calendar_duplication_calls']:.0%} of a forced sweep's Feishu calls list or re-subscribe "
+        "those copies (`shared_calendar_duplication`, `shared_calendar_duplication_calls` in the README's "
+        "benchmark table). "
+        + (
+            "It dominates: listing each org-wide calendar once per access level would remove most of the work."
+            if value["shared_calendar_duplication"] > 0.5
+            else "A large share, but not a dominant one: users' own calendars are most of the work."
+        )
+    )
+    text = SHARED_DOC.read_text()
+    if DUPLICATION_START in text and DUPLICATION_END in text:
+        head, rest = text.split(DUPLICATION_START, 1)
+        tail = rest.split(DUPLICATION_END, 1)[1]
+        SHARED_DOC.write_text(f"{head}{DUPLICATION_START}\n{paragraph}\n{DUPLICATION_END}{tail}")
+
+
 def fleet() -> list[Entry]:
     """Every fleet figure (see the module docstring), the chart, and the cost per 1,000 users."""
     entries = first_sync_1000()
@@ -296,6 +324,7 @@ def fleet() -> list[Entry]:
     _log("cross-check on DynamoDB Local done")
     swept, measured = sweep()
     entries += swept
+    write_duplication(swept, SWEEP_USERS)
     resync = fleet_cost.PerSync(
         measured.resync.seconds, measured.resync.calls, units["resync_wcu"], units["resync_rcu"]
     )
