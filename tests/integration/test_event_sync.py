@@ -419,8 +419,9 @@ def test_an_access_token_refused_even_after_a_refresh_fails_the_sync_at_once(
     refreshes_before = sum(1 for r in sim.requests_log if r.path == OAUTH_TOKEN_PATH)
     # WHEN it syncs
     result = harness.sync(open_id)
-    # THEN it fails with that error after one refresh, without trying (and refreshing for) each other calendar
+    # THEN it fails with that error after one refresh, without refreshing for (or retrying) each other
+    # calendar: their listings, started beside the first, ran at most once
     assert (result.outcome, result.error_code) == ("failed", 99991677)
     assert sum(1 for r in sim.requests_log if r.path == OAUTH_TOKEN_PATH) - refreshes_before == 1
     for calendar_id in calendars[1:]:
-        assert event_listing_calls(sim, calendar_id) == []
+        assert len(event_listing_calls(sim, calendar_id)) <= 1

@@ -83,14 +83,14 @@ def test_the_real_template_parses() -> None:
     assert routes[("GET", "/oauth/start")] == "OAuthFunction"
     assert routes[("GET", "/oauth/callback")] == "OAuthFunction"
     assert len(template.tables) == 7
-    assert [(s.function, s.seconds) for s in template.schedules] == [("ResyncFunction", 900)]
+    assert [(s.function, s.seconds) for s in template.schedules] == [("ResyncFunction", 60)]
     callback, sync = template.functions["CallbackFunction"], template.functions["SyncFunction"]
     assert callback.environment["SYNC_FUNCTION_NAME"] == "fcm-SyncFunction"
     assert callback.environment["USERS_TABLE"] == "fcm-UsersTable"  # from Globals
     assert callback.environment["FEISHU_BASE_URL"] == "https://open.feishu.cn"  # parameter default
     assert callback.layers == ("SharedLayer",)
     assert callback.max_retry_attempts == 0  # from the separate AWS::Lambda::EventInvokeConfig
-    assert (sync.timeout, sync.reserved_concurrency, sync.max_retry_attempts) == (300, 5, 2)
+    assert (sync.timeout, sync.reserved_concurrency, sync.max_retry_attempts) == (300, 20, 2)
 
 
 def test_the_toy_template_resolves_globals_parameters_and_conditions() -> None:

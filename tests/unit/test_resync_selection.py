@@ -82,7 +82,7 @@ def test_a_failed_invoke_is_counted_and_the_user_is_due_again_when_the_claim_run
     assert world.resync().run().invoke_failed == 1
     assert world.resync().run().due == 0
     # AND once the claim runs out the user is due again and started
-    world.clock.advance(1800)
+    world.clock.advance(CLAIM_SECONDS)
     assert world.resync().run().started == 1
 
 

@@ -603,24 +603,21 @@ class CalendarSync:
         run.events_reduced = {cid: listing.state.reduced for cid, listing in listings.items() if cid in readable}
         # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
         run.handled_calendars |= user.dirty_calendars - readable
-        due = []
-        for calendar_id in sorted(readable):
-            listing = listings.get(calendar_id)
-            if self._events_due(listing, calendar_id, user, run, now):
-                due.append((calendar_id, listing))
-            elif listing is not None and listing.synced_at is not None:
-                # Come back when this calendar's events are due, even if the user is not yet.
-                next_due = listing.synced_at + self._settings.stale_after_seconds
-                run.events_due_at = min(run.events_due_at or next_due, next_due)
+        due = self._due_calendars(run, readable, listings, now)
         if due:
             run.tokens.access_token()  # refreshed once here, before the listings run side by side
-        listed = self._concurrency.map(
-            lambda pair: self._list_calendar_events(events, run, *pair), due, self._event_workers
-        )
+        # Each listing counts into its own tally; all are added up even when one raises.
+        tallies = {calendar_id: Tally() for calendar_id, _ in due}
+        try:
+            listed = self._concurrency.map(
+                lambda pair: self._list_calendar_events(events, run, *pair, tallies[pair[0]]), due, self._event_workers
+            )
+        finally:
+            for tally in tallies.values():
+                run.events.add(tally)
         held = False
         failure: FeishuError | None = None
-        for calendar_id, outcome, tally, error in listed:
-            run.events.add(tally)
+        for calendar_id, outcome, error in listed:
             if error is not None:
                 failure = failure or error
             if outcome is None:
@@ -635,12 +632,27 @@ class CalendarSync:
             raise failure
         return held
 
+    def _due_calendars(
+        self, run: _Run, readable: set[str], listings: dict[str, EventListing], now: int
+    ) -> list[tuple[str, EventListing | None]]:
+        """The readable calendars whose events are listed now; for the others, when they will be due."""
+        due = []
+        for calendar_id in sorted(readable):
+            listing = listings.get(calendar_id)
+            if self._events_due(listing, calendar_id, run.user, run, now):
+                due.append((calendar_id, listing))
+            elif listing is not None and listing.synced_at is not None:
+                # Come back when this calendar's events are due, even if the user is not yet.
+                next_due = listing.synced_at + self._settings.stale_after_seconds
+                run.events_due_at = min(run.events_due_at or next_due, next_due)
+        return due
+
     def _list_calendar_events(
-        self, events: MirroredItems[Event], run: _Run, calendar_id: str, listing: EventListing | None
-    ) -> tuple[str, ListingOutcome | None, Tally, FeishuError | None]:
-        """One calendar's events and its subscription, beside the others (``_sync_events``): the outcome
-        (None when skipped or failed), what it wrote, and the error to fail the sync with after the others."""
-        tally = Tally()
+        self, events: MirroredItems[Event], run: _Run, calendar_id: str, listing: EventListing | None, tally: Tally
+    ) -> tuple[str, ListingOutcome | None, FeishuError | None]:
+        """One calendar's events and its subscription, beside the others (``_sync_events``), counted in
+        ``tally``: the outcome (None when skipped or failed) and the error to fail the sync with after the
+        others."""
         try:
             outcome = self._list_events(events, run, calendar_id, listing, tally)
         except (ReauthorizationRequired, AccessTokenRejected, FeishuUnavailable):
@@ -651,7 +663,7 @@ class CalendarSync:
                 # revoked): skip it; the next calendar listing settles which one is right.
                 count("EventListingsUnavailable")
                 logger.info("events_unavailable", extra={"calendar_id": calendar_id, "code": exc.code})
-                return calendar_id, None, tally, None
+                return calendar_id, None, None
             # One calendar Feishu will not list must not starve the others: list them, then fail the
             # sync with this calendar's error (recorded on the user, retried with a backoff).
             count("EventListingFailures")
@@ -661,7 +673,7 @@ class CalendarSync:
             error = FeishuError(
                 exc.code, f"events of {calendar_id}: {exc.message}", http_status=exc.http_status, log_id=exc.log_id
             )
-            return calendar_id, None, tally, error
+            return calendar_id, None, error
         self._resubscribe(
             run,
             listing.subscribed_at if listing else None,
@@ -670,7 +682,7 @@ class CalendarSync:
             EVENT_SUBSCRIPTION,
             calendar_id=calendar_id,
         )
-        return calendar_id, outcome, tally, None
+        return calendar_id, outcome, None
 
     def _events_due(
         self, listing: EventListing | None, calendar_id: str, user: UserRecord, run: _Run, now: int
