@@ -412,6 +412,7 @@ def test_every_call_takes_a_slot_from_its_own_api_budget() -> None:
         rate_gate=gate,
         session=session,  # type: ignore[arg-type]
         sleep=lambda _seconds: None,
+        monotonic=Clock().monotonic,  # DEADLINE is on this clock, not the machine's uptime
     )
     # WHEN it makes one call to each API (the token refresh retried once)
     feishu.list_calendars(TOKEN, deadline=DEADLINE)
