@@ -23,11 +23,14 @@ from zoneinfo import ZoneInfo
 
 import requests
 
-from bench.common import Entry, percentile, simulated_stack
-from feishu_mirror.agenda import AgendaService, Window
-from feishu_mirror.agenda_store import AgendaReader
+from bench.common import Entry, percentile, services, simulated_stack
+from feishu_mirror.agenda import Window
+from feishu_mirror.composition import Services
+from feishu_mirror.config import Settings
+from feishu_mirror.dynamodb.calls import query_pages
+from feishu_mirror.dynamodb.mirror import calendar_key
+from feishu_mirror.dynamodb.values import attribute_values
 from feishu_mirror.models import TokenGrant, UserIdentity
-from feishu_mirror.store import UserStore, attribute_values, calendar_key
 from local.feishu_sim import FeishuSimulator
 from local.stack import LocalStack
 
@@ -119,6 +122,15 @@ def _fill(sim: FeishuSimulator, calendar_id: str, today: datetime, rng: random.R
     return made
 
 
+def _services(stack: LocalStack) -> Services:
+    """The services on the local stack's tables, as the functions build them."""
+    names = stack.template.table_names
+    settings = Settings(
+        users_table=names["UsersTable"], calendars_table=names["CalendarsTable"], events_table=names["EventsTable"]
+    )
+    return services(stack.client(), settings)
+
+
 def _seed(stack: LocalStack, sim: FeishuSimulator, today: datetime) -> None:
     rng = random.Random(17)  # a reproducible mix
     sim.add_user(USER, "Bench Agenda")
@@ -129,9 +141,7 @@ def _seed(stack: LocalStack, sim: FeishuSimulator, today: datetime) -> None:
     body = sim.issue_user_tokens(USER)
     now = int(time.time())
     grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-    UserStore(stack.client(), stack.template.table_names["UsersTable"]).save_authorization(
-        UserIdentity(USER), stack.token_vault().seal(USER, grant), now
-    )
+    _services(stack).tables.tokens.save_authorization(UserIdentity(USER), stack.token_vault().seal(USER, grant), now)
     result = stack.invoke("SyncFunction", {"open_id": USER, "reason": "resync"})
     if result.error or result.payload.get("outcome") != "synced":
         raise RuntimeError(f"the seeding sync failed: {result.error or result.payload}")
@@ -147,12 +157,7 @@ def _all_events_rcu(stack: LocalStack, calendar_ids: list[str]) -> float:
             "ExpressionAttributeValues": attribute_values({":k": calendar_key(USER, calendar_id)}),
             "ReturnConsumedCapacity": "TOTAL",
         }
-        while True:
-            page = client.query(**request)
-            total += page["ConsumedCapacity"]["CapacityUnits"]
-            if "LastEvaluatedKey" not in page:
-                break
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        total += sum(page["ConsumedCapacity"]["CapacityUnits"] for page in query_pages(client, request))
     return total
 
 
@@ -161,17 +166,11 @@ def agenda_cost() -> list[Entry]:
     today = datetime.now(TZ).replace(hour=0, minute=0, second=0, microsecond=0)
     with simulated_stack() as (stack, sim):
         _seed(stack, sim, today)
-        names = stack.template.table_names
-        reader = AgendaReader(
-            stack.client(),
-            users_table=names["UsersTable"],
-            calendars_table=names["CalendarsTable"],
-            events_table=names["EventsTable"],
-        )
+        built = _services(stack)
         monday = today - timedelta(days=today.weekday())
         week = Window.days_from(int(monday.timestamp()), 7)
-        occurrences = len(AgendaService(reader).agenda(USER, week).entries)
-        rcu, items_read = reader.consumed, reader.items_read
+        occurrences = len(built.agenda.agenda(USER, week).entries)
+        rcu, items_read = built.agenda_reader.consumed, built.agenda_reader.items_read
         all_rcu = _all_events_rcu(stack, [c["calendar_id"] for c in sim.calendars(USER)])
 
         session = requests.Session()

@@ -43,9 +43,9 @@ from typing import Any
 
 import requests
 
-from bench.common import Entry, machine_load, median, percentile
+from bench.common import Entry, machine_load, median, percentile, services
+from feishu_mirror.config import Settings
 from feishu_mirror.models import SealedGrant, UserIdentity
-from feishu_mirror.store import UserStore
 from local.api_gateway import build_event
 from local.dynamodb_local import DynamoDBLocal, create_tables, free_port
 from local.feishu_sim import FeishuSimulator
@@ -267,7 +267,8 @@ def cold_start() -> list[Entry]:
         client = dynamodb.client()
         template = load(ROOT, prefix="cold-")
         create_tables(client, template.tables, template.table_names)
-        users = UserStore(client, template.table_names["UsersTable"])
+        built = services(client, Settings(users_table=template.table_names["UsersTable"]))
+        users, schedule = built.tables.tokens, built.tables.schedule
         endpoints = {
             "AWS_ENDPOINT_URL_DYNAMODB": dynamodb.endpoint,
             "AWS_ENDPOINT_URL_LAMBDA": lambda_endpoint,
@@ -298,7 +299,7 @@ def cold_start() -> list[Entry]:
                 headers, body = sim.build_callback_request(sim.calendar_changed_payload([open_id]))
                 sample, reply = cold_invoke(build, python, env, _api_gateway_event(headers, body), STATE / "rie.log")
                 assert reply["statusCode"] == 200, reply
-                user = users.get(open_id)
+                user = schedule.get(open_id)
                 assert user is not None
                 assert user.pending_invoke_until > now, "the sync was not started"
                 samples.setdefault((build.name, "first_event"), []).append(sample)

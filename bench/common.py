@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -9,14 +10,22 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from feishu_mirror.config import Settings
+from feishu_mirror import composition
+from feishu_mirror.composition import FeishuApp, GivenClients, Services
+from feishu_mirror.config import FeishuCredentials, Settings
 from local.dynamodb_local import create_tables
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
 from local.stack import ROOT, LocalStack
 from local.template import load
+
+if TYPE_CHECKING:
+    import requests
+
+    from feishu_mirror.invoker import SyncInvoker
+    from feishu_mirror.token_vault import DataKeys
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,24 @@ def fresh_tables(client: Any, *, events: bool = True, page_size: int = 1000) -> 
         rate_limit_table=names["RateLimitTable"],
         page_size=page_size,
     )
+
+
+def services(
+    client: Any,
+    settings: Settings,
+    *,
+    sim: FeishuSimulator | None = None,
+    data_keys: DataKeys | None = None,
+    invoker: SyncInvoker | None = None,
+    session: requests.Session | None = None,
+) -> Services:
+    """The services as the functions build them (``composition``), on the benchmark's DynamoDB Local,
+    local KMS (``data_keys``) and Feishu simulator (``sim``, over HTTP with ``session`` when given)."""
+    app = None
+    if sim is not None:
+        settings = dataclasses.replace(settings, feishu_base_url=sim.url, feishu_accounts_url=sim.url)
+        app = FeishuApp(FeishuCredentials(sim.app_id, sim.app_secret), session=session)
+    return composition.build(settings, GivenClients(client, invoker, data_keys), app)
 
 
 @contextmanager

@@ -12,12 +12,9 @@ import math
 import time
 from pathlib import Path
 
-from bench.common import Entry, fresh_tables
-from feishu_mirror.feishu import FeishuClient
+from bench.common import Entry, fresh_tables, services
 from feishu_mirror.models import TokenGrant, UserIdentity
-from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
-from feishu_mirror.sync import CalendarSync, EventMirror
-from feishu_mirror.token_vault import KmsDataKeys, TokenVault
+from feishu_mirror.token_vault import KmsDataKeys
 from local.dynamodb_local import DynamoDBLocal
 from local.feishu_sim import FeishuSimulator
 from local.kms import LocalKms
@@ -38,27 +35,13 @@ def event_cost() -> list[Entry]:
         FeishuSimulator(app_id="cli_bench_events") as sim,
         LocalKms() as kms,
     ):
-        vault = TokenVault(KmsDataKeys(kms.client(), kms.create_key("bench token key")))
         client = dynamodb.client()
         settings = fresh_tables(client, page_size=PAGE_SIZE)
-        users = UserStore(client, settings.users_table)
-        events = EventStore(client, settings.events_table, settings.users_table)
-        mirror = EventMirror(events, EventListingStore(client, settings.event_listings_table, settings.users_table))
-        feishu = FeishuClient(
-            base_url=sim.url,
-            accounts_url=sim.url,
-            app_id=sim.app_id,
-            app_secret=sim.app_secret,
-            rate_gate=DynamoRateGate(client, settings.rate_limit_table, "bench"),
-        )
-        engine = CalendarSync(
-            users=users,
-            calendars=CalendarStore(client, settings.calendars_table, settings.users_table),
-            feishu=feishu,
-            settings=settings,
-            vault=vault,
-            events=mirror,
-        )
+        keys = KmsDataKeys(kms.client(), kms.create_key("bench token key"))
+        built = services(client, settings, sim=sim, data_keys=keys)
+        vault, users, engine = built.vault, built.tables.tokens, built.sync
+        events = built.tables.events
+        assert events is not None
         open_id = "ou_bench_events"
         sim.add_user(open_id, "Bench")
         (calendar_id,) = (c["calendar_id"] for c in sim.calendars(open_id))
@@ -74,7 +57,7 @@ def event_cost() -> list[Entry]:
 
         def run(label: str, *, pushed: bool) -> tuple[int, int, int, float]:
             if pushed:
-                users.mark_dirty(open_id, int(time.time()), frozenset({calendar_id}))
+                built.tables.schedule.mark_dirty(open_id, int(time.time()), frozenset({calendar_id}))
             calls_before, writes_before = listing_calls(), events.write_requests
             started = time.perf_counter()
             result = engine.run(open_id, owner=label, deadline=time.monotonic() + 240, lease_seconds=300)

@@ -23,13 +23,10 @@ from typing import Any
 
 import requests
 
-from bench.common import Entry, fresh_tables, machine_load
-from feishu_mirror.feishu import FeishuClient
+from bench.common import Entry, fresh_tables, machine_load, services
 from feishu_mirror.models import SyncResult, TokenGrant, UserIdentity
 from feishu_mirror.observability import metrics
-from feishu_mirror.store import CalendarStore, DynamoRateGate, EventListingStore, EventStore, UserStore
-from feishu_mirror.sync import CalendarSync, EventMirror
-from feishu_mirror.token_vault import KmsDataKeys, TokenVault
+from feishu_mirror.token_vault import DataKeys, KmsDataKeys
 from local.dynamodb_local import DynamoDBLocal
 from local.feishu_sim import FeishuSimulator
 from local.kms import LocalKms
@@ -80,7 +77,7 @@ class Measured:
         return max(self.calls.values()) / FEISHU_PER_MINUTE * 60
 
 
-def _first_sync(client: Any, vault: TokenVault, calendars: int, latency: tuple[float, float]) -> Measured:
+def _first_sync(client: Any, keys: DataKeys, calendars: int, latency: tuple[float, float]) -> Measured:
     """Seed a user with ``calendars`` readable calendars in a fresh simulator and tables, then sync once."""
     settings = fresh_tables(client)
     with FeishuSimulator(app_id=f"cli_first_sync_{calendars}", latency=latency) as sim:
@@ -97,29 +94,10 @@ def _first_sync(client: Any, vault: TokenVault, calendars: int, latency: tuple[f
         body = sim.issue_user_tokens(open_id)
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
-        users = UserStore(client, settings.users_table)
-        users.save_authorization(UserIdentity(open_id, "Bench"), vault.seal(open_id, grant), now)
-
         session = TimedSession()
-        gate = DynamoRateGate(client, settings.rate_limit_table, f"feishu-app:{sim.app_id}")
-        engine = CalendarSync(
-            users=users,
-            calendars=CalendarStore(client, settings.calendars_table, settings.users_table),
-            feishu=FeishuClient(
-                base_url=sim.url,
-                accounts_url=sim.url,
-                app_id=sim.app_id,
-                app_secret=sim.app_secret,
-                rate_gate=gate,
-                session=session,
-            ),
-            settings=settings,
-            vault=vault,
-            events=EventMirror(
-                EventStore(client, settings.events_table, settings.users_table),
-                EventListingStore(client, settings.event_listings_table, settings.users_table),
-            ),
-        )
+        built = services(client, settings, sim=sim, data_keys=keys, session=session)
+        built.tables.tokens.save_authorization(UserIdentity(open_id, "Bench"), built.vault.seal(open_id, grant), now)
+        gate, engine = built.rate_gate, built.sync
         timing = _DynamoTiming(client, settings.rate_limit_table)
         # Every 100 data points of a metric Powertools prints them as one EMF document, as in Lambda.
         metrics.namespace = metrics.namespace or "FeishuCalendarMirrorBench"
@@ -184,9 +162,9 @@ def first_sync() -> list[Entry]:
     """The first sync of 1,000 calendars at the simulator's own pace, then of 100 at Feishu-like latency."""
     with DynamoDBLocal(ROOT / ".local" / "dynamodb") as dynamodb, LocalKms() as kms:
         client = dynamodb.client()
-        vault = TokenVault(KmsDataKeys(kms.client(), kms.create_key("bench token key")))
-        fast = _first_sync(client, vault, CALENDARS, (0.0, 0.0))
-        slow = _first_sync(client, vault, LATENCY_CALENDARS, FEISHU_LATENCY)
+        keys = KmsDataKeys(kms.client(), kms.create_key("bench token key"))
+        fast = _first_sync(client, keys, CALENDARS, (0.0, 0.0))
+        slow = _first_sync(client, keys, LATENCY_CALENDARS, FEISHU_LATENCY)
     for measured in (fast, slow):
         assert measured.result.outcome == "synced", measured.result
         assert measured.result.event_listings == max(measured.calls.values()), (measured.result, measured.calls)

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Entry
-from feishu_mirror.resync import Resync
-from feishu_mirror.store import DynamoRateGate, UserStore, attribute_values, due_shard
+from feishu_mirror import composition
+from feishu_mirror.composition import FeishuApp, GivenClients
+from feishu_mirror.config import FeishuCredentials, Settings
+from feishu_mirror.dynamodb.users import due_shard
+from feishu_mirror.dynamodb.values import attribute_values
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.template import load
 
@@ -81,7 +84,7 @@ def scale() -> list[Entry]:
         _seed(client, users_table, due, now)
         invoker = CountingInvoker()
         operations.clear()
-        outcome = Resync(UserStore(client, users_table), invoker, max_users=14_000).run()
+        outcome = composition.build(Settings(users_table=users_table), GivenClients(client, invoker)).resync.run()
         entries += [
             Entry("resync_routine_users", USERS, "users"),
             Entry("resync_routine_syncs_started", outcome.started, "invokes", target=due, floor=due),
@@ -98,7 +101,7 @@ def scale() -> list[Entry]:
         invoker = CountingInvoker()
         operations.clear()
         started = time.perf_counter()
-        outcome = Resync(UserStore(client, users_table), invoker, max_users=14_000).run()
+        outcome = composition.build(Settings(users_table=users_table), GivenClients(client, invoker)).resync.run()
         fanout = time.perf_counter() - started
         request_times = _model_sync_fleet(client, template.table_names["RateLimitTable"], invoker.invoked)
         finish = max(request_times) + FEISHU_CALL_SECONDS
@@ -118,15 +121,14 @@ def _model_sync_fleet(client: Any, rate_table: str, open_ids: list[str]) -> list
     """When each of the syncs' Feishu calls starts, with ``SYNC_WORKERS`` syncs running at a time."""
     clock = {"now": 0.0}
     epoch = time.time()  # a real date: the gate's item carries a TTL that DynamoDB Local enforces
-    gate = DynamoRateGate(
-        client,
-        rate_table,
-        "feishu-app:sweep",
-        requests_per_minute=950,
+    gate = composition.build(
+        Settings(rate_limit_table=rate_table),  # 950 requests a minute per API, as deployed
+        GivenClients(client),
+        FeishuApp(FeishuCredentials("sweep", "unused")),
         clock=lambda: epoch + clock["now"],
         monotonic=lambda: clock["now"],
         sleep=lambda seconds: clock.__setitem__("now", clock["now"] + seconds),
-    )
+    ).rate_gate
     workers = [(0.0, n) for n in range(SYNC_WORKERS)]
     heapq.heapify(workers)
     pending = deque(open_ids)

@@ -10,10 +10,10 @@ import time
 
 import requests
 
-from bench.common import Entry, percentile, simulated_stack
+from bench.common import Entry, percentile, services, simulated_stack
+from feishu_mirror.config import Settings
 from feishu_mirror.models import TokenGrant, UserIdentity
-from feishu_mirror.store import UserStore
-from feishu_mirror.token_vault import KmsDataKeys, TokenVault
+from feishu_mirror.token_vault import KmsDataKeys
 from local.feishu_sim import FeishuSimulator
 from local.stack import LocalStack
 
@@ -23,9 +23,10 @@ LATENCY_SAMPLES = 60
 
 
 def _seed_users(stack: LocalStack, sim: FeishuSimulator, count: int) -> list[str]:
-    users = UserStore(stack.client(), stack.template.table_names["UsersTable"])
     assert stack.kms is not None
-    vault = TokenVault(KmsDataKeys(stack.kms.client(), stack.key_arns["TokenKey"]))
+    keys = KmsDataKeys(stack.kms.client(), stack.key_arns["TokenKey"])
+    built = services(stack.client(), Settings(users_table=stack.template.table_names["UsersTable"]), data_keys=keys)
+    users, vault = built.tables.tokens, built.vault
     open_ids = []
     for n in range(count):
         open_id = f"ou_bench_{n}"

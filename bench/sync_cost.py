@@ -9,12 +9,9 @@ import math
 import time
 from pathlib import Path
 
-from bench.common import Entry, fresh_tables
-from feishu_mirror.feishu import FeishuClient
+from bench.common import Entry, fresh_tables, services
 from feishu_mirror.models import TokenGrant, UserIdentity
-from feishu_mirror.store import CalendarStore, DynamoRateGate, UserStore
-from feishu_mirror.sync import CalendarSync
-from feishu_mirror.token_vault import KmsDataKeys, TokenVault
+from feishu_mirror.token_vault import KmsDataKeys
 from local.dynamodb_local import DynamoDBLocal
 from local.feishu_sim import FeishuSimulator
 from local.kms import LocalKms
@@ -33,19 +30,11 @@ def sync_cost() -> list[Entry]:
         FeishuSimulator(app_id="cli_bench") as sim,
         LocalKms() as kms,
     ):
-        vault = TokenVault(KmsDataKeys(kms.client(), kms.create_key("bench token key")))
         client = dynamodb.client()
         settings = fresh_tables(client, events=False, page_size=PAGE_SIZE)
-        users = UserStore(client, settings.users_table)
-        calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
-        feishu = FeishuClient(
-            base_url=sim.url,
-            accounts_url=sim.url,
-            app_id=sim.app_id,
-            app_secret=sim.app_secret,
-            rate_gate=DynamoRateGate(client, settings.rate_limit_table, "bench"),
-        )
-        engine = CalendarSync(users=users, calendars=calendars, feishu=feishu, settings=settings, vault=vault)
+        keys = KmsDataKeys(kms.client(), kms.create_key("bench token key"))
+        built = services(client, settings, sim=sim, data_keys=keys)
+        vault, users, calendars, engine = built.vault, built.tables.tokens, built.tables.calendars, built.sync
         open_id = "ou_bench_1000"
         sim.add_user(open_id, "Bench")
         for n in range(CALENDARS - 1):

@@ -27,8 +27,9 @@ from zoneinfo import ZoneInfo
 
 import requests
 
+from feishu_mirror.dynamodb.mirror import calendar_key
+from feishu_mirror.dynamodb.values import attribute_values, plain
 from feishu_mirror.models import CALENDAR_FIELDS, EVENT_FIELDS
-from feishu_mirror.store import attribute_values, calendar_key, plain
 from local.feishu_sim import FeishuSimulator
 from local.stack import LocalStack
 

@@ -14,7 +14,7 @@ from typing import Any
 import lark_oapi as lark
 from requests.structures import CaseInsensitiveDict
 
-from feishu_mirror import wiring
+from feishu_mirror import aws_clients, composition
 from feishu_mirror.config import Settings, load_credentials
 
 settings = Settings.from_env("USERS_TABLE", "IDEMPOTENCY_TABLE", "SYNC_FUNCTION_NAME")
@@ -35,12 +35,12 @@ def start_syncs() -> Any:
         raise_on_no_idempotency_key=True,
         expires_after_seconds=settings.dedup_ttl_seconds,
     )
-    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=wiring.dynamodb())
+    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=aws_clients.dynamodb())
     config.register_lambda_context(invocation["context"])
 
     @idempotent_function(data_keyword_argument="delivery", config=config, persistence_store=persistence)
     def run(*, delivery: dict[str, Any]) -> dict[str, Any]:
-        outcome = wiring.pings(settings).dispatch(
+        outcome = composition.for_lambda(settings).pings.dispatch(
             delivery["open_ids"], reason="calendar_changed", event_id=delivery["event_id"]
         )
         return outcome.as_dict()

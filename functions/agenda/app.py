@@ -15,7 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from feishu_mirror import agenda, wiring
+from feishu_mirror import agenda, composition
 from feishu_mirror.config import Settings
 from feishu_mirror.observability import logger, metrics
 
@@ -24,6 +24,11 @@ tracer = Tracer()
 app = APIGatewayHttpResolver()
 JSON_TYPE = "application/json"
 HEADERS = {"Cache-Control": "no-store"}
+
+
+def service() -> agenda.AgendaService:
+    """The read side, built on first use."""
+    return composition.for_lambda(settings).agenda
 
 
 def _query() -> dict[str, str]:
@@ -37,7 +42,7 @@ def _json(code: int, body: dict[str, Any]) -> Response[Any]:
 @app.get("/v1/users/<open_id>/calendars")
 def calendars(open_id: str) -> Response[Any]:
     """The user's live calendars."""
-    return _json(200, wiring.agenda(settings).calendars(open_id))
+    return _json(200, service().calendars(open_id))
 
 
 @app.get("/v1/users/<open_id>/agenda")
@@ -46,7 +51,7 @@ def user_agenda(open_id: str) -> Response[Any]:
     query = _query()
     window = agenda.Window.parse(query.get("from"), query.get("to"))
     tz = agenda.time_zone(query.get("tz"))
-    found = wiring.agenda(settings).agenda(open_id, window)
+    found = service().agenda(open_id, window)
     logger.info("agenda_read", extra={"open_id": open_id, "occurrences": len(found.entries)})
     return _json(200, found.as_dict(tz))
 
@@ -58,7 +63,7 @@ def freebusy() -> Response[Any]:
     open_ids = agenda.open_id_list(query.get("open_ids"))
     window = agenda.Window.parse(query.get("from"), query.get("to"))
     tz = agenda.time_zone(query.get("tz"))
-    users = wiring.agenda(settings).freebusy(open_ids, window)
+    users = service().freebusy(open_ids, window)
     return _json(200, agenda.freebusy_as_dict(window, users, tz))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from feishu_mirror import wiring
+from feishu_mirror import aws_clients, composition
 from feishu_mirror.callback import CalendarChanged, CallbackVerifier, Challenge, IgnoredEvent
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
 from feishu_mirror.errors import CallbackRejected, ConfigError
@@ -46,13 +46,13 @@ def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Ex
         expires_after_seconds=settings.dedup_ttl_seconds,  # longer than Feishu's ~7 h retry window
         response_hook=lambda response, _record: {**response, "duplicate": True},
     )
-    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=wiring.dynamodb())
+    persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=aws_clients.dynamodb())
 
     @idempotent_function(data_keyword_argument="event", config=config, persistence_store=persistence)
     def dispatch(*, event: dict[str, Any], request: CalendarChanged) -> dict[str, Any]:  # noqa: ARG001 - the key
         """Start syncs for the users of one event; runs once per ``header.event_id``."""
         reason = "event_changed" if request.calendar_id else "calendar_changed"
-        pings = wiring.pings(settings)
+        pings = composition.for_lambda(settings).pings
         outcome = pings.dispatch(
             request.open_ids, reason=reason, calendar_id=request.calendar_id, event_id=request.event_id
         )
@@ -73,7 +73,7 @@ def prepare_container() -> None:
     try:
         load_credentials(settings)
         deduplicated_dispatch()
-        wiring.lambda_client()
+        composition.for_lambda(settings).pings  # noqa: B018 - builds the DynamoDB and Lambda clients now
     except Exception as exc:  # the handler meets the same failure and answers it
         logger.warning("container_preparation_failed", extra={"error": type(exc).__name__})
 

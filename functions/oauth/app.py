@@ -16,13 +16,11 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from feishu_mirror import wiring
+from feishu_mirror import composition
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
 from feishu_mirror.errors import ConfigError, OnboardingError
-from feishu_mirror.oauth_state import StateSigner
 from feishu_mirror.observability import logger, metrics
-from feishu_mirror.onboarding import STATE_TTL_SECONDS, Onboarding, redirect_uri
-from feishu_mirror.store import OAuthStateStore
+from feishu_mirror.onboarding import Onboarding, redirect_uri
 
 settings = Settings.from_env(
     "USERS_TABLE", "OAUTH_STATE_TABLE", "RATE_LIMIT_TABLE", "SYNC_FUNCTION_NAME", "TOKEN_KEY_ID"
@@ -35,14 +33,7 @@ SAFETY_SECONDS = 2
 @cache
 def onboarding(credentials: FeishuCredentials) -> Onboarding:
     """The onboarding flow for one credential set."""
-    return Onboarding(
-        feishu=wiring.feishu(settings, credentials),
-        users=wiring.users(settings),
-        states=OAuthStateStore(wiring.dynamodb(), settings.oauth_state_table),
-        signer=StateSigner(credentials.app_secret, STATE_TTL_SECONDS),
-        pings=wiring.pings(settings),
-        vault=wiring.token_vault(settings),
-    )
+    return composition.for_lambda(settings, credentials).onboarding
 
 
 def page(status: int, title: str, message: str) -> Response[str]:

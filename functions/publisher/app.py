@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 import boto3
 from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from botocore.config import Config
 
+from feishu_mirror import aws_clients
 from feishu_mirror.changes import EventsClient, publish
 from feishu_mirror.observability import count, logger, metrics
 
@@ -36,8 +36,7 @@ class ChangeNotPublished(RuntimeError):
 @cache
 def events_client() -> EventsClient:
     """The EventBridge client, built on first use (``AWS_ENDPOINT_URL_EVENTBRIDGE`` points it elsewhere)."""
-    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-    return cast("EventsClient", boto3.client("events", config=config))
+    return cast("EventsClient", boto3.client("events", config=aws_clients.CONFIG))
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -7,19 +7,13 @@ from typing import Any
 from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from feishu_mirror import wiring
+from feishu_mirror import composition
 from feishu_mirror.config import Settings
-from feishu_mirror.invoker import LambdaSyncInvoker
 from feishu_mirror.observability import logger, metrics
-from feishu_mirror.resync import Resync
 
 settings = Settings.from_env("USERS_TABLE", "SYNC_FUNCTION_NAME")
 tracer = Tracer()
-resync = Resync(
-    wiring.users(settings),
-    LambdaSyncInvoker(wiring.lambda_client(), settings.sync_function_name),
-    max_users=settings.resync_max_users_per_run,
-)
+resync = composition.for_lambda(settings).resync
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -19,10 +19,10 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from feishu_mirror import agenda, status, wiring
+from feishu_mirror import agenda, composition, status
 from feishu_mirror.config import Settings
+from feishu_mirror.errors import UnknownUser
 from feishu_mirror.observability import logger, metrics
-from feishu_mirror.store import UnknownUser
 
 settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "SYNC_FUNCTION_NAME")
 tracer = Tracer()
@@ -42,13 +42,7 @@ HTML_HEADERS = {
 @cache
 def service() -> status.StatusService:
     """The status service, built on first use."""
-    return status.StatusService(
-        users=wiring.users(settings),
-        calendars=wiring.calendars(settings),
-        pings=wiring.pings(settings),
-        stale_after_seconds=settings.stale_after_seconds,
-        event_listings=wiring.event_listings(settings),
-    )
+    return composition.for_lambda(settings).status
 
 
 def _json_wanted() -> bool:
@@ -82,7 +76,7 @@ def _coming_week(open_id: str) -> tuple[status.Upcoming, list[dict[str, Any]]]:
         return status.Upcoming(note="Events are not mirrored."), []
     try:
         week = agenda.Window.days_from(int(time.time()), 7)
-        entries = wiring.agenda(settings).agenda(open_id, week).entries
+        entries = composition.for_lambda(settings).agenda.agenda(open_id, week).entries
     except agenda.AgendaError as exc:
         return status.Upcoming(note=str(exc)), []
     except (BotoCoreError, ClientError):  # the page still shows the user's health

@@ -15,7 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from feishu_mirror import wiring
+from feishu_mirror import composition
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
 from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.observability import logger, metrics
@@ -31,14 +31,7 @@ MAX_OPEN_ID_LENGTH = 128
 @cache
 def calendar_sync(credentials: FeishuCredentials) -> CalendarSync:
     """The sync engine for one credential set."""
-    return CalendarSync(
-        users=wiring.users(settings),
-        calendars=wiring.calendars(settings),
-        feishu=wiring.feishu(settings, credentials),
-        settings=settings,
-        vault=wiring.token_vault(settings),
-        events=wiring.event_mirror(settings),
-    )
+    return composition.for_lambda(settings, credentials).sync
 
 
 def _payload(event: Any) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import requests
 
+from feishu_mirror.dynamodb.mirror import calendar_key
+from feishu_mirror.dynamodb.values import attribute_values, plain
 from feishu_mirror.models import EVENT_FIELDS
-from feishu_mirror.store import attribute_values, calendar_key, plain
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
 from local.stack import LocalStack

@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
+from feishu_mirror.composition import GivenClients, build
+from feishu_mirror.config import Settings
 from feishu_mirror.models import TokenGrant, UserIdentity
-from feishu_mirror.store import UserStore
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
 from local.stack import LocalStack
@@ -108,7 +109,8 @@ def test_refusals_are_4xx_with_a_reason(stack: tuple[LocalStack, FeishuSimulator
     running, _sim = stack
     # GIVEN a user who authorised the mirror but whose first sync has not run
     now = int(time.time())
-    users = UserStore(running.client(), running.template.table_names["UsersTable"])
+    settings = Settings(users_table=running.template.table_names["UsersTable"])
+    users = build(settings, GivenClients(running.client())).tables.tokens
     grant = running.token_vault().seal("ou_e2e_pending", TokenGrant("at", now + 7200, "rt", now + 86400))
     users.save_authorization(UserIdentity("ou_e2e_pending"), grant, now)
     cases = [

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from feishu_mirror.dynamodb.values import attribute_values, plain
 from feishu_mirror.models import CALENDAR_FIELDS
-from feishu_mirror.store import attribute_values, plain
 from local.feishu_sim import FeishuSimulator
 from local.run import WARM_EVENTS
 from local.stack import ROOT, LocalStack

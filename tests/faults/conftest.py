@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from feishu_mirror.token_vault import KmsDataKeys, TokenVault
+from feishu_mirror.token_vault import DataKeys, KmsDataKeys
 from local.aws_calls import CallRecorder, JsonLinesSink, name_resolver
 from local.dynamodb_local import DynamoDBLocal
 from local.kms import LocalKms
@@ -56,9 +56,9 @@ def dynamodb_client(aws_calls: CallRecorder) -> Iterator[DynamoDBClient]:
 
 
 @pytest.fixture(scope="session")
-def token_vault(local_kms: LocalKms, token_key: str, aws_calls: CallRecorder) -> TokenVault:
+def token_keys(local_kms: LocalKms, token_key: str, aws_calls: CallRecorder) -> DataKeys:
     """The users' tokens are sealed with a key of the local KMS, as in the cloud."""
-    return TokenVault(KmsDataKeys(aws_calls.attach(local_kms.client()), token_key))
+    return KmsDataKeys(aws_calls.attach(local_kms.client()), token_key)
 
 
 @pytest.fixture(scope="session")

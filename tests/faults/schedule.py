@@ -49,6 +49,7 @@ Time is scaled: the simulator's limits and the rate gate are 10× Feishu's, and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import random
@@ -60,34 +61,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from feishu_mirror.config import Settings
+from feishu_mirror import composition
+from feishu_mirror.composition import FeishuApp, GivenClients, Services
+from feishu_mirror.config import FeishuCredentials, Settings
+from feishu_mirror.dynamodb.fencing import FencedWrites
+from feishu_mirror.dynamodb.listings import ListingStates
+from feishu_mirror.dynamodb.mirror import EventStore
+from feishu_mirror.dynamodb.values import attribute_values, plain
 from feishu_mirror.feishu import FeishuClient, RetryPolicy
 from feishu_mirror.models import (
     CALENDAR_FIELDS,
     EVENT_FIELDS,
+    REAUTH_REQUIRED,
     Checkpoint,
+    CollectionId,
     Event,
-    HeldSweep,
+    Fence,
+    ListingOutcome,
     Page,
     SyncResult,
     TokenGrant,
     UserIdentity,
 )
 from feishu_mirror.pings import PingDispatcher, PingOutcome
-from feishu_mirror.resync import Resync
-from feishu_mirror.store import (
-    REAUTH_REQUIRED,
-    CalendarStore,
-    DynamoRateGate,
-    EventListingStore,
-    EventStore,
-    Fence,
-    UserStore,
-    attribute_values,
-    plain,
-)
-from feishu_mirror.sync import CalendarSync, EventMirror, lease_owner
-from feishu_mirror.token_vault import TokenVault
+from feishu_mirror.sync import lease_owner
+from feishu_mirror.token_vault import DataKeys
 from local.aws_calls import CallRecorder
 from local.dynamodb_local import create_tables
 from local.feishu_sim import (
@@ -267,9 +265,8 @@ class _CallbackPings:
 class Schedule:
     """One seeded schedule on fresh tables and a fresh simulator."""
 
-    def __init__(self, seed: int, client: DynamoDBClient, vault: TokenVault, calls: CallRecorder) -> None:
+    def __init__(self, seed: int, client: DynamoDBClient, data_keys: DataKeys, calls: CallRecorder) -> None:
         self.rng = random.Random(seed)
-        self.vault = vault
         self.calls = calls  # attributes each AWS call to the function whose code makes it
         self.report = Report(seed)
         self.client = client
@@ -286,13 +283,18 @@ class Schedule:
             page_size=PAGE_SIZE,
             feishu_requests_per_minute=950 * RATE_SCALE,
         )
-        self.users = UserStore(client, self.settings.users_table)
-        self.calendars = CalendarStore(client, self.settings.calendars_table, self.settings.users_table)
-        self.events = EventStore(client, self.settings.events_table, self.settings.users_table)
-        self.listings = EventListingStore(client, self.settings.event_listings_table, self.settings.users_table)
         self.sim = FeishuSimulator(
             app_id=f"cli_{seed}", rate_per_second=LIMIT_PER_SECOND, rate_per_minute=LIMIT_PER_MINUTE
         ).start()
+        self.settings = dataclasses.replace(
+            self.settings, feishu_base_url=self.sim.url, feishu_accounts_url=self.sim.url
+        )
+        self.syncs = SyncThreads(self.sync)
+        # The functions' services as composition builds them: syncs start on threads, tokens sealed by the local KMS.
+        self.clients = GivenClients(client, self.syncs, data_keys)
+        self.services = composition.build(self.settings, self.clients, self._app())
+        self.tables = self.services.tables
+        self.vault = self.services.vault
         self.sim.incremental_event_paging = self.rng.choice(INCREMENTAL_EVENT_PAGING)
         self.report.note(f"event increments longer than a page go on by: {self.sim.incremental_event_paging}")
         odd = ODD_VALUES if self.rng.random() < ODD_SCHEDULES else 0.0
@@ -300,12 +302,6 @@ class Schedule:
         if odd:
             self.report.note("some values are what DynamoDB cannot hold as sent")
         self.oracle = Oracle(client, names["EventsTable"], ("calendar_key", "event_id"))
-        self.gate = DynamoRateGate(
-            client,
-            self.settings.rate_limit_table,
-            "feishu",
-            requests_per_minute=self.settings.feishu_requests_per_minute,
-        )
         self.kill_after_pages: dict[str, int] = {}
         self.kill_events_after_pages: dict[str, int] = {}
         self.kill_first_events_of: dict[str, str] = {}  # open_id → the calendar whose first event write dies
@@ -313,8 +309,7 @@ class Schedule:
         self.bad_commits: list[str] = []
         self.reauth_allowed: Counter[str] = Counter()  # reauth causes injected (each may stop one user)
         self.consent_at_refresh: dict[str, bool] = {}  # open_id → revoke_previous: sign in again at its next refresh
-        self.syncs = SyncThreads(self.sync)
-        self.pings = _CallbackPings(PingDispatcher(self.users, self.syncs), calls)
+        self.pings = _CallbackPings(self.services.pings, calls)
         self.open_ids: list[str] = []
         self.labels: dict[str, str] = {}  # calendar_id → a short name for the printed schedule
         self.exceptions: set[str] = set()  # event ids of the exceptions of recurring events made so far
@@ -322,19 +317,20 @@ class Schedule:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the machinery under test
-    def feishu(self, open_id: str, received: LastPages, clock_offset: int = 0) -> FeishuClient:
-        """A client that records the sync tokens of the last pages it receives (so commits can be checked
-        against them) and whose event listings spring the user's armed traps. Its clock is the sync's."""
-        client = FeishuClient(
-            base_url=self.sim.url,
-            accounts_url=self.sim.url,
-            app_id=self.sim.app_id,
-            app_secret=self.sim.app_secret,
-            rate_gate=self.gate,
+    def _app(self, clock_offset: int = 0) -> FeishuApp:
+        """The simulator's app as a sync's client talks to it: scaled waits, a short read timeout, and the
+        sync's clock (which dates the tokens it is granted)."""
+        return FeishuApp(
+            FeishuCredentials(self.sim.app_id, self.sim.app_secret),
             retry=RetryPolicy(max_attempts=RETRY_ATTEMPTS, base_delay=0.2, max_delay=2.0, read_timeout=READ_TIMEOUT),
             sleep=lambda seconds: time.sleep(seconds / TIME_SCALE),
             clock=lambda: time.time() + clock_offset,
         )
+
+    def _watch(self, client: FeishuClient, open_id: str, received: LastPages) -> None:
+        """Make a sync's client record the sync tokens of the last pages it receives (so commits can be
+        checked against them), spring the user's armed traps on event listings, and let the user sign in
+        again around a refresh when that is armed."""
         list_calendars, list_events = client.list_calendars, client.list_events
 
         def recorded(*args: Any, **kwargs: Any) -> Page[Any]:
@@ -353,7 +349,6 @@ class Schedule:
         client.list_calendars = recorded  # type: ignore[method-assign]
         client.list_events = recorded_events  # type: ignore[method-assign]
         client.refresh_access_token = self._consenting_refresh(open_id, client.refresh_access_token)  # type: ignore[method-assign]
-        return client
 
     def _consenting_refresh(self, open_id: str, refresh: Callable[..., TokenGrant]) -> Callable[..., TokenGrant]:
         """The client's refresh, around which the user signs in again when a consent is armed for it: just
@@ -385,14 +380,21 @@ class Schedule:
         else:
             self.sim.expire_access_tokens(open_id)
 
-    def _event_mirror(self, open_id: str, received: LastPages) -> EventMirror:
-        """The event stores as one sync invocation sees them: one kill switch over both, and the commit check."""
+    def _invocation(self, open_id: str, received: LastPages, clock_offset: int) -> Services:
+        """The services as one sync invocation sees them: its client watched, its event writes behind one
+        kill switch, its listing state behind the kill switches and the commit check."""
         kill = _EventKillSwitch(self, open_id)
         settings = self.settings
-        return EventMirror(
-            events=_ScheduleEvents(self.client, settings.events_table, settings.users_table, kill=kill),
-            listings=_ScheduleEventListings(self, kill, received),
+        client = self.clients.dynamodb
+        tables = dataclasses.replace(
+            self.tables,
+            events=_ScheduleEvents(client, settings.events_table, self.tables.fenced, kill=kill),
+            listings=_ScheduleListings(self, open_id, kill, received),
         )
+        clock = lambda: time.time() + clock_offset  # noqa: E731
+        services = composition.build(settings, self.clients, self._app(clock_offset), tables=tables, clock=clock)
+        self._watch(services.feishu, open_id, received)
+        return services
 
     def sync(self, open_id: str, clock_offset: int = 0, request_id: str = "") -> SyncResult:
         """One sync invocation (calendar list and events), with the schedule's kill switches and commit checks;
@@ -401,17 +403,7 @@ class Schedule:
             return self._sync(open_id, clock_offset, request_id)
 
     def _sync(self, open_id: str, clock_offset: int, request_id: str) -> SyncResult:
-        received = LastPages()
-        users = _ScheduleUsers(self, open_id, received)
-        engine = CalendarSync(
-            users=users,  # type: ignore[arg-type]
-            calendars=self.calendars,
-            feishu=self.feishu(open_id, received, clock_offset),
-            settings=self.settings,
-            vault=self.vault,
-            events=self._event_mirror(open_id, received),
-            clock=lambda: time.time() + clock_offset,
-        )
+        engine = self._invocation(open_id, LastPages(), clock_offset).sync
         owner = lease_owner(request_id or uuid.uuid4().hex)
         result = engine.run(open_id, owner=owner, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS)
         with self._lock:
@@ -526,7 +518,7 @@ class Schedule:
         now = int(time.time())
         grant = TokenGrant(body["access_token"], now + 7200, body["refresh_token"], now + 604800, body["scope"])
         with self.calls.acting_as("OAuthFunction"):
-            self.users.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
+            self.tables.tokens.save_authorization(UserIdentity(open_id, open_id), self.vault.seal(open_id, grant), now)
 
     def _consent(self, open_id: str, *, revoke_previous: bool = False) -> None:
         """The user signs in again, as the OAuth callback handles it: new tokens stored, a sync started."""
@@ -1005,7 +997,7 @@ class Schedule:
             assert not problems, f"{open_id}: calendars differ from Feishu: {problems}\n{self.report}"
             assert self.user(open_id)["status"] == "active", f"{open_id} needs reauth\n{self.report}"
             latest = self.sim.latest_grant(open_id)
-            stored = self.users.get(open_id)
+            stored = self.tables.schedule.get(open_id)
             assert stored is not None
             refresh_token = self.vault.open(open_id, stored.access_token, stored.refresh_token).refresh_token
             assert self.sim.grant_of(refresh_token) == latest, (
@@ -1075,7 +1067,7 @@ class Schedule:
                 f"{open_id} {self.label(calendar_id)}: {len(live_ids)} live event(s) of a calendar that is gone or"
                 f" unreadable\n{self.report}"
             )
-        listings = self.listings.load_all(open_id)
+        listings = self.tables.listings.event_listings(open_id)
         assert set(listings) == readable, (
             f"{open_id}: event listings of {sorted(map(self.label, listings))}"
             f" != readable calendars {sorted(map(self.label, readable))}\n{self.report}"
@@ -1093,7 +1085,7 @@ class Schedule:
         """Whether a mass deletion is held back, of calendars or of a calendar's events."""
         return any(
             "held_sweep" in self.user(o)
-            or any(listing.state.held_sweep for listing in self.listings.load_all(o).values())
+            or any(listing.state.held_sweep for listing in self.tables.listings.event_listings(o).values())
             for o in self.open_ids
         )
 
@@ -1105,7 +1097,8 @@ class Schedule:
                 started.append(open_id)
 
         with self.calls.acting_as("ResyncFunction"):
-            Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
+            clients = GivenClients(self.clients.dynamodb, Collect())
+            composition.build(self.settings, clients, clock=lambda: time.time() + offset).resync.run()
         for open_id in started:
             result = self.sync(open_id, clock_offset=offset)
             expected = ("synced", "reauth_required") if reauth_allowed else ("synced",)
@@ -1131,7 +1124,7 @@ class Schedule:
 
     def user(self, open_id: str) -> dict[str, Any]:
         """The user's item."""
-        found = self.users.get_plain(open_id)
+        found = self.tables.users.get_plain(open_id)
         assert found is not None
         return found
 
@@ -1153,36 +1146,6 @@ class Schedule:
             for item in map(plain, page["Items"]):
                 found.setdefault((item["open_id"], item["calendar_id"]), {})[item["event_id"]] = item
         return found
-
-
-class _ScheduleUsers:
-    """The users store as one sync invocation sees it, with the schedule's kill switch and checks."""
-
-    def __init__(self, schedule: Schedule, open_id: str, received: LastPages) -> None:
-        self._schedule = schedule
-        self._store = schedule.users
-        self._received = received
-        self._pages = 0
-        self._kill_after = schedule.kill_after_pages.pop(open_id, None)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def save_checkpoint(self, fence: Fence, now: int, checkpoint: Checkpoint) -> None:
-        """Checkpoint, then die here if this sync is to be killed after this many pages."""
-        self._store.save_checkpoint(fence, now, checkpoint)
-        self._pages += 1
-        if self._kill_after is not None and self._pages >= self._kill_after:
-            raise LambdaKilled
-
-    def commit_listing(self, fence: Fence, now: int, **kwargs: Any) -> None:
-        """Only tokens that this invocation received on a last page may be committed."""
-        token = kwargs.get("sync_token")
-        if token and token not in self._received.calendars:
-            self._schedule.bad_commits.append(token)
-        if self._kill_after is not None:
-            raise LambdaKilled  # killed before the commit: the listing must resume or restart later
-        self._store.commit_listing(fence, now, **kwargs)
 
 
 class _EventKillSwitch:
@@ -1222,64 +1185,57 @@ class _EventKillSwitch:
 class _ScheduleEvents(EventStore):
     """The events store as one sync invocation sees it: writes go through the kill switch."""
 
-    def __init__(self, client: DynamoDBClient, table: str, users_table: str, *, kill: _EventKillSwitch) -> None:
-        super().__init__(client, table, users_table)
+    def __init__(self, client: DynamoDBClient, table: str, fenced: FencedWrites, *, kill: _EventKillSwitch) -> None:
+        super().__init__(client, table, fenced)
         self._kill = kill
 
     def apply(
         self,
         fence: Fence,
         now: int,
-        calendar_id: str,
+        collection: CollectionId,
         *,
         upserts: Sequence[Event] = (),
         deletions: Sequence[Event] = (),
     ) -> int:
         """Write, then die here if this is the write the sync is to be killed at."""
-        written = super().apply(fence, now, calendar_id, upserts=upserts, deletions=deletions)
-        self._kill.after_write("after writing a page of events", calendar_id)
+        written = super().apply(fence, now, collection, upserts=upserts, deletions=deletions)
+        self._kill.after_write("after writing a page of events", collection.calendar_id or "")
         return written
 
 
-class _ScheduleEventListings(EventListingStore):
-    """The event-listings store as one sync invocation sees it: the kill switch and the commit check."""
+class _ScheduleListings(ListingStates):
+    """The listing state as one sync invocation sees it: the calendar list's kill switch (after some pages,
+    or before its commit), the events' kill switch, and the check of every committed token."""
 
-    def __init__(self, schedule: Schedule, kill: _EventKillSwitch, received: LastPages) -> None:
-        super().__init__(schedule.client, schedule.settings.event_listings_table, schedule.settings.users_table)
+    def __init__(self, schedule: Schedule, open_id: str, kill: _EventKillSwitch, received: LastPages) -> None:
+        base = schedule.tables.listings
+        super().__init__(schedule.clients.dynamodb, schedule.tables.fenced, base.table_name)
         self._schedule, self._kill, self._received = schedule, kill, received
+        self._pages = 0
+        self._kill_after = schedule.kill_after_pages.pop(open_id, None)
 
-    def save_checkpoint(self, fence: Fence, now: int, calendar_id: str, checkpoint: Checkpoint) -> bool:
+    def save_checkpoint(self, fence: Fence, now: int, collection: CollectionId, checkpoint: Checkpoint) -> bool:
         """Checkpoint, then die here if this is the write the sync is to be killed at."""
-        kept = super().save_checkpoint(fence, now, calendar_id, checkpoint)
-        self._kill.after_write("after a checkpointed page")
+        kept = super().save_checkpoint(fence, now, collection, checkpoint)
+        if collection.is_calendar_list:
+            self._pages += 1
+            if self._kill_after is not None and self._pages >= self._kill_after:
+                raise LambdaKilled
+        else:
+            self._kill.after_write("after a checkpointed page")
         return kept
 
-    def commit_listing(
-        self,
-        fence: Fence,
-        now: int,
-        calendar_id: str,
-        *,
-        sync_token: str | None,
-        mirrored: int,
-        kind: str,
-        held_sweep: HeldSweep | None,
-        reset: bool,
-        reduced: int = 0,
-    ) -> None:
-        """Only a token this invocation received on a last page of this calendar's events may be committed."""
-        received = self._received.events.get(calendar_id, set())
-        if sync_token and sync_token not in received:
-            self._schedule.bad_commits.append(f"events of {self._schedule.label(calendar_id)}: {sync_token}")
-        self._kill.after_write("before its commit")  # the listing's pages are written: it must resume or restart
-        super().commit_listing(
-            fence,
-            now,
-            calendar_id,
-            sync_token=sync_token,
-            mirrored=mirrored,
-            kind=kind,
-            held_sweep=held_sweep,
-            reset=reset,
-            reduced=reduced,
-        )
+    def commit(self, fence: Fence, now: int, collection: CollectionId, outcome: ListingOutcome) -> None:
+        """Only a token this invocation received on a last page of the same collection may be committed."""
+        calendar_id, sync_token = collection.calendar_id, outcome.sync_token
+        if calendar_id is None:
+            if sync_token and sync_token not in self._received.calendars:
+                self._schedule.bad_commits.append(sync_token)
+            if self._kill_after is not None:
+                raise LambdaKilled  # killed before the commit: the listing must resume or restart later
+        else:
+            if sync_token and sync_token not in self._received.events.get(calendar_id, set()):
+                self._schedule.bad_commits.append(f"events of {self._schedule.label(calendar_id)}: {sync_token}")
+            self._kill.after_write("before its commit")  # the listing's pages are written: it must resume or restart
+        super().commit(fence, now, collection, outcome)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from feishu_mirror.token_vault import TokenVault
+from feishu_mirror.token_vault import DataKeys
 from local.aws_calls import CallRecorder
 from tests.faults.schedule import Schedule
 
@@ -30,12 +30,12 @@ pytestmark = pytest.mark.integration
 def test_schedule_converges(
     seed: int,
     dynamodb_client: DynamoDBClient,
-    token_vault: TokenVault,
+    token_keys: DataKeys,
     aws_calls: CallRecorder,
     fault_totals: dict[str, Counter[str]],
 ) -> None:
     # GIVEN a seeded schedule of calendar and event changes, pings, concurrent syncs and faults
-    schedule = Schedule(seed, dynamodb_client, token_vault, aws_calls)
+    schedule = Schedule(seed, dynamodb_client, token_keys, aws_calls)
     # WHEN it runs, quiesces and the scheduled resync has run THEN every invariant holds (see schedule.py)
     schedule.run()
     fault_totals["faults"].update(schedule.report.faults)

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from feishu_mirror import wiring
+from feishu_mirror import composition
 from feishu_mirror.config import Settings
-from feishu_mirror.store import plain
+from feishu_mirror.dynamodb.values import plain
 from local.feishu_sim import FeishuSimulator
 from local.stack import ROOT
 
@@ -102,12 +102,6 @@ class LambdaRecorder:
         self._thread.join(timeout=5)
 
 
-def _clear_wiring() -> None:
-    wiring.dynamodb.cache_clear()
-    wiring.lambda_client.cache_clear()
-    wiring.pings.cache_clear()
-
-
 @contextmanager
 def callback_app(
     monkeypatch: pytest.MonkeyPatch,
@@ -134,12 +128,12 @@ def callback_app(
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(ROOT / "functions" / "callback"))
     sys.modules.pop("app", None)
-    _clear_wiring()
+    composition.forget()
     try:
         yield importlib.import_module("app")
     finally:
         sys.modules.pop("app", None)
-        _clear_wiring()
+        composition.forget()
 
 
 def api_event(

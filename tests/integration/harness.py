@@ -1,5 +1,5 @@
-"""Test harness for the integration tier: real stores on DynamoDB Local, tokens sealed with the local KMS,
-a real client on the simulator."""
+"""Test harness for the integration tier: the services as ``composition`` builds them, on DynamoDB Local,
+with tokens sealed by the local KMS and a real client on the simulator."""
 
 from __future__ import annotations
 
@@ -8,27 +8,22 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from feishu_mirror.config import Settings
-from feishu_mirror.feishu import FeishuClient, RetryPolicy
+from feishu_mirror import composition
+from feishu_mirror.composition import FeishuApp, GivenClients, Services, Tables
+from feishu_mirror.config import FeishuCredentials, Settings
+from feishu_mirror.dynamodb.mirror import calendar_key
+from feishu_mirror.dynamodb.values import attribute_values, plain
+from feishu_mirror.feishu import RateGate, RetryPolicy
 from feishu_mirror.models import CALENDAR_FIELDS, SyncResult, TokenGrant, UserIdentity
-from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import (
-    CalendarStore,
-    DynamoRateGate,
-    EventListingStore,
-    EventStore,
-    UserStore,
-    attribute_values,
-    calendar_key,
-    plain,
-)
-from feishu_mirror.sync import CalendarSync, EventMirror
-from feishu_mirror.token_vault import KmsDataKeys, TokenVault
+from feishu_mirror.sync import CalendarSync
+from feishu_mirror.token_vault import DataKeys, KmsDataKeys
 from local.feishu_sim import OAUTH_TOKEN_PATH, FeishuSimulator
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
     from mypy_boto3_kms.client import KMSClient
+
+    from feishu_mirror.dynamodb.user_tokens import UserTokens
 
 
 class RecordingInvoker:
@@ -43,37 +38,75 @@ class RecordingInvoker:
 
 
 class Harness:
-    """The domain services wired to DynamoDB Local and the Feishu simulator, plus assertions."""
+    """The services as ``composition`` builds them, on DynamoDB Local, the local KMS and the Feishu
+    simulator (with a recording invoker), plus assertions."""
 
     def __init__(self, client: DynamoDBClient, settings: Settings, sim: FeishuSimulator, kms: KMSClient) -> None:
         self.client = client
-        self.settings = settings
+        self.settings = dataclasses.replace(settings, feishu_base_url=sim.url, feishu_accounts_url=sim.url)
         self.sim = sim
         self.kms = kms
-        self.vault = TokenVault(KmsDataKeys(kms, settings.token_key_id))
-        self.users = UserStore(client, settings.users_table)
-        self.calendars = CalendarStore(client, settings.calendars_table, settings.users_table)
-        self.events = EventMirror(
-            events=EventStore(client, settings.events_table, settings.users_table),
-            listings=EventListingStore(client, settings.event_listings_table, settings.users_table),
-        )
         self.invoked: list[str] = []
         self.invoker = RecordingInvoker(self.invoked)
-        self.pings = PingDispatcher(self.users, self.invoker)
+        self.clients = GivenClients(client, self.invoker, KmsDataKeys(kms, settings.token_key_id))
+        self.services = composition.build(self.settings, self.clients, self.app())
+        self.tables: Tables = self.services.tables
+        self.schedule = self.tables.schedule
+        self.user_tokens = self.tables.tokens
+        self.health = self.tables.health
+        self.calendars = self.tables.calendars
+        self.listings = self.tables.listings
+        assert self.tables.events is not None
+        self.events = self.tables.events
+        self.vault = self.services.vault
+        self.pings = self.services.pings
 
-    def feishu(self, *, read_timeout: float = 10.0, clock_offset: float = 0) -> FeishuClient:
-        """A client for the simulator behind the app-wide rate gate (short retries for fast tests); its
-        clock (which dates the tokens it is granted) runs ``clock_offset`` ahead, as the sync's does."""
-        gate = DynamoRateGate(self.client, self.settings.rate_limit_table, f"feishu-app:{self.sim.app_id}")
-        return FeishuClient(
-            base_url=self.sim.url,
-            accounts_url=self.sim.url,
-            app_id=self.sim.app_id,
-            app_secret=self.sim.app_secret,
-            rate_gate=gate,
+    def app(
+        self, *, read_timeout: float = 10.0, clock_offset: float = 0, rate_gate: RateGate | None = None
+    ) -> FeishuApp:
+        """The simulator's app, as a client talks to it here: short retries (for fast tests) and a clock
+        (which dates the tokens it is granted) ``clock_offset`` ahead, as the sync's is."""
+        return FeishuApp(
+            FeishuCredentials(self.sim.app_id, self.sim.app_secret),
+            rate_gate=rate_gate,
             retry=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2, read_timeout=read_timeout),
             clock=lambda: time.time() + clock_offset,
         )
+
+    def services_for(
+        self,
+        *,
+        page_size: int | None = None,
+        clock_offset: float = 0,
+        app: FeishuApp | None = None,
+        data_keys: DataKeys | None = None,
+        tokens: UserTokens | None = None,
+    ) -> Services:
+        """The services of one invocation, as a function builds them (any part may be swapped for the test's)."""
+        settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
+        clients = dataclasses.replace(self.clients, data_keys=data_keys) if data_keys else self.clients
+        tables = dataclasses.replace(self.tables, tokens=tokens) if tokens else self.tables
+        return composition.build(
+            settings,
+            clients,
+            app or self.app(clock_offset=clock_offset),
+            tables=tables,
+            clock=lambda: time.time() + clock_offset,
+        )
+
+    def engine(
+        self,
+        *,
+        page_size: int | None = None,
+        clock_offset: float = 0,
+        app: FeishuApp | None = None,
+        data_keys: DataKeys | None = None,
+        tokens: UserTokens | None = None,
+    ) -> CalendarSync:
+        """The sync engine as the sync function builds it (any part may be swapped for the test's)."""
+        return self.services_for(
+            page_size=page_size, clock_offset=clock_offset, app=app, data_keys=data_keys, tokens=tokens
+        ).sync
 
     def onboard(self, open_id: str, *, extra_calendars: int = 0) -> str:
         """Create the user in Feishu and store their tokens as the OAuth callback would."""
@@ -83,39 +116,18 @@ class Harness:
         self.consent_again(open_id)
         return open_id
 
-    def engine(
-        self,
-        *,
-        page_size: int | None = None,
-        clock_offset: float = 0,
-        feishu: FeishuClient | None = None,
-        users: UserStore | None = None,
-        vault: TokenVault | None = None,
-    ) -> CalendarSync:
-        """The sync engine as the sync function builds it (any part may be swapped for the test's)."""
-        settings = dataclasses.replace(self.settings, page_size=page_size or self.settings.page_size)
-        return CalendarSync(
-            users=users or self.users,
-            calendars=self.calendars,
-            feishu=feishu or self.feishu(clock_offset=clock_offset),
-            settings=settings,
-            vault=vault or self.vault,
-            events=self.events,
-            clock=lambda: time.time() + clock_offset,
-        )
-
     def sync(
         self,
         open_id: str,
         *,
         page_size: int | None = None,
         clock_offset: float = 0,
-        vault: TokenVault | None = None,
-        feishu: FeishuClient | None = None,
+        data_keys: DataKeys | None = None,
+        app: FeishuApp | None = None,
     ) -> SyncResult:
-        """One sync invocation, as the sync function runs it (``vault`` and ``feishu`` replace the token
-        vault and the Feishu client)."""
-        engine = self.engine(page_size=page_size, clock_offset=clock_offset, vault=vault, feishu=feishu)
+        """One sync invocation, as the sync function runs it (``data_keys`` and ``app`` replace the token
+        key and the Feishu app's client settings)."""
+        engine = self.engine(page_size=page_size, clock_offset=clock_offset, data_keys=data_keys, app=app)
         return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
 
     def consent_again(self, open_id: str, *, revoke_previous: bool = False) -> dict[str, Any]:
@@ -129,7 +141,9 @@ class Harness:
             refresh_expires_at=now + int(body["refresh_token_expires_in"]),
             scope=body.get("scope", ""),
         )
-        self.users.save_authorization(UserIdentity(open_id, f"User {open_id}"), self.vault.seal(open_id, grant), now)
+        self.user_tokens.save_authorization(
+            UserIdentity(open_id, f"User {open_id}"), self.vault.seal(open_id, grant), now
+        )
         return body
 
     def token_requests(self) -> int:
@@ -138,7 +152,7 @@ class Harness:
 
     def tokens(self, open_id: str) -> tuple[str, str | None]:
         """The user's stored (access, refresh) tokens, opened with the token key."""
-        user = self.users.get(open_id)
+        user = self.schedule.get(open_id)
         assert user is not None, f"no user {open_id}"
         opened = self.vault.open(open_id, user.access_token, user.refresh_token)
         return opened.access_token, opened.refresh_token
@@ -174,7 +188,7 @@ class Harness:
 
     def user(self, open_id: str) -> dict[str, Any]:
         """The user's item as plain values."""
-        found = self.users.get_plain(open_id)
+        found = self.tables.users.get_plain(open_id)
         assert found is not None, f"no user {open_id}"
         return found
 

@@ -13,9 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from feishu_mirror.agenda import AgendaService, NotSyncedYet, UserNotFound, Window
-from feishu_mirror.agenda_store import AgendaReader
-from feishu_mirror.models import Event
-from feishu_mirror.store import Fence
+from feishu_mirror.dynamodb.agenda_reader import AgendaReader
+from feishu_mirror.models import CollectionId, Event, Fence
 from local.feishu_sim import FeishuSimulator
 from tests.integration.grants import dynamodb_calls, function_grants
 from tests.integration.harness import Harness
@@ -37,13 +36,7 @@ def times(start: int, end: int) -> dict[str, Any]:
 
 
 def reader(harness: Harness) -> AgendaReader:
-    settings = harness.settings
-    return AgendaReader(
-        harness.client,
-        users_table=settings.users_table,
-        calendars_table=settings.calendars_table,
-        events_table=settings.events_table,
-    )
+    return harness.services_for().agenda_reader  # a fresh one: its read units count from zero
 
 
 def primary(sim: FeishuSimulator, open_id: str) -> str:
@@ -94,7 +87,7 @@ def test_events_synced_from_feishu_are_found_and_follow_changes(harness: Harness
     sim.update_event(open_id, own, review, **times(at(2026, 3, 13, 16), at(2026, 3, 13, 17)))
     standup = next(e["event_id"] for e in sim.events(open_id, team))
     sim.delete_event(open_id, team, standup)
-    harness.users.mark_dirty(open_id, int(time.time()), frozenset({own, team}))  # as the pushes would
+    harness.schedule.mark_dirty(open_id, int(time.time()), frozenset({own, team}))  # as the pushes would
     result = harness.sync(open_id)
     assert (result.outcome, result.events_upserted, result.events_deleted) == ("synced", 1, 1)
     after = [(e["summary"], e["start"]) for e in service.agenda(open_id, WEEK).as_dict()["occurrences"]]
@@ -105,9 +98,9 @@ def _write(harness: Harness, open_id: str, calendar_id: str, *events: Event) -> 
     """Events through the mirror's own fenced write path (``EventStore.apply`` under the user's lease)."""
     owner = str(uuid.uuid4())
     now = int(time.time())
-    assert harness.users.acquire_lease(open_id, owner, now, now + 60) is not None
-    harness.events.events.apply(Fence(open_id, owner), now, calendar_id, upserts=events)
-    harness.users.release_after_failure(Fence(open_id, owner), code=None, message="", due_at=now, failed=False)
+    assert harness.schedule.acquire_lease(open_id, owner, now, now + 60) is not None
+    harness.events.apply(Fence(open_id, owner), now, CollectionId(open_id, calendar_id), upserts=events)
+    harness.schedule.release_after_failure(Fence(open_id, owner), code=None, message="", due_at=now, failed=False)
 
 
 def test_exceptions_written_by_the_mirror_replace_and_cancel_occurrences(

@@ -80,7 +80,7 @@ def test_one_line_per_delivery_names_each_user_and_what_became_of_their_ping(
     idle = harness.onboard("ou_trail_idle")
     busy = harness.onboard("ou_trail_busy")
     now = int(time.time())
-    assert harness.users.acquire_lease(busy, "running-sync", now, now + 300) is not None
+    assert harness.schedule.acquire_lease(busy, "running-sync", now, now + 300) is not None
     stranger = "ou_trail_stranger"
     # WHEN Feishu pushes one event naming all three
     delivery = signed_delivery(sim, sim.calendar_changed_payload([idle, busy, stranger], event_id="evt-trail"))

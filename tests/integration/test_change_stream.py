@@ -20,8 +20,10 @@ import requests
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from feishu_mirror.changes import SOURCE
-from feishu_mirror.models import Calendar, SealedGrant, UserIdentity
-from feishu_mirror.store import CalendarStore, Fence, UserStore, attribute_values
+from feishu_mirror.composition import GivenClients, build
+from feishu_mirror.config import Settings
+from feishu_mirror.dynamodb.values import attribute_values
+from feishu_mirror.models import Calendar, CollectionId, Fence, SealedGrant, UserIdentity
 from local.dynamodb_local import DynamoDBLocal, create_tables
 from local.eventbridge import LocalEventBridge
 from local.lambdas import Invocation
@@ -138,18 +140,21 @@ class Mirror:
     def __init__(self, client: DynamoDBClient, template: Template, open_id: str) -> None:
         names = template.table_names
         self.now = int(time.time())
-        self.users = UserStore(client, names["UsersTable"])
-        self.users.save_authorization(
+        settings = Settings(users_table=names["UsersTable"], calendars_table=names["CalendarsTable"])
+        tables = build(settings, GivenClients(client)).tables
+        tables.tokens.save_authorization(
             UserIdentity(open_id), SealedGrant(b"sealed-at", self.now + 7200, b"sealed-rt", self.now + 86400), self.now
         )
-        assert self.users.acquire_lease(open_id, "test", self.now, self.now + 600) is not None
+        assert tables.schedule.acquire_lease(open_id, "test", self.now, self.now + 600) is not None
         self.fence = Fence(open_id, "test")
-        self.calendars = CalendarStore(client, names["CalendarsTable"], names["UsersTable"])
+        self.calendars = tables.calendars
 
     def write(self, upserts: Sequence[Calendar] = (), deletions: Sequence[Calendar] = ()) -> int:
         """One sync's write, one second after the previous (so mirrored_at moves)."""
         self.now += 1
-        self.calendars.apply(self.fence, self.now, upserts=upserts, deletions=deletions)
+        self.calendars.apply(
+            self.fence, self.now, CollectionId(self.fence.open_id), upserts=upserts, deletions=deletions
+        )
         return self.now * 1000
 
 

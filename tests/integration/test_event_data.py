@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from feishu_mirror.health import UserHealth
-from feishu_mirror.models import EVENT_FIELDS
+from feishu_mirror.models import EVENT_FIELDS, CollectionId, Fence
 from feishu_mirror.observability import metrics
 from feishu_mirror.storable import same_value
-from feishu_mirror.store import Fence
 from local.feishu_sim import FeishuSimulator
 from tests.integration.harness import Harness
 from tests.integration.test_event_sync import primary
@@ -47,7 +46,7 @@ def assert_events_match(harness: Harness, open_id: str, calendar_id: str) -> Non
 
 
 def health(harness: Harness, open_id: str) -> UserHealth:
-    item = harness.users.get_health(open_id)
+    item = harness.health.get_health(open_id)
     assert item is not None
     return UserHealth.from_item(item, now=int(time.time()), stale_after_seconds=3600)
 
@@ -148,8 +147,11 @@ def test_a_cancelled_occurrence_of_a_master_already_deleted_is_not_brought_back(
     master = sim.create_event(open_id, own, summary="Daily", recurrence="FREQ=DAILY;COUNT=5")
     exception = sim.create_exception(open_id, own, master)
     harness.sync(open_id)
-    harness.events.events.apply(  # the mirror learnt of the master's deletion first (its exception not yet)
-        _fence(harness, open_id), int(time.time()), own, deletions=[_stored(harness, open_id, own, master)]
+    harness.events.apply(  # the mirror learnt of the master's deletion first (its exception not yet)
+        _fence(harness, open_id),
+        int(time.time()),
+        CollectionId(open_id, own),
+        deletions=[_stored(harness, open_id, own, master)],
     )
     _release(harness, open_id)
     # WHEN Feishu then reports the occurrence cancelled
@@ -184,7 +186,7 @@ def test_a_series_made_and_deleted_between_two_syncs_leaves_nothing_live(
 def _fence(harness: Harness, open_id: str) -> Fence:
     owner = "test-writer"
     now = int(time.time())
-    assert harness.users.acquire_lease(open_id, owner, now, now + 60) is not None
+    assert harness.schedule.acquire_lease(open_id, owner, now, now + 60) is not None
     return Fence(open_id, owner)
 
 
@@ -194,7 +196,7 @@ def _release(harness: Harness, open_id: str) -> None:
 
 
 def _stored(harness: Harness, open_id: str, calendar_id: str, event_id: str) -> Any:
-    return harness.events.events.load_some(open_id, calendar_id, [event_id])[event_id].item
+    return harness.events.load_some(CollectionId(open_id, calendar_id), [event_id])[event_id].item
 
 
 # ------------------------------------------------------------------------------ what DynamoDB cannot hold
@@ -239,7 +241,7 @@ def test_items_dynamodb_cannot_hold_are_stored_reduced_and_nothing_else_is_held_
     assert items[normal]["summary"] == "Normal 🙂"
     assert set(harness.live_events(open_id, team)) == set(theirs)
     # AND the event listings committed their sync tokens
-    assert all(listing.state.sync_token for listing in harness.events.listings.load_all(open_id).values())
+    assert all(listing.state.sync_token for listing in harness.listings.event_listings(open_id).values())
     # AND the user's health and the metric count the reduced items
     assert health(harness, open_id).items_reduced == 5
     assert metrics.metric_set["ItemsReduced"]["Value"] == [5]
@@ -288,4 +290,4 @@ def test_a_page_of_large_events_is_written_in_transactions_under_dynamodbs_4_mb(
     assert (result.outcome, result.events_upserted) == ("synced", 14)
     items = harness.live_events(open_id, own)
     assert all("mirror_reduced" not in item and len(item["description"]) == 330_000 for item in items.values())
-    assert harness.events.events.write_requests >= 2
+    assert harness.events.write_requests >= 2

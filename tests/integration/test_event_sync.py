@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from feishu_mirror.health import UserHealth
-from feishu_mirror.models import EVENT_FIELDS
+from feishu_mirror.models import EVENT_FIELDS, CollectionId
 from local.feishu_sim import OAUTH_TOKEN_PATH, FeishuSimulator, delay, feishu_error, http_error
 from tests.integration.harness import Harness
 
@@ -277,14 +277,14 @@ def test_a_calendar_whose_first_listing_died_before_its_commit_still_takes_its_e
     open_id = harness.onboard("ou_events_orphan")
     shared = sim.create_calendar(open_id, summary="Short-lived", role="reader")
     ids = [sim.create_event(open_id, shared, summary=f"Event {n}") for n in range(3)]
-    commit = harness.events.listings.commit_listing
+    commit = harness.listings.commit
 
-    def die_on_that_calendar(fence: Any, now: int, calendar_id: str, **kwargs: Any) -> None:
-        if calendar_id == shared:
+    def die_on_that_calendar(fence: Any, now: int, collection: CollectionId, outcome: Any) -> None:
+        if collection.calendar_id == shared:
             raise RuntimeError("the invocation died")
-        commit(fence, now, calendar_id, **kwargs)
+        commit(fence, now, collection, outcome)
 
-    monkeypatch.setattr(harness.events.listings, "commit_listing", die_on_that_calendar)
+    monkeypatch.setattr(harness.listings, "commit", die_on_that_calendar)
     with pytest.raises(RuntimeError):
         harness.sync(open_id)
     monkeypatch.undo()

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as tally
 from hypothesis import strategies as st
 
-from feishu_mirror.feishu import FeishuClient, RetryPolicy
+from feishu_mirror.feishu import NoRateGate
 from feishu_mirror.health import UserHealth
 from feishu_mirror.models import CALENDAR_FIELDS, EVENT_FIELDS
 from local.feishu_sim import FeishuSimulator
@@ -63,15 +63,7 @@ def tenants(draw: st.DrawFn) -> Tenant:
 
 def quick_sync(harness: Harness, open_id: str) -> Any:
     """A sync whose client skips the app-wide rate gate (the simulator still enforces Feishu's limits)."""
-    sim = harness.sim
-    client = FeishuClient(
-        base_url=sim.url,
-        accounts_url=sim.url,
-        app_id=sim.app_id,
-        app_secret=sim.app_secret,
-        retry=RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.2),
-    )
-    return harness.sync(open_id, feishu=client)
+    return harness.sync(open_id, app=harness.app(rate_gate=NoRateGate()))
 
 
 def check_mirror(harness: Harness, oracle: Oracle, open_id: str, tenant: Tenant) -> int:
@@ -96,7 +88,7 @@ def check_mirror(harness: Harness, oracle: Oracle, open_id: str, tenant: Tenant)
             reduced += "mirror_reduced" in live[event_id]
             problems += [f"event {event_id}: {p}" for p in oracle.problems(event, live[event_id], EVENT_FIELDS)]
     assert not problems, "\n".join(problems)
-    item = harness.users.get_health(open_id)
+    item = harness.health.get_health(open_id)
     assert item is not None
     assert UserHealth.from_item(item, now=0, stale_after_seconds=1).items_reduced == reduced
     assert tenant.odd or not reduced, "nothing in this tenant is beyond DynamoDB, yet items were reduced"

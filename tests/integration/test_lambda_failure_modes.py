@@ -59,17 +59,13 @@ def callback_app(
         monkeypatch.setenv(name, value)
     monkeypatch.syspath_prepend(str(ROOT / "functions" / "callback"))
     sys.modules.pop("app", None)
-    from feishu_mirror import wiring  # noqa: PLC0415
+    from feishu_mirror import composition  # noqa: PLC0415
 
-    wiring.dynamodb.cache_clear()
-    wiring.lambda_client.cache_clear()
-    wiring.pings.cache_clear()
+    composition.forget()
     module = importlib.import_module("app")
     yield module
     sys.modules.pop("app", None)
-    wiring.dynamodb.cache_clear()
-    wiring.lambda_client.cache_clear()
-    wiring.pings.cache_clear()
+    composition.forget()
 
 
 def delivery(sim: FeishuSimulator, open_id: str, event_id: str) -> dict[str, Any]:
@@ -84,9 +80,9 @@ def test_a_delivery_killed_mid_way_is_retried_not_lost(
     open_id = harness.onboard("ou_killed")
     harness.set_user(open_id, due_at=int(time.time()) + 3600)
     event = delivery(sim, open_id, "evt-killed")
-    from feishu_mirror import wiring  # noqa: PLC0415
+    from feishu_mirror import composition  # noqa: PLC0415
 
-    dispatcher = wiring.pings(callback_app.settings)
+    dispatcher = composition.for_lambda(callback_app.settings).pings
 
     def die(*_args: Any, **_kwargs: Any) -> None:
         raise LambdaKilled

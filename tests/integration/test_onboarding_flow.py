@@ -8,10 +8,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from feishu_mirror.composition import FeishuApp
+from feishu_mirror.config import FeishuCredentials
 from feishu_mirror.errors import OnboardingError
 from feishu_mirror.oauth_state import StateSigner
 from feishu_mirror.onboarding import STATE_TTL_SECONDS, Onboarding
-from feishu_mirror.store import OAuthStateStore
 from local.feishu_sim import FeishuSimulator, http_error
 from tests.integration.harness import Harness
 
@@ -20,15 +21,7 @@ CALLBACK = "http://127.0.0.1:3000/oauth/callback"
 
 
 def onboarding(harness: Harness, *, clock_offset: float = 0) -> Onboarding:
-    return Onboarding(
-        feishu=harness.feishu(),
-        users=harness.users,
-        states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
-        signer=StateSigner(harness.sim.app_secret, STATE_TTL_SECONDS),
-        pings=harness.pings,
-        vault=harness.vault,
-        clock=lambda: time.time() + clock_offset,
-    )
+    return harness.services_for(clock_offset=clock_offset).onboarding
 
 
 def consent(authorize_url: str) -> dict[str, str]:
@@ -89,9 +82,9 @@ def test_declined_consent_is_a_403_and_consumes_the_state(harness: Harness, sim:
     with pytest.raises(OnboardingError) as declined:
         flow.complete(code=None, state=params["state"], error=params["error"], deadline=time.monotonic() + 30)
     assert declined.value.status == 403
-    assert harness.users.get("ou_no") is None
+    assert harness.schedule.get("ou_no") is None
     nonce = StateSigner(sim.app_secret, STATE_TTL_SECONDS).verify(params["state"], time.time()).nonce
-    assert not OAuthStateStore(harness.client, harness.settings.oauth_state_table).claim(nonce, 0)
+    assert not harness.tables.oauth_states.claim(nonce, 0)
 
 
 @pytest.mark.parametrize("state", [None, "", "never-issued", "x" * 5000])
@@ -120,7 +113,7 @@ def test_a_code_with_another_consents_state_fails_pkce_and_is_a_400(harness: Har
     first, second = consent(flow.start(CALLBACK)), consent(flow.start(CALLBACK))
     with pytest.raises(OnboardingError, match="expired or was already used"):
         flow.complete(code=first["code"], state=second["state"], error=None, deadline=time.monotonic() + 30)
-    assert harness.users.get("ou_pkce") is None
+    assert harness.schedule.get("ou_pkce") is None
 
 
 def test_starting_writes_nothing_and_forged_or_foreign_states_write_nothing_and_call_no_one(
@@ -138,14 +131,8 @@ def test_starting_writes_nothing_and_forged_or_foreign_states_write_nothing_and_
     # or Feishu call
     genuine = states[0]
     forged = genuine[:-2] + ("A" if genuine[-2] != "A" else "B") + genuine[-1]
-    foreign = Onboarding(
-        feishu=harness.feishu(),
-        users=harness.users,
-        states=OAuthStateStore(harness.client, table),
-        signer=StateSigner("another app's secret", STATE_TTL_SECONDS),
-        pings=harness.pings,
-        vault=harness.vault,
-    ).start(CALLBACK)
+    another_app = FeishuApp(FeishuCredentials(sim.app_id, "another app's secret"))
+    foreign = harness.services_for(app=another_app).onboarding.start(CALLBACK)
     calls_before = len(sim.requests_log)
     for state in (forged, parse_qs(urlsplit(foreign).query)["state"][0]):
         with pytest.raises(OnboardingError, match="already used or is unknown"):

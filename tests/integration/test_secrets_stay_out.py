@@ -19,10 +19,7 @@ import requests
 
 from feishu_mirror.config import FeishuCredentials
 from feishu_mirror.errors import MirrorError, OnboardingError
-from feishu_mirror.oauth_state import StateSigner
 from feishu_mirror.observability import logger
-from feishu_mirror.onboarding import STATE_TTL_SECONDS, Onboarding
-from feishu_mirror.store import OAuthStateStore
 from local.feishu_sim import CALENDARS_PATH, OAUTH_TOKEN_PATH, FeishuSimulator, http_error, rate_limited
 from tests.integration.callback_handler import Context, api_event, signed_delivery
 from tests.integration.harness import Harness
@@ -116,14 +113,7 @@ def test_no_secret_in_logs_metrics_or_errors(
 ) -> None:
     secrets = Secrets(sim, harness)
     deadline = time.monotonic() + 60
-    flow = Onboarding(
-        feishu=harness.feishu(),
-        users=harness.users,
-        states=OAuthStateStore(harness.client, harness.settings.oauth_state_table),
-        signer=StateSigner(sim.app_secret, STATE_TTL_SECONDS),
-        pings=harness.pings,
-        vault=harness.vault,
-    )
+    flow = harness.services.onboarding
     # GIVEN two users who went through the real OAuth flow (one code is then replayed, which is refused)
     for open_id in ("ou_secret_a", "ou_secret_b"):
         sim.add_user(open_id, f"User {open_id}")

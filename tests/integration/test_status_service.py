@@ -7,12 +7,11 @@ import time
 
 import pytest
 
-from feishu_mirror.agenda import AgendaService, Window
-from feishu_mirror.agenda_store import AgendaReader
+from feishu_mirror.agenda import Window
+from feishu_mirror.errors import UnknownUser
 from feishu_mirror.health import record_event_to_mirror_lag
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
-from feishu_mirror.store import UnknownUser
 from local.feishu_sim import feishu_error
 from tests.integration.grants import dynamodb_calls, function_grants
 from tests.integration.harness import Harness
@@ -23,12 +22,14 @@ SECRET_ATTRIBUTES = ("access_token", "refresh_token", "sync_token", "lease_owner
 
 
 def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusService:
+    if pings is None:
+        return harness.services.status
     return StatusService(
-        users=harness.users,
+        users=harness.health,
         calendars=harness.calendars,
-        pings=pings or harness.pings,
+        pings=pings,
         stale_after_seconds=harness.settings.stale_after_seconds,
-        event_listings=harness.events.listings,
+        event_listings=harness.listings,
     )
 
 
@@ -51,7 +52,7 @@ def test_health_reads_page_through_every_user_once_and_never_return_a_token(harn
     start: str | None = None
     pages = 0
     while True:
-        items, start = harness.users.list_health(2, start)
+        items, start = harness.health.list_health(2, start)
         pages += 1
         seen += [item["open_id"] for item in items]
         for item in items:
@@ -64,7 +65,7 @@ def test_health_reads_page_through_every_user_once_and_never_return_a_token(harn
             break
     assert sorted(seen) == sorted(users)
     assert pages >= 3
-    resuming = harness.users.get_health(users[0])
+    resuming = harness.health.get_health(users[0])
     assert resuming is not None
     assert resuming["checkpoint"] == {"kind": "full", "started_at": 1}
 
@@ -139,7 +140,7 @@ def test_resync_refuses_unknown_users_users_needing_consent_and_bad_ids(harness:
 def test_a_failed_invoke_is_reported_and_leaves_the_user_due(harness: Harness) -> None:
     open_id = harness.onboard("ou_invoke_fails")
     harness.sync(open_id)
-    pings = PingDispatcher(harness.users, FailingInvoker())
+    pings = PingDispatcher(harness.schedule, FailingInvoker())
     assert service(harness, pings).resync(open_id).outcome == "invoke_failed"
     assert harness.user(open_id)["due_at"] <= int(time.time()) + 120  # the schedule starts it
 
@@ -150,7 +151,7 @@ def test_the_lag_runs_from_the_earliest_push_even_when_later_ones_coalesced(harn
     harness.sync(open_id)
     t0 = int(time.time())
     for offset in (0, 2, 4):
-        harness.users.mark_dirty(open_id, t0 + offset)
+        harness.schedule.mark_dirty(open_id, t0 + offset)
     assert harness.user(open_id)["pending_ping_at"] == t0
     # WHEN the sync brings them into the mirror
     result = harness.sync(open_id)
@@ -168,7 +169,7 @@ def test_a_push_that_waited_out_a_failure_is_measured_from_when_it_came(harness:
     open_id = harness.onboard("ou_lag_failure")
     harness.sync(open_id)
     t0 = int(time.time()) - 30
-    harness.users.mark_dirty(open_id, t0)
+    harness.schedule.mark_dirty(open_id, t0)
     harness.sim.inject("/open-apis/calendar/v4/calendars", feishu_error(190002, 400, "bad request"))
     assert harness.sync(open_id).outcome == "failed"
     assert harness.user(open_id)["pending_ping_at"] == t0
@@ -211,16 +212,9 @@ def test_everything_the_status_service_calls_is_granted_to_the_status_function_a
     harness.set_user(gone, status="reauth_required")
     unstartable = harness.onboard("ou_grants_unstartable")
     status = service(harness)
-    failing = service(harness, PingDispatcher(harness.users, FailingInvoker()))
+    failing = service(harness, PingDispatcher(harness.schedule, FailingInvoker()))
     settings = harness.settings
-    coming_week = AgendaService(
-        AgendaReader(
-            harness.client,
-            users_table=settings.users_table,
-            calendars_table=settings.calendars_table,
-            events_table=settings.events_table,
-        )
-    )
+    coming_week = harness.services.agenda
     # WHEN every route's work is done: the overview (two pages), a user's page, resyncs started,
     # coalesced, refused and failed, and unknown users
     with dynamodb_calls(harness.client) as calls:

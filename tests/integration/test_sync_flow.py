@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from feishu_mirror.dynamodb.rate_gate import DynamoRateGate
 from feishu_mirror.errors import LeaseLost
-from feishu_mirror.models import Calendar, Checkpoint, SyncResult
+from feishu_mirror.models import Calendar, Checkpoint, CollectionId, Fence, SyncResult
 from feishu_mirror.observability import metrics
 from feishu_mirror.resync import Resync
-from feishu_mirror.store import DynamoRateGate, Fence
 from local.feishu_sim import FeishuSimulator, delay, feishu_error, http_error, rate_limited
 from tests.integration.harness import Harness
 
@@ -43,13 +43,13 @@ def test_a_paged_full_listing_checkpoints_and_lands_whole(
 ) -> None:
     open_id = harness.onboard("ou_paged", extra_calendars=119)
     checkpoints: list[Checkpoint] = []
-    original = harness.users.save_checkpoint
+    original = harness.listings.save_checkpoint
 
-    def recording(fence: Fence, now: int, checkpoint: Checkpoint) -> None:
+    def recording(fence: Fence, now: int, collection: CollectionId, checkpoint: Checkpoint) -> bool:
         checkpoints.append(checkpoint)
-        original(fence, now, checkpoint)
+        return original(fence, now, collection, checkpoint)
 
-    monkeypatch.setattr(harness.users, "save_checkpoint", recording)
+    monkeypatch.setattr(harness.listings, "save_checkpoint", recording)
     result = harness.sync(open_id, page_size=50)
     assert (result.outcome, result.pages, result.upserted) == ("synced", 3, 120)
     assert [len(cp.seen_ids) for cp in checkpoints] == [50, 100]
@@ -206,7 +206,7 @@ def test_a_dead_refresh_token_marks_the_user_for_reauthorization(harness: Harnes
     assert "due_at" not in user
     assert "refresh_token" not in user
     assert "access_token" not in user
-    assert open_id not in harness.users.due_users(int(time.time()) + 10**9, 100)
+    assert open_id not in harness.schedule.due_users(int(time.time()) + 10**9, 100)
 
 
 def test_a_user_who_left_the_tenant_needs_reauthorization(harness: Harness, sim: FeishuSimulator) -> None:
@@ -221,15 +221,16 @@ def test_an_interrupted_listing_resumes_from_its_checkpoint(
     # GIVEN a 120-calendar user whose second page keeps failing
     open_id = harness.onboard("ou_resume", extra_calendars=119)
     first_page_ok = threading.Event()
-    original = harness.users.save_checkpoint
+    original = harness.listings.save_checkpoint
 
-    def checkpoint_then_break(fence: Fence, now: int, checkpoint: Checkpoint) -> None:
-        original(fence, now, checkpoint)
+    def checkpoint_then_break(fence: Fence, now: int, collection: CollectionId, checkpoint: Checkpoint) -> bool:
+        kept = original(fence, now, collection, checkpoint)
         if not first_page_ok.is_set():
             first_page_ok.set()
             sim.inject("/open-apis/calendar/v4/calendars", *[http_error(500)] * 10)
+        return kept
 
-    monkeypatch.setattr(harness.users, "save_checkpoint", checkpoint_then_break)
+    monkeypatch.setattr(harness.listings, "save_checkpoint", checkpoint_then_break)
     interrupted = harness.sync(open_id, page_size=50)
     assert interrupted.outcome == "failed"
     assert harness.user(open_id)["checkpoint"]["page_token"]
@@ -249,7 +250,7 @@ def test_an_interrupted_listing_resumes_from_its_checkpoint(
 def test_a_held_lease_makes_a_second_sync_back_off_without_writing(harness: Harness, sim: FeishuSimulator) -> None:
     open_id = harness.onboard("ou_lease", extra_calendars=2)
     now = int(time.time())
-    assert harness.users.acquire_lease(open_id, "someone-else", now, now + 60) is not None
+    assert harness.schedule.acquire_lease(open_id, "someone-else", now, now + 60) is not None
     assert harness.sync(open_id).outcome == "busy"
     assert harness.items(open_id) == {}
     # WHEN the other holder's lease expires THEN a sync can take over
@@ -291,17 +292,19 @@ def test_duplicate_pings_start_one_sync(harness: Harness, sim: FeishuSimulator) 
 def test_pings_for_unknown_users_are_ignored_without_writes(harness: Harness) -> None:
     outcome = harness.pings.dispatch(["ou_nobody"], "calendar_changed")
     assert outcome.ignored == ["ou_nobody"]
-    assert harness.users.get("ou_nobody") is None
+    assert harness.schedule.get("ou_nobody") is None
 
 
 def test_a_sync_that_lost_its_lease_cannot_write(harness: Harness, sim: FeishuSimulator) -> None:
 
     open_id = harness.onboard("ou_fenced")
     now = int(time.time())
-    harness.users.acquire_lease(open_id, "old-owner", now, now + 60)
+    harness.schedule.acquire_lease(open_id, "old-owner", now, now + 60)
     harness.set_user(open_id, lease_owner="new-owner")
     with pytest.raises(LeaseLost):
-        harness.calendars.apply(Fence(open_id, "old-owner"), now, upserts=[Calendar("c1", {"summary": "x"})])
+        harness.calendars.apply(
+            Fence(open_id, "old-owner"), now, CollectionId(open_id), upserts=[Calendar("c1", {"summary": "x"})]
+        )
     assert harness.items(open_id) == {}
 
 
@@ -315,11 +318,11 @@ def test_the_scheduled_resync_starts_due_users_only(harness: Harness, sim: Feish
     reauth = harness.onboard("ou_resync_reauth")
     harness.set_user(reauth, status="reauth_required")
     harness.remove_user_attribute(reauth, "due_at")
-    outcome = Resync(harness.users, harness.invoker, max_users=100).run()
+    outcome = Resync(harness.schedule, harness.invoker, max_users=100).run()
     assert sorted(harness.invoked) == sorted([fresh, failed])
     assert (outcome.started, outcome.skipped) == (2, 0)
     # WHEN the resync runs again before the syncs started THEN it does not start them twice
-    assert Resync(harness.users, harness.invoker, max_users=100).run().started == 0
+    assert Resync(harness.schedule, harness.invoker, max_users=100).run().started == 0
     assert len(harness.invoked) == 2
 
 
@@ -332,13 +335,13 @@ def test_each_scheduled_resync_counts_the_users_waiting_to_authorise_again(harne
         harness.remove_user_attribute(open_id, "due_at")
     metrics.clear_metrics()
     # WHEN the scheduled resync runs
-    Resync(harness.users, harness.invoker, max_users=100).run()
+    Resync(harness.schedule, harness.invoker, max_users=100).run()
     # THEN it reports the two as the UsersAwaitingReauth gauge
     assert metrics.metric_set["UsersAwaitingReauth"]["Value"] == [2]
     metrics.clear_metrics()
     # AND once one of them has signed in again, the next run reports one
     harness.set_user("ou_count_reauth_1", status="active")
-    Resync(harness.users, harness.invoker, max_users=100).run()
+    Resync(harness.schedule, harness.invoker, max_users=100).run()
     assert metrics.metric_set["UsersAwaitingReauth"]["Value"] == [1]
     metrics.clear_metrics()
 

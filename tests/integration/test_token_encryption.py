@@ -13,9 +13,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from feishu_mirror.dynamodb.values import plain
 from feishu_mirror.errors import TokenVaultUnavailable
-from feishu_mirror.store import plain
-from feishu_mirror.token_vault import DataKeys, KmsDataKeys, TokenVault
+from feishu_mirror.token_vault import DataKeys, KmsDataKeys
 from local.dynamodb_local import free_port
 from local.feishu_sim import FeishuSimulator
 from tests.integration.harness import Harness
@@ -148,9 +148,9 @@ def test_kms_unavailable_fails_the_sync_with_a_recorded_error_and_keeps_the_toke
     harness.sync(open_id)
     before = harness.user(open_id)
     sim.create_calendar(open_id, summary="while KMS was down")
-    dead = TokenVault(DeadKms(harness.settings.token_key_id).keys)
+    dead = DeadKms(harness.settings.token_key_id).keys
     # WHEN the sync runs THEN it fails, says why, releases its lease and is due again after a backoff
-    assert harness.sync(open_id, vault=dead).outcome == "failed"
+    assert harness.sync(open_id, data_keys=dead).outcome == "failed"
     user = harness.user(open_id)
     assert user["last_error_message"].startswith("KMS Decrypt failed")
     assert "lease_owner" not in user
@@ -169,9 +169,9 @@ def test_no_data_key_for_the_new_pair_means_no_refresh_so_no_refresh_token_is_lo
     harness.sync(open_id)
     _, refresh = harness.tokens(open_id)
     sim.expire_access_tokens(open_id)
-    throttled = TokenVault(UnwrapOnly(KmsDataKeys(harness.kms, harness.settings.token_key_id)))
+    throttled = UnwrapOnly(KmsDataKeys(harness.kms, harness.settings.token_key_id))
     # WHEN the sync needs a refresh THEN it fails before presenting the refresh token to Feishu
-    assert harness.sync(open_id, vault=throttled).outcome == "failed"
+    assert harness.sync(open_id, data_keys=throttled).outcome == "failed"
     assert refresh not in sim.used_refresh_tokens()
     assert harness.tokens(open_id)[1] == refresh
     # AND the retry refreshes once and syncs

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
+from feishu_mirror.dynamodb.user_tokens import UserTokens
+from feishu_mirror.dynamodb.users import UsersTable
 from feishu_mirror.models import SyncResult, TokenGrant
-from feishu_mirror.store import UserStore
 from feishu_mirror.sync import lease_owner
 from local.feishu_sim import (
     CALENDAR_SCOPES,
@@ -100,12 +101,12 @@ def test_a_missing_scope_names_the_scope_and_a_new_consent_restores_the_user(
     result = harness.sync(open_id)
     # THEN they must authorise again, and their health names the scope (any of Feishu's candidates)
     assert (result.outcome, result.error_code) == ("reauth_required", 99991679)
-    health = harness.users.get_health(open_id)
+    health = harness.health.get_health(open_id)
     assert health is not None
     assert (health["status"], health["reauth_cause"]) == ("reauth_required", "scope_missing")
     assert health["missing_scope"] == " or ".join(CALENDAR_SCOPES)
     # AND no sync retries meanwhile (the user left the due index)
-    assert open_id not in harness.users.due_users(int(time.time()) + 10**9, 100)
+    assert open_id not in harness.schedule.due_users(int(time.time()) + 10**9, 100)
     # WHEN the user consents again with the scope THEN they sync, and the cause is gone from their health
     harness.consent_again(open_id)
     assert harness.sync(open_id).outcome == "synced"
@@ -155,7 +156,7 @@ def test_a_refresh_whose_answer_is_lost_is_never_sent_again(
     sim.expire_access_tokens(open_id)
     sim.inject(OAUTH_TOKEN_PATH, lost)
     # WHEN the user is synced THEN this attempt fails without presenting the refresh token again
-    engine = harness.engine(feishu=harness.feishu(read_timeout=READ_TIMEOUT))
+    engine = harness.engine(app=harness.app(read_timeout=READ_TIMEOUT))
     first = engine.run(open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90)
     assert first.outcome == "failed"
     assert harness.token_requests() == 1
@@ -197,7 +198,8 @@ def test_a_newer_pair_stored_while_the_refresh_answer_was_lost_is_taken_up(
     sim.expire_access_tokens(open_id)
     sim.inject(OAUTH_TOKEN_PATH, late_reply(READ_TIMEOUT + 0.3))
     consent: dict[str, Any] = {}
-    client = harness.feishu(read_timeout=READ_TIMEOUT)
+    invocation = harness.services_for(app=harness.app(read_timeout=READ_TIMEOUT))
+    client = invocation.feishu
     refresh = client.refresh_access_token
 
     def refresh_while_the_user_consents(refresh_token: str, *, deadline: float) -> TokenGrant:
@@ -207,9 +209,7 @@ def test_a_newer_pair_stored_while_the_refresh_answer_was_lost_is_taken_up(
     client.refresh_access_token = refresh_while_the_user_consents  # type: ignore[method-assign]
     # WHEN the user is synced THEN re-reading the user after the lost answer finds the newer pair, and
     # the sync goes on with it
-    result = harness.engine(feishu=client).run(
-        open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90
-    )
+    result = invocation.sync.run(open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90)
     assert result.outcome == "synced"
     user = harness.user(open_id)
     assert (user["status"], harness.tokens(open_id)[0]) == ("active", consent["access_token"])
@@ -228,14 +228,14 @@ def test_a_refresh_cut_short_by_the_end_of_its_invocation_is_not_sent_again(
     # GIVEN an invocation that dies after Feishu answered its refresh, before the new pair was stored
     open_id = harness.onboard("ou_killed_mid_refresh")
     sim.expire_access_tokens(open_id)
-    users = UserStore(harness.client, harness.settings.users_table)
+    tokens = UserTokens(UsersTable(harness.client, harness.settings.users_table))
 
     def die(*_args: Any, **_kwargs: Any) -> int:
         raise Killed
 
-    users.save_tokens = die  # type: ignore[method-assign]
+    tokens.save_tokens = die  # type: ignore[method-assign]
     with pytest.raises(Killed):
-        harness.engine(users=users).run(
+        harness.engine(tokens=tokens).run(
             open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90
         )
     # WHEN the next attempt comes, once the dead invocation's lease has expired
@@ -298,9 +298,9 @@ def test_a_new_token_pair_is_stored_through_dynamodb_hiccups(harness: Harness, s
     old = harness.user(open_id)
     sim.expire_access_tokens(open_id)
     flaky = Flaky(harness.client, ["throttled", "unreachable", "throttled", "applied"])
-    users = UserStore(flaky, harness.settings.users_table, sleep=lambda _s: None)  # type: ignore[arg-type]
+    tokens = UserTokens(UsersTable(flaky, harness.settings.users_table, sleep=lambda _s: None))  # type: ignore[arg-type]
     # WHEN the user is synced
-    result = harness.engine(users=users).run(
+    result = harness.engine(tokens=tokens).run(
         open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90
     )
     # THEN the new pair is stored once (the retry finds its own write) and the sync goes on with it
@@ -348,8 +348,8 @@ def test_two_copies_of_one_invocation_never_both_hold_the_lease(harness: Harness
 def test_the_same_owner_cannot_take_a_held_lease(harness: Harness) -> None:
     open_id = harness.onboard("ou_same_owner")
     now = int(time.time())
-    assert harness.users.acquire_lease(open_id, "owner-1", now, now + 60) is not None
-    assert harness.users.acquire_lease(open_id, "owner-1", now, now + 60) is None
+    assert harness.schedule.acquire_lease(open_id, "owner-1", now, now + 60) is not None
+    assert harness.schedule.acquire_lease(open_id, "owner-1", now, now + 60) is None
 
 
 @pytest.mark.parametrize("revoke_previous", [False, True], ids=["old-tokens-kept", "old-tokens-revoked"])
@@ -361,7 +361,8 @@ def test_a_user_who_signs_in_again_during_a_sync_keeps_the_new_consent(
     # Feishu answered it and before the sync stores the answer
     open_id = harness.onboard(f"ou_second_consent_{revoke_previous}", extra_calendars=2)
     sim.expire_access_tokens(open_id)
-    client = harness.feishu()
+    invocation = harness.services_for()
+    client = invocation.feishu
     refresh = client.refresh_access_token
     consent: dict[str, Any] = {}
 
@@ -375,9 +376,7 @@ def test_a_user_who_signs_in_again_during_a_sync_keeps_the_new_consent(
 
     client.refresh_access_token = refresh_around_a_new_consent  # type: ignore[method-assign]
     # WHEN the sync runs
-    result = harness.engine(feishu=client).run(
-        open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90
-    )
+    result = invocation.sync.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
     # THEN the new consent stands: the old sync neither stored its pair nor marked the user, and went on
     # with the new tokens
     assert result.outcome == "synced"

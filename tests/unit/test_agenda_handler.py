@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from feishu_mirror import wiring
 from feishu_mirror.agenda import AgendaService
 from tests.unit.test_agenda import FEB_2, OPEN_ID, WEEKLY, IndexedSource
 from tests.unit.test_sync_handler import Context
@@ -35,7 +34,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(wiring, "agenda", lambda _settings: AgendaService(IndexedSource([WEEKLY])))
+    monkeypatch.setattr(module, "service", lambda: AgendaService(IndexedSource([WEEKLY])))
     return module
 
 

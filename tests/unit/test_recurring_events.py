@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from feishu_mirror.listing import ListingEngine, MetricNames, Tally, plan_page
-from feishu_mirror.models import Checkpoint, Event, HeldSweep, ListingState, Page, Stored
+from feishu_mirror.models import Checkpoint, Event, HeldSweep, ListingOutcome, ListingState, Page, Stored
 
 MASTER = "4f1c2a_0"
 WEEKLY = "FREQ=WEEKLY;COUNT=5"
@@ -95,7 +95,7 @@ def test_an_exception_deleted_with_its_master_on_the_same_page_is_written_once()
 
 
 # ------------------------------------------------------------------------------ the engine
-METRICS = MetricNames(*(f"M{n}" for n in range(9)))
+METRICS = MetricNames(*(f"M{n}" for n in range(10)))
 
 
 class Events:
@@ -109,7 +109,7 @@ class Events:
         self.pages = pages
         self.written: list[tuple[str, bool]] = []
         self.children_asked: list[list[str]] = []
-        self.committed: dict[str, Any] = {}
+        self.committed: ListingOutcome | None = None
 
     def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Event]:
         return self.pages.pop(0)
@@ -139,8 +139,8 @@ class Events:
     def discard_sync_state(self, now: int) -> None:
         pass
 
-    def commit(self, now: int, **kwargs: Any) -> None:
-        self.committed = kwargs
+    def commit(self, now: int, outcome: ListingOutcome) -> None:
+        self.committed = outcome
 
     def live(self) -> dict[str, str]:
         return {k: str(s.item.fields.get("status", "")) for k, s in self.stored.items() if s.live}
@@ -237,7 +237,8 @@ def test_reduced_items_are_counted_for_health(reduced_before: int) -> None:
     # and one that lets it fit again takes it off the count
     events.pages = [page((parsed({"event_id": "big_0", "description": "short"})[0], False))]
     assert run(events, ListingState(sync_token="S1", reduced=1)).reduced == 0
-    assert events.committed["outcome"].reduced == 0
+    assert events.committed is not None
+    assert events.committed.reduced == 0
 
 
 @pytest.mark.parametrize("master_first", [True, False], ids=["master-first", "exceptions-first"])

@@ -11,6 +11,7 @@ import requests
 from boto3.dynamodb.types import TypeSerializer
 
 from feishu_mirror import storable
+from feishu_mirror.dynamodb.values import attribute_values, plain
 from feishu_mirror.feishu import FeishuClient
 from feishu_mirror.models import Calendar, Event
 from feishu_mirror.storable import (
@@ -26,7 +27,6 @@ from feishu_mirror.storable import (
     same_value,
     stored_form,
 )
-from feishu_mirror.store import attribute_values, plain
 
 
 def nested(depth: int, leaf: Any = "x") -> Any:

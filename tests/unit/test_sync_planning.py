@@ -7,8 +7,9 @@ from typing import Any, cast
 
 import pytest
 
-from feishu_mirror.models import Calendar, Checkpoint, Event, Stored, has_readable_events
-from feishu_mirror.store import MAX_CHECKPOINT_BYTES, EventListingStore, Fence, decode_ids, encode_ids
+from feishu_mirror.dynamodb.fencing import FencedWrites
+from feishu_mirror.dynamodb.listings import MAX_CHECKPOINT_BYTES, ListingStates, decode_ids, encode_ids
+from feishu_mirror.models import Calendar, Checkpoint, CollectionId, Event, Fence, Stored, has_readable_events
 from feishu_mirror.sync import failure_backoff, is_mass_deletion, plan_page
 
 
@@ -150,6 +151,7 @@ class _NoWrites:
 
 
 def test_a_checkpoint_too_big_for_an_item_is_skipped_not_written() -> None:
-    store = EventListingStore(cast("Any", _NoWrites()), "listings", "users")
+    client = cast("Any", _NoWrites())
+    store = ListingStates(client, FencedWrites(client, "users"), "listings")
     huge = Checkpoint("full", "page-token", frozenset(f"{uuid.uuid4()}_0" for _ in range(12_000)), 1)
-    assert store.save_checkpoint(Fence("ou_1", "owner"), 1, "cal", huge) is False
+    assert store.save_checkpoint(Fence("ou_1", "owner"), 1, CollectionId("ou_1", "cal"), huge) is False

@@ -110,7 +110,7 @@ def test_the_agenda_function_only_reads_a_user_its_calendars_and_the_agenda_inde
 
 
 def test_the_agenda_index_keeps_the_events_key_and_projects_what_the_reader_asks_for() -> None:
-    from feishu_mirror.agenda_store import AGENDA_PROJECTION  # noqa: PLC0415
+    from feishu_mirror.dynamodb.agenda_reader import AGENDA_PROJECTION  # noqa: PLC0415
 
     props = template()["Resources"]["EventsTable"]["Properties"]
     assert props["KeySchema"] == [
@@ -158,11 +158,12 @@ def test_alarm_actions_go_to_the_optional_topic_only() -> None:
 
 
 def _emitted_metric_names() -> set[str]:
-    source = "".join(p.read_text() for p in [*(ROOT / "layers/shared/feishu_mirror").glob("*.py")])
+    source = "".join(p.read_text() for p in [*(ROOT / "layers/shared/feishu_mirror").rglob("*.py")])
     source += "".join(p.read_text() for p in (ROOT / "functions").glob("*/app.py"))
     names = {name for call in re.findall(r"\bcount\((.*)", source) for name in re.findall(r'"([A-Z]\w+)"', call)}
     names |= set(re.findall(r'^LAG_METRIC = "(\w+)"', source, re.MULTILINE))
-    for block in re.findall(r"= MetricNames\((.*?)\n\)", source, re.DOTALL):  # the listings' metric names
+    # the listings' and the subscriptions' metric names
+    for block in re.findall(r"= (?:MetricNames|SubscriptionMetrics)\((.*?)\n\)", source, re.DOTALL):
         names |= set(re.findall(r'="([A-Z]\w+)"', block))
     return names
 

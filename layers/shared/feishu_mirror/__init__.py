@@ -1,12 +1,51 @@
-"""feishu_mirror: keeps each authorised Feishu user's calendar list mirrored in DynamoDB.
+"""feishu_mirror: keeps each authorised Feishu user's calendars and their events mirrored in DynamoDB.
 
-Organised by concern: ``config`` (settings and credentials), ``observability`` (logger, tracer,
-metrics), ``errors``, ``models``, ``crypto`` and ``callback`` (verifying Feishu pushes), ``feishu``
-(the HTTP client), ``store`` (all DynamoDB access), ``token_vault`` (users' tokens sealed with KMS
-envelope encryption), ``sync`` (the sync algorithm), ``pings`` (turning a push into sync invocations),
-``resync`` (the scheduled safety net), ``onboarding`` and ``oauth_state`` (OAuth, signed states),
-``health`` (per-user health, the event → mirror lag metric), ``status`` (the operator's pages), and the
-read side: ``recurrence`` (Feishu times and RRULEs expanded in the event's zone), ``agenda`` (the
-agenda index's attributes, occurrences, free/busy, the service) and ``agenda_store`` (its DynamoDB reads).
+Module map, one line a module (the README's "How it is built" draws them). Domain modules do no I/O
+and declare, next to themselves, the narrow ``Protocol`` (in parentheses) each needs; the adapters
+satisfy those; ``composition`` wires them.
+
+Wiring
+- ``composition``: the object graph — ``build(settings, clients, feishu)``, and ``for_lambda`` for handlers.
+- ``aws_clients``: the boto3 clients of a Lambda container, all with the one ``Config``.
+- ``config``: settings from environment variables, parsed once; the Feishu app's credentials.
+- ``observability``: the Logger and Metrics every module logs and counts with.
+
+Domain
+- ``callback``: verifying a Feishu push (signature, token, timestamp) and parsing it.
+- ``crypto``: decrypting Feishu's encrypted pushes.
+- ``pings``: a push becomes at most one pending sync per user (``PingTargets``).
+- ``resync``: the scheduled safety net starts due users' syncs (``DueUsers``).
+- ``sync``: one user's sync: the lease, passes, each calendar's events (``SyncLeases``, ``CalendarApi``, …).
+- ``listing``: the one listing engine: pages, checkpoints, sync tokens, 190008, held mass deletions.
+- ``mirror_collection``: a collection as the engine sees it (``MirroredItems``, ``ListingRecords``).
+- ``sync_tokens``: a user's tokens during a sync; single-use refresh tokens (``TokenRecords``).
+- ``onboarding``: the OAuth consent and its callback (``OAuthApi``, ``Authorizations``, ``StateClaims``).
+- ``oauth_state``: the signed, expiring OAuth state and its PKCE verifier.
+- ``status``: the operator's pages and "resync now" (``HealthReads``, ``MirroredCalendars``, …).
+- ``health``: one user's health as an operator sees it; the event → mirror lag metric.
+- ``agenda``: the read routes: a user's calendars, agenda and free/busy (``AgendaSource``).
+- ``recurrence``: Feishu's times and RRULEs, expanded in the event's zone.
+- ``changes``: mirror-table stream records as change events for EventBridge.
+- ``models``: domain values (calendars, events, pages, listing state, tokens, the ``Fence``).
+- ``errors``: the exception hierarchy.
+- ``storable``: which Feishu values DynamoDB can hold, and the item-size estimate.
+
+Adapters (the only I/O)
+- ``feishu``: the Feishu HTTP client: retries, rate-limit waits, the token endpoint.
+- ``token_vault``: users' tokens sealed with KMS envelope encryption.
+- ``invoker``: starting a sync through the Lambda API.
+- ``dynamodb.values``: DynamoDB items to plain Python values and back, numbers exact.
+- ``dynamodb.calls``: every page of a Query (boto3's paginator), batch reads, what an error means.
+- ``dynamodb.fencing``: writes under a user's lease (``FencedWrites``).
+- ``dynamodb.users``: the users table: reading and updating one user's item.
+- ``dynamodb.user_schedule``: pings, claims, the sync's lease, the due index.
+- ``dynamodb.user_tokens``: a user's authorisation and token pair, re-authorisation.
+- ``dynamodb.user_health``: the operator's allow-listed reads of users.
+- ``dynamodb.mirror``: the calendars and events tables.
+- ``dynamodb.listings``: every collection's listing state (the calendar list's, each calendar's events').
+- ``dynamodb.oauth_states``: single-use OAuth states.
+- ``dynamodb.rate_gate``: the app-wide Feishu rate gate, each API on its own.
+- ``dynamodb.agenda_reader``: the read side's projected reads.
+
 Nothing here imports Lambda-specific code; the handlers in ``functions/`` wire it to triggers.
 """

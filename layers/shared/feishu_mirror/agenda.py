@@ -1,7 +1,11 @@
 """The read side: a user's calendars, agenda (recurring events expanded) and free/busy, from the mirror.
 
-Pure logic plus the service that drives an ``AgendaSource`` (the port; ``agenda_store.AgendaReader`` is
-its DynamoDB adapter). Nothing here does I/O itself.
+Pure logic plus the service that drives an ``AgendaSource`` (the port; its DynamoDB adapter is
+``dynamodb.agenda_reader.AgendaReader``). Nothing here does I/O itself.
+
+Above 500 lines on purpose: the index's attributes (written with each event) and the queries and
+expansion that read them (the service) are one design — what the spans promise at write time is what
+makes the reads complete — so they stay side by side; Feishu's time formats and RRULEs are ``recurrence``'s.
 
 **The agenda index.** Each live event item carries four derived attributes, written with the item by
 the mirror (``agenda_index_attributes``) and read through the Events table's ``agenda-index`` GSI:
@@ -494,7 +498,7 @@ def longest_occurrence(items: Iterable[EventItem]) -> int:
 
 # ---------------------------------------------------------------------------------- service
 class AgendaSource(Protocol):
-    """What the read side needs from the mirror (``agenda_store.AgendaReader`` on DynamoDB)."""
+    """What the read side needs from the mirror (``dynamodb.agenda_reader.AgendaReader`` on DynamoDB)."""
 
     def sync_state(self, open_id: str) -> Mapping[str, Any] | None:
         """The user's ``open_id``, ``status`` and ``last_success_at``; None for an unknown user."""

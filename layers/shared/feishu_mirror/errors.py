@@ -111,6 +111,10 @@ class DeadlineExceeded(MirrorError):
     """Not enough of the invocation's time is left to do the next step safely."""
 
 
+class UnknownUser(LookupError):
+    """No such user in the users table (never onboarded)."""
+
+
 class LeaseLost(MirrorError):
     """The user's sync lease is no longer ours, so nothing more may be written for that user."""
 

@@ -1,7 +1,7 @@
 """Per-user health as an operator sees it, and the event → mirror lag metric.
 
-The sync records health on the user's item as it goes (see ``store.UserStore``); this module turns
-the allow-listed attributes that ``UserStore.get_health`` / ``list_health`` return into a
+The sync records health on the user's item as it goes; this module turns the allow-listed attributes
+that ``dynamodb.user_health.UserHealthReads`` returns (``get_health``, ``list_health``) into a
 ``UserHealth`` with one derived ``state`` an operator can sort by, and never carries a token.
 
 ``record_event_to_mirror_lag`` is called by the sync handler after a sync: when the sync brought
@@ -19,9 +19,8 @@ from typing import Any, Literal
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from feishu_mirror.models import SyncResult
+from feishu_mirror.models import REAUTH_REQUIRED, SyncResult
 from feishu_mirror.observability import logger, metrics
-from feishu_mirror.store import REAUTH_REQUIRED
 
 LAG_METRIC = "EventToMirrorLag"
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from feishu_mirror.errors import FeishuError, SyncTokenExpired
-from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingState, Page, Stored, SyncKind
+from feishu_mirror.models import Checkpoint, HeldSweep, Item, ListingOutcome, ListingState, Page, Stored, SyncKind
 from feishu_mirror.observability import count, logger
 from feishu_mirror.storable import same_value
 
@@ -155,15 +155,7 @@ class MetricNames:
     resets: str
     held: str
     confirmed: str
-
-
-@dataclass(frozen=True, slots=True)
-class ListingOutcome:
-    """How one listing ended: the deletions it held back (if any), and the live and reduced items."""
-
-    held: HeldSweep | None
-    mirrored: int
-    reduced: int
+    resumed_then_incremental: str  # a resumed listing followed by an incremental pass (``sync``)
 
 
 class Collection[T: Item](Protocol):
@@ -200,7 +192,7 @@ class Collection[T: Item](Protocol):
         """Forget the sync token and checkpoint (after 190008)."""
         ...
 
-    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
+    def commit(self, now: int, outcome: ListingOutcome) -> None:
         """After the last page: the new sync token (or none), the held sweep and the live and reduced counts."""
         ...
 
@@ -290,10 +282,10 @@ class ListingEngine:
             mirrored -= len(retired)
             reduced -= sum(1 for item in retired if item.reduced)
         sync_token = page.sync_token or (state.sync_token if position.kind == "incremental" else None)
-        outcome = ListingOutcome(held, max(0, mirrored), max(0, reduced))
-        collection.commit(
-            self._now(), sync_token=None if held else sync_token, outcome=outcome, kind=position.kind, reset=reset
+        outcome = ListingOutcome(
+            position.kind, None if held else (sync_token or None), reset, held, max(0, mirrored), max(0, reduced)
         )
+        collection.commit(self._now(), outcome)
         return outcome
 
     def _apply_page[T: Item](

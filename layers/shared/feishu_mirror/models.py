@@ -1,4 +1,5 @@
-"""Domain values: calendars as Feishu describes them, listing pages, tokens and per-user sync state."""
+"""Domain values: calendars and events as Feishu describes them, listing pages and their state, tokens,
+per-user sync state, and the lease a sync holds (``Fence``)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ MAX_EVENT_ID_LENGTH = 512
 FieldValue = Any  # str | int | bool, and for events also Decimal, None and nested maps and lists of them
 SyncKind = Literal["full", "incremental"]
 SyncOutcome = Literal["synced", "busy", "failed", "interrupted", "reauth_required", "unknown_user"]
+# A user's ``status``: syncing, or waiting to authorise again (no sync runs until they do).
+ACTIVE = "active"
+REAUTH_REQUIRED = "reauth_required"
 
 
 def _known_fields(raw: Mapping[str, Any], names: Mapping[str, type]) -> tuple[dict[str, FieldValue], dict[str, str]]:
@@ -271,6 +275,35 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """Proof of holding a user's lease, checked by every write made during that user's sync."""
+
+    open_id: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionId:
+    """Which mirrored collection: a user's calendar list (``calendar_id`` None), or one calendar's events
+    as that user sees them."""
+
+    open_id: str
+    calendar_id: str | None = None
+
+    @property
+    def is_calendar_list(self) -> bool:
+        """True for the user's calendar list."""
+        return self.calendar_id is None
+
+    @property
+    def events_of(self) -> str:
+        """The calendar whose events this collection holds; raises ``ValueError`` for the calendar list."""
+        if self.calendar_id is None:
+            raise ValueError("the calendar list is no calendar's events")
+        return self.calendar_id
+
+
+@dataclass(frozen=True, slots=True)
 class HeldSweep:
     """Deletions a full listing implied but that looked like a mass deletion, held for confirmation."""
 
@@ -279,11 +312,22 @@ class HeldSweep:
 
 
 @dataclass(frozen=True, slots=True)
+class ListingState:
+    """Where one collection's listing stands: the calendar list of a user, or a calendar's events."""
+
+    sync_token: str | None = None
+    checkpoint: Checkpoint | None = None
+    held_sweep: HeldSweep | None = None
+    mirrored: int = 0
+    reduced: int = 0  # live items stored reduced (see ``storable``)
+
+
+@dataclass(frozen=True, slots=True)
 class UserRecord:
     """A user's tokens, sync state, lease and health as stored in the users table."""
 
     open_id: str
-    status: str = "active"
+    status: str = ACTIVE
     name: str = ""
     access_token: StoredToken = field(default=b"", repr=False)  # sealed; opened only by the sync
     access_expires_at: int = 0
@@ -291,9 +335,7 @@ class UserRecord:
     refresh_expires_at: int | None = None
     token_version: int = 0
     refresh_started_version: int | None = None  # a refresh of this version's pair went out, its answer unstored
-    sync_token: str | None = None
-    checkpoint: Checkpoint | None = None
-    held_sweep: HeldSweep | None = None
+    calendar_list: ListingState = ListingState()  # where the listing of the user's calendar list stands
     dirty_seq: int = 0
     lease_owner: str | None = None
     lease_expires_at: int = 0
@@ -301,8 +343,6 @@ class UserRecord:
     subscribed_at: int | None = None
     last_success_at: int | None = None
     consecutive_failures: int = 0
-    calendars_mirrored: int = 0
-    calendars_reduced: int = 0
     dirty_calendars: frozenset[str] = frozenset()
     pending_ping_at: int | None = None  # the earliest push (or operator resync) the mirror does not reflect yet
 
@@ -341,14 +381,16 @@ class SyncResult:
 
 
 @dataclass(frozen=True, slots=True)
-class ListingState:
-    """Where one collection's listing stands: the calendar list of a user, or a calendar's events."""
+class ListingOutcome:
+    """How one listing ended, as it is committed: its kind, the sync token to keep (None: none, as after a
+    held sweep), whether 190008 restarted it in full, the deletions it held back, the live and reduced items."""
 
-    sync_token: str | None = None
-    checkpoint: Checkpoint | None = None
-    held_sweep: HeldSweep | None = None
-    mirrored: int = 0
-    reduced: int = 0  # live items stored reduced (see ``storable``)
+    kind: SyncKind
+    sync_token: str | None
+    reset: bool
+    held: HeldSweep | None
+    mirrored: int
+    reduced: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ Feishu app secret::
 
 The verifier is derived, never sent: only its S256 challenge leaves in the consent URL, so a state
 someone copied is useless without our key. The callback checks the tag and the expiry (no I/O),
-then claims the nonce once in the OAuth state table (``OAuthStateStore.claim``) *before* any Feishu
+then claims the nonce once in the OAuth state table (``onboarding.StateClaims``) *before* any Feishu
 call: a replayed or forged state never reaches Feishu, and only states this app issued, once each,
 are ever written (each expiring with the table's TTL).
 """

@@ -14,6 +14,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from feishu_mirror.errors import (
     AuthorizationCodeRejected,
@@ -23,18 +24,57 @@ from feishu_mirror.errors import (
     OnboardingError,
     TokenVaultUnavailable,
 )
-from feishu_mirror.feishu import DEFAULT_SCOPES, FeishuClient
-from feishu_mirror.models import UserIdentity
+from feishu_mirror.feishu import DEFAULT_SCOPES
+from feishu_mirror.models import SealedGrant, TokenGrant, UserIdentity
 from feishu_mirror.oauth_state import StateRefused, StateSigner
 from feishu_mirror.observability import count, logger
 from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import OAuthStateStore, UserStore
 from feishu_mirror.token_vault import TokenVault
 
 STATE_TTL_SECONDS = 600
 MAX_PARAM_LENGTH = 2048
 CALLBACK_PATH = "/oauth/callback"
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+class OAuthApi(Protocol):
+    """The Feishu calls of onboarding (``feishu.FeishuClient``)."""
+
+    def authorize_url(self, *, redirect_uri: str, state: str, code_challenge: str, scopes: tuple[str, ...]) -> str:
+        """The consent page's URL."""
+        ...
+
+    def exchange_code(self, *, code: str, redirect_uri: str, code_verifier: str, deadline: float) -> TokenGrant:
+        """The user's tokens for an authorization code."""
+        ...
+
+    def get_user_info(self, access_token: str, *, deadline: float) -> UserIdentity:
+        """Who the token belongs to."""
+        ...
+
+    def subscribe_calendar_changes(self, access_token: str, *, deadline: float) -> None:
+        """Subscribe the user to changes of their calendar list."""
+        ...
+
+
+class Authorizations(Protocol):
+    """Where a user's authorisation is stored (``dynamodb.user_tokens.UserTokens``)."""
+
+    def save_authorization(self, identity: UserIdentity, grant: SealedGrant, now: int) -> None:
+        """Store the sealed tokens and make the user due now."""
+        ...
+
+    def mark_subscribed(self, open_id: str, now: int) -> None:
+        """Record that the calendar-change subscription was made."""
+        ...
+
+
+class StateClaims(Protocol):
+    """Single-use OAuth states (``dynamodb.oauth_states.OAuthStateStore``)."""
+
+    def claim(self, nonce: str, expires_at: int) -> bool:
+        """Mark a state used; False when it already was."""
+        ...
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -64,9 +104,9 @@ class Onboarding:
     def __init__(
         self,
         *,
-        feishu: FeishuClient,
-        users: UserStore,
-        states: OAuthStateStore,
+        feishu: OAuthApi,
+        users: Authorizations,
+        states: StateClaims,
         signer: StateSigner,
         pings: PingDispatcher,
         vault: TokenVault,

@@ -15,16 +15,33 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from feishu_mirror.invoker import SyncInvoker
+from feishu_mirror.models import UserRecord
 from feishu_mirror.observability import count, logger
-from feishu_mirror.store import UserStore
 
 CLAIM_SECONDS = 120
 # Feishu names at most 1000 users per event (``callback.MAX_USERS_PER_EVENT``); the log line is bounded
 # by this anyway, whoever the caller (about 40 kB of open ids, far below a log event's 256 kB).
 MAX_LOGGED_OPEN_IDS = 1000
+
+
+class PingTargets(Protocol):
+    """What a ping writes on the user (``dynamodb.user_schedule.SyncSchedule``)."""
+
+    def ping_and_claim(self, open_id: str, now: int, until: int, calendar_ids: frozenset[str] = frozenset()) -> bool:
+        """Mark dirty and claim the invocation in one write; False when a sync runs or is pending, or the
+        user is unknown or inactive."""
+        ...
+
+    def mark_dirty(self, open_id: str, now: int, calendar_ids: frozenset[str] = frozenset()) -> UserRecord | None:
+        """Bump ``dirty_seq`` and make the user due; the record after it, None for unknown/inactive users."""
+        ...
+
+    def claim_invocation(self, open_id: str, now: int, until: int) -> bool:
+        """Claim the right to start a sync: no sync running and none already started."""
+        ...
 
 
 @dataclass(slots=True)
@@ -63,7 +80,7 @@ class PingDispatcher:
 
     def __init__(
         self,
-        users: UserStore,
+        users: PingTargets,
         invoker: SyncInvoker,
         *,
         claim_seconds: int = CLAIM_SECONDS,

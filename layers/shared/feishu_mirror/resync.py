@@ -14,14 +14,29 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from feishu_mirror.invoker import SyncInvoker
 from feishu_mirror.observability import count, logger
-from feishu_mirror.store import UserStore
 
 CLAIM_SECONDS = 1800  # longer than a full sweep takes to drain through the rate gate
 INVOKE_WORKERS = 8
+
+
+class DueUsers(Protocol):
+    """The users the resync starts (``dynamodb.user_schedule.SyncSchedule``)."""
+
+    def due_users(self, now: int, limit: int) -> list[str]:
+        """Users whose ``due_at`` has passed, oldest first, at most ``limit``."""
+        ...
+
+    def claim_invocation(self, open_id: str, now: int, until: int) -> bool:
+        """Claim the right to start a sync: no sync running and none already started."""
+        ...
+
+    def count_awaiting_reauth(self) -> int:
+        """How many users must authorise again."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +58,7 @@ class Resync:
 
     def __init__(
         self,
-        users: UserStore,
+        users: DueUsers,
         invoker: SyncInvoker,
         *,
         max_users: int,

@@ -1,8 +1,8 @@
 """The operator's view: every user's health, one user's calendars, and "resync this user now".
 
-``StatusService`` reads through ``store.UserStore`` (an allow-listed projection: never a token, a
-sync token or a page token), ``store.CalendarStore`` and ``store.EventListingStore`` (projected
-too: event counts and times, never a sync token), and starts syncs through the same
+``StatusService`` reads users' health (an allow-listed projection: never a token, a sync token or a
+page token), their calendars and their event listings' summaries (projected too: event counts and
+times, never a sync token) through the narrow ports below, and starts syncs through the same
 ``pings.PingDispatcher`` the callback uses, so an operator's resync coalesces with running syncs
 exactly like a push does. The ``render_*`` functions turn the views into small self-contained HTML
 pages (every value escaped, no script); ``wants_json`` decides between HTML and JSON from ``Accept``.
@@ -17,15 +17,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
-from feishu_mirror.errors import MirrorError
+from feishu_mirror.errors import MirrorError, UnknownUser
 from feishu_mirror.health import STATE_ORDER, UserHealth
-from feishu_mirror.models import CALENDAR_FIELDS
+from feishu_mirror.models import CALENDAR_FIELDS, Calendar, CollectionId, Stored
 from feishu_mirror.observability import count, logger
 from feishu_mirror.pings import PingDispatcher
-from feishu_mirror.store import CalendarStore, EventListingStore, UnknownUser, UserStore
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -208,17 +207,45 @@ class ResyncRequested:
         return {"open_id": self.open_id, "outcome": self.outcome, "message": self.message}
 
 
+class HealthReads(Protocol):
+    """Users' allow-listed health attributes (``dynamodb.user_health.UserHealthReads``)."""
+
+    def get_health(self, open_id: str) -> dict[str, Any] | None:
+        """One user's, or None."""
+        ...
+
+    def list_health(self, limit: int, start: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of users', and where the next page starts."""
+        ...
+
+
+class MirroredCalendars(Protocol):
+    """The calendars table (``dynamodb.mirror.CalendarStore``)."""
+
+    def load_all(self, collection: CollectionId) -> dict[str, Stored[Calendar]]:
+        """Every calendar item of the user, tombstones included."""
+        ...
+
+
+class EventSummaries(Protocol):
+    """Each calendar's event counts and times (``dynamodb.listings.ListingStates``)."""
+
+    def summaries(self, open_id: str) -> dict[str, dict[str, Any]]:
+        """By calendar id; never a sync token."""
+        ...
+
+
 class StatusService:
     """Reads health and calendars for operators, and starts a user's sync on request."""
 
     def __init__(
         self,
         *,
-        users: UserStore,
-        calendars: CalendarStore,
+        users: HealthReads,
+        calendars: MirroredCalendars,
         pings: PingDispatcher,
         stale_after_seconds: int,
-        event_listings: EventListingStore | None = None,
+        event_listings: EventSummaries | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
@@ -232,7 +259,7 @@ class StatusService:
         return UserHealth.from_item(item, now=now, stale_after_seconds=self._stale_after)
 
     def overview(self, *, limit: int = DEFAULT_PAGE_SIZE, start: str | None = None) -> Overview:
-        """One page of users (a Scan page, see ``UserStore.list_health``), worst state first."""
+        """One page of users (a Scan page, see ``HealthReads.list_health``), worst state first."""
         now = int(self._clock())
         items, next_start = self._users.list_health(limit, valid_open_id(start) if start else None)
         rank = {state: n for n, state in enumerate(STATE_ORDER)}
@@ -251,7 +278,7 @@ class StatusService:
         item = self._users.get_health(valid_open_id(open_id))
         if item is None:
             raise UnknownUser(open_id)
-        stored = self._calendars.load_all(open_id)
+        stored = self._calendars.load_all(CollectionId(open_id))
         events = self._event_listings.summaries(open_id) if self._event_listings else {}
         live = sorted(
             (

@@ -1,26 +1,31 @@
 """The sync of one user: the calendar list, then the events (日程) of each readable calendar.
 
 Under the user's lease, one ``ListingEngine`` (``feishu_mirror.listing``) runs every listing: first
-the user's calendar list (state on the user item), then, for each calendar the user can read events
-of, that calendar's events (state in the event-listings table) when it is new, was pushed as changed
-(``dirty_calendars``), is still unfinished, or was last listed longer ago than the resync period.
-Calendars that left the list (or became unreadable) take their events with them as tombstones.
-Token refresh, deadlines, the lease and coalescing are handled here once for all listings: pings that
-arrive meanwhile make the sync loop again before it releases the lease.
+the user's calendar list, then, for each calendar the user can read events of, that calendar's events
+when it is new, was pushed as changed (``dirty_calendars``), is still unfinished, or was last listed
+longer ago than the resync period. Calendars that left the list (or became unreadable) take their
+events with them as tombstones. Token refresh (``sync_tokens``), deadlines, the lease and coalescing are
+handled here once for all listings: pings that arrive meanwhile make the sync loop again before it
+releases the lease.
 
-Refresh tokens are single-use, so a refresh is marked on the user before it is sent and its pair stored
-at once, both conditional on the ``token_version`` the sync holds: a refresh whose answer never arrives
-is never sent again (the next attempt asks the user to authorise again unless a newer pair appeared),
-and a user who consents again while a sync runs keeps the new consent (see ``_refresh``).
+What the sync needs from storage and from Feishu is declared as narrow protocols: here (``SyncLeases``,
+``UserAuthorization``, ``CalendarApi``), in ``mirror_collection`` (``MirroredItems``, ``ListingRecords``)
+and ``sync_tokens`` (``TokenRecords``); the DynamoDB adapters (``feishu_mirror.dynamodb``) and the Feishu
+client satisfy them, and ``composition`` wires them.
+
+Above 500 lines on purpose: one user's sync is one algorithm (the lease, the passes, the calendar list,
+each calendar's events, subscriptions, and what each failure leaves on the user) over one invocation's
+state (``_Run``); its parts that stand alone live in ``listing``, ``mirror_collection`` and ``sync_tokens``.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from functools import partial
+from typing import Any, Protocol
 
 from feishu_mirror.config import Settings
 from feishu_mirror.errors import (
@@ -29,50 +34,41 @@ from feishu_mirror.errors import (
     FeishuError,
     FeishuUnavailable,
     LeaseLost,
-    MirrorError,
     ReauthorizationRequired,
     RefreshOutcomeUnknown,
     ScopeMissing,
     TokensSuperseded,
     TokenVaultUnavailable,
+    UnknownUser,
 )
-from feishu_mirror.feishu import FeishuClient
-from feishu_mirror.listing import ListingEngine, ListingOutcome, MetricNames, Tally, is_mass_deletion, plan_page
+from feishu_mirror.listing import ListingEngine, MetricNames, Tally, is_mass_deletion, plan_page
+from feishu_mirror.mirror_collection import ListingRecords, MirrorCollection, MirroredItems
 from feishu_mirror.models import (
+    ACTIVE,
     Calendar,
-    Checkpoint,
+    CollectionId,
     Event,
     EventListing,
+    Fence,
+    Item,
+    ListingOutcome,
     ListingState,
     Page,
-    Stored,
     SyncOutcome,
     SyncResult,
-    TokenGrant,
     UserRecord,
     has_readable_events,
 )
 from feishu_mirror.observability import count, logger
-from feishu_mirror.store import (
-    ACTIVE,
-    CalendarStore,
-    EventListingStore,
-    EventStore,
-    Fence,
-    UnknownUser,
-    UserStore,
-)
-from feishu_mirror.token_vault import TokenVault, needs_sealing
+from feishu_mirror.sync_tokens import TokenRecords, TokenRefresher, TokenSession
+from feishu_mirror.token_vault import TokenVault
 
-__all__ = ["CalendarSync", "EventMirror", "failure_backoff", "is_mass_deletion", "lease_owner", "plan_page"]
+__all__ = ["CalendarSync", "failure_backoff", "is_mass_deletion", "lease_owner", "plan_page"]
 
 MAX_PASSES = 5
-REFRESH_MARGIN_SECONDS = 300
-# A refresh is started only with this much of the invocation left: the call's connect and read timeouts
-# and the retried write of the new pair, so that the answer is stored before the invocation can end.
-REFRESH_TIME_NEEDED_SECONDS = 25
 MAX_SUPERSEDED = 2  # new consents a single invocation follows before it leaves the rest to the next sync
 MAX_FAILURE_BACKOFF = 6 * 3600
+EVENTS_STALE_MARGIN_SECONDS = 300
 # Feishu's answers for a calendar whose events this user cannot list (gone, no access, wrong type).
 EVENTS_UNAVAILABLE_CODES = frozenset({191000, 191001, 191002, 191003, 191004})
 
@@ -86,6 +82,7 @@ CALENDAR_METRICS = MetricNames(
     resets="SyncTokenResets",
     held="MassDeletionsHeld",
     confirmed="MassDeletionsConfirmed",
+    resumed_then_incremental="SyncResumedThenIncremental",
 )
 EVENT_METRICS = MetricNames(
     full="EventListingsFull",
@@ -97,8 +94,29 @@ EVENT_METRICS = MetricNames(
     resets="EventSyncTokenResets",
     held="EventMassDeletionsHeld",
     confirmed="EventMassDeletionsConfirmed",
+    resumed_then_incremental="EventListingResumedThenIncremental",
 )
-R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionMetrics:
+    """What re-asserting one kind of change subscription counts and logs under."""
+
+    asserted: str
+    failed: str
+    failure_log: str
+
+
+CALENDAR_SUBSCRIPTION = SubscriptionMetrics(
+    asserted="SubscriptionsAsserted",
+    failed="SubscriptionFailures",
+    failure_log="subscription_failed",
+)
+EVENT_SUBSCRIPTION = SubscriptionMetrics(
+    asserted="EventSubscriptionsAsserted",
+    failed="EventSubscriptionFailures",
+    failure_log="event_subscription_failed",
+)
 
 
 def failure_backoff(consecutive_failures: int) -> int:
@@ -112,28 +130,107 @@ def lease_owner(request_id: str) -> str:
     return f"{request_id[:100]}/{secrets.token_hex(8)}"
 
 
-# ------------------------------------------------------------------------------ the engine
-@dataclass(slots=True)
-class _Tokens:
-    """The token pair a sync works with (opened), and the ``token_version`` it was stored under."""
+# ------------------------------------------------------------------------------ the ports
+class SyncLeases(Protocol):
+    """The user's record and the sync's lease (``dynamodb.user_schedule.SyncSchedule``)."""
 
-    access_token: str = field(repr=False)
-    access_expires_at: int
-    refresh_token: str | None = field(repr=False)
-    refresh_expires_at: int | None
-    version: int
-    refresh_in_doubt: bool = False  # a refresh of this pair went out and its answer was never stored
+    def get(self, open_id: str) -> UserRecord | None:
+        """The user's record (strongly consistent), or None."""
+        ...
+
+    def acquire_lease(self, open_id: str, owner: str, now: int, expires_at: int) -> UserRecord | None:
+        """Take the lease; None while another sync holds it. Raises ``UnknownUser``."""
+        ...
+
+    def release_after_success(
+        self,
+        fence: Fence,
+        now: int,
+        *,
+        seen_dirty_seq: int,
+        due_at: int,
+        handled_calendars: frozenset[str] = frozenset(),
+        held_event_deletions: int = 0,
+        items_reduced: int = 0,
+    ) -> UserRecord | None:
+        """Release unless a ping came since ``seen_dirty_seq`` (then the fresh record). Raises ``LeaseLost``."""
+        ...
+
+    def release_after_failure(
+        self, fence: Fence, *, code: int | None, message: str, due_at: int, failed: bool = True
+    ) -> None:
+        """Release, recording the error and when to try again."""
+        ...
 
 
+class UserAuthorization(TokenRecords, Protocol):
+    """The user's authorisation as a sync changes it (``dynamodb.user_tokens.UserTokens``)."""
+
+    def mark_reauth_required(
+        self,
+        fence: Fence,
+        now: int,
+        *,
+        token_version: int,
+        code: int,
+        message: str,
+        cause: str,
+        missing_scope: str | None = None,
+    ) -> bool:
+        """Drop the dead tokens and say why; False when the user consented again meanwhile."""
+        ...
+
+    def mark_subscribed(self, open_id: str, now: int) -> None:
+        """Record that the calendar-change subscription was (re)asserted."""
+        ...
+
+
+class CalendarApi(TokenRefresher, Protocol):
+    """The Feishu calls a sync makes (``feishu.FeishuClient``)."""
+
+    def list_calendars(
+        self,
+        access_token: str,
+        *,
+        deadline: float,
+        page_size: int = 1000,
+        page_token: str | None = None,
+        sync_token: str | None = None,
+    ) -> Page[Calendar]:
+        """One page of the user's calendar list."""
+        ...
+
+    def list_events(
+        self,
+        access_token: str,
+        calendar_id: str,
+        *,
+        deadline: float,
+        page_size: int = 1000,
+        page_token: str | None = None,
+        sync_token: str | None = None,
+    ) -> Page[Event]:
+        """One page of a calendar's events."""
+        ...
+
+    def subscribe_calendar_changes(self, access_token: str, *, deadline: float) -> None:
+        """Subscribe the user to changes of their calendar list."""
+        ...
+
+    def subscribe_calendar_events(self, access_token: str, calendar_id: str, *, deadline: float) -> None:
+        """Subscribe the user to changes of one calendar's events."""
+        ...
+
+
+# ------------------------------------------------------------------------------ one invocation
 @dataclass(slots=True)
 class _Run:
     """Mutable bookkeeping of one invocation."""
 
     fence: Fence
     deadline: float
-    stored: UserRecord  # the user as last read: its tokens are opened on first use
-    tokens: _Tokens | None = None
-    passes: int = 0
+    user: UserRecord  # the user as last read
+    tokens: TokenSession
     calendars: Tally = field(default_factory=Tally)
     events: Tally = field(default_factory=Tally)
     handled_calendars: set[str] = field(default_factory=set)
@@ -144,45 +241,45 @@ class _Run:
     subscription_checked: bool = False
     superseded: int = 0  # new consents followed so far
 
-    @property
-    def token_version(self) -> int:
-        """The ``token_version`` of the pair this sync works with (every token write is conditional on it)."""
-        return self.tokens.version if self.tokens else self.stored.token_version
-
     def adopt(self, user: UserRecord) -> None:
-        """Work with ``user``'s stored tokens from now on (opened again on first use)."""
-        self.stored, self.tokens = user, None
+        """Go on with ``user`` as read just now, and with its stored tokens."""
+        self.user = user
+        self.tokens.adopt(user)
+
+    def refresh(self, fresh: UserRecord) -> None:
+        """Go on with ``fresh``; with its tokens only when they are newer than ours (a new consent)."""
+        self.user = fresh
+        self.tokens.adopt_if_newer(fresh)
 
 
-@dataclass(frozen=True, slots=True)
-class EventMirror:
-    """Where events and their listing state live; without it a sync mirrors calendars only."""
-
-    events: EventStore
-    listings: EventListingStore
-
-
+# ------------------------------------------------------------------------------ the engine
 class CalendarSync:
-    """Runs the sync for one user at a time (see the module docstring)."""
+    """Runs the sync for one user at a time (see the module docstring); ``events`` None mirrors calendars only."""
 
     def __init__(
         self,
         *,
-        users: UserStore,
-        calendars: CalendarStore,
-        feishu: FeishuClient,
+        leases: SyncLeases,
+        authorization: UserAuthorization,
+        calendars: MirroredItems[Calendar],
+        listings: ListingRecords,
+        feishu: CalendarApi,
         settings: Settings,
         vault: TokenVault,
-        events: EventMirror | None = None,
+        events: MirroredItems[Event] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._users = users
-        self._vault = vault
+        self._leases = leases
+        self._authorization = authorization
         self._calendars = calendars
         self._events = events
+        self._listings = listings
         self._feishu = feishu
         self._settings = settings
+        self._vault = vault
         self._clock = clock
+        self._monotonic = monotonic
         self._engine = ListingEngine(mass_delete_confirm_seconds=settings.mass_delete_confirm_seconds, clock=clock)
 
     def _now(self) -> int:
@@ -192,12 +289,12 @@ class CalendarSync:
         """Sync one user. Expected failures are recorded on the user and returned, not raised.
 
         ``owner`` identifies this attempt (``lease_owner``: unique even for two copies of one Lambda
-        event); ``deadline`` is a ``time.monotonic()`` value; the lease expires after ``lease_seconds``
+        event); ``deadline`` is a ``monotonic()`` value; the lease expires after ``lease_seconds``
         even if we die.
         """
         now = self._now()
         try:
-            user = self._users.acquire_lease(open_id, owner, now, now + lease_seconds)
+            user = self._leases.acquire_lease(open_id, owner, now, now + lease_seconds)
         except UnknownUser:
             logger.warning("sync_unknown_user")
             return SyncResult(open_id, "unknown_user")
@@ -206,15 +303,25 @@ class CalendarSync:
             return SyncResult(open_id, "busy")
         fence = Fence(open_id, owner)
         if user.status != ACTIVE:
-            self._users.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
+            self._leases.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
             return SyncResult(open_id, "reauth_required")
-        return self._guarded(user, _Run(fence, deadline, user))
+        tokens = TokenSession(
+            user,
+            fence,
+            deadline,
+            records=self._authorization,
+            vault=self._vault,
+            refresher=self._feishu,
+            clock=self._clock,
+            monotonic=self._monotonic,
+        )
+        return self._guarded(_Run(fence, deadline, user, tokens))
 
-    def _guarded(self, user: UserRecord, run: _Run) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
+    def _guarded(self, run: _Run) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
         """Run the passes and map each expected failure to a recorded outcome."""
-        fence = run.fence
+        fence, failures = run.fence, run.user.consecutive_failures
         try:
-            return self._loop(user, run)
+            return self._loop(run)
         except ReauthorizationRequired as exc:
             return self._reauthorization_required(run, exc)
         except TokensSuperseded:
@@ -222,14 +329,14 @@ class CalendarSync:
         except DeadlineExceeded:
             count("SyncsInterrupted")
             logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
-            self._users.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
+            self._leases.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
             return self._result(run, "interrupted")
         except TokenVaultUnavailable as exc:
             # KMS down or refusing: the stored tokens stay as they are; the user is tried again later.
             count("TokenVaultFailures")
             logger.warning("token_vault_unavailable", extra={"error": exc.message})
-            due = self._now() + failure_backoff(user.consecutive_failures)
-            self._users.release_after_failure(fence, code=None, message=exc.message, due_at=due)
+            due = self._now() + failure_backoff(failures)
+            self._leases.release_after_failure(fence, code=None, message=exc.message, due_at=due)
             return self._result(run, "failed")
         except LeaseLost:
             count("SyncLeaseLost")
@@ -238,22 +345,22 @@ class CalendarSync:
         except FeishuError as exc:
             count("SyncFailures")
             logger.warning("sync_failed", extra={"code": exc.code, "error": exc.message, "log_id": exc.log_id})
-            due = self._now() + failure_backoff(user.consecutive_failures)
-            self._users.release_after_failure(fence, code=exc.code, message=exc.message, due_at=due)
+            due = self._now() + failure_backoff(failures)
+            self._leases.release_after_failure(fence, code=exc.code, message=exc.message, due_at=due)
             return self._result(run, "failed", exc.code)
         except Exception:
             # A bug or an AWS outage: release so a retry can start at once, then let Lambda retry.
-            self._release_quietly(fence, user.consecutive_failures)
+            self._release_quietly(fence, failures)
             raise
 
     def _reauthorization_required(self, run: _Run, exc: ReauthorizationRequired) -> SyncResult:
         """Mark the user ``reauth_required`` (with the cause and any missing scope), unless their tokens
         changed meanwhile: a user who consented again keeps the new consent."""
         missing_scope = exc.missing_scope if isinstance(exc, ScopeMissing) else None
-        marked = self._users.mark_reauth_required(
+        marked = self._authorization.mark_reauth_required(
             run.fence,
             self._now(),
-            token_version=run.token_version,
+            token_version=run.tokens.version,
             code=exc.code,
             message=exc.message,
             cause=exc.cause,
@@ -272,7 +379,7 @@ class CalendarSync:
         """The user's tokens changed under this sync (a new consent): go on with them, or leave the user due."""
         count("SyncsSuperseded")
         logger.info("sync_superseded_by_new_tokens")
-        fresh = self._users.get(run.fence.open_id)
+        fresh = self._leases.get(run.fence.open_id)
         run.superseded += 1
         if (
             fresh is not None
@@ -282,14 +389,14 @@ class CalendarSync:
             and run.superseded <= MAX_SUPERSEDED
         ):
             run.adopt(fresh)
-            return self._guarded(fresh, run)
-        self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
+            return self._guarded(run)
+        self._leases.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
         return self._result(run, "interrupted")
 
     def _release_quietly(self, fence: Fence, failures: int) -> None:
         try:
             due = self._now() + failure_backoff(failures)
-            self._users.release_after_failure(fence, code=None, message="internal error", due_at=due)
+            self._leases.release_after_failure(fence, code=None, message="internal error", due_at=due)
         except Exception:
             logger.exception("lease_release_failed")
 
@@ -301,7 +408,7 @@ class CalendarSync:
             run.fence.open_id,
             outcome,
             kind=calendars.kind,
-            passes=run.passes,
+            passes=calendars.listings,  # each pass lists the calendar list, a resumed one twice
             pages=calendars.pages,
             upserted=calendars.upserted,
             deleted=calendars.deleted,
@@ -314,27 +421,26 @@ class CalendarSync:
             pushed_at=pushed_at,
         )
 
-    def _loop(self, user: UserRecord, run: _Run) -> SyncResult:
+    def _loop(self, run: _Run) -> SyncResult:
         for _ in range(MAX_PASSES):
-            run.passes += 1
-            listed = self._engine.run(self._calendar_list(run), _calendar_state(user), run.calendars)
+            listed = self._list_calendars(run)
             run.calendars_reduced = listed.reduced
-            held = listed.held is not None
-            if user.checkpoint is not None and not held:
-                # The resumed listing began in an earlier invocation, possibly before the changes that
-                # started this one: follow it with an incremental pass from the token it just committed.
-                count("SyncResumedThenIncremental")
-                fresh_user = self._users.get(run.fence.open_id)
-                if fresh_user is not None:
-                    user = self._adopt_tokens(run, fresh_user)
-                    continue
-            held = self._sync_events(user, run) or held
-            self._assert_subscription(user, run)
+            held = self._sync_events(run) or listed.held is not None
+            user = run.user
+            if not run.subscription_checked:
+                run.subscription_checked = True
+                self._resubscribe(
+                    run,
+                    user.subscribed_at,
+                    lambda token: self._feishu.subscribe_calendar_changes(token, deadline=run.deadline),
+                    lambda now: self._authorization.mark_subscribed(run.fence.open_id, now),
+                    CALENDAR_SUBSCRIPTION,
+                )
             now = self._now()
             due = now + (self._settings.mass_delete_confirm_seconds if held else self._settings.stale_after_seconds)
             if run.events_due_at is not None:
                 due = max(now, min(due, run.events_due_at))
-            fresh = self._users.release_after_success(
+            fresh = self._leases.release_after_success(
                 run.fence,
                 now,
                 seen_dirty_seq=user.dirty_seq,
@@ -350,7 +456,7 @@ class CalendarSync:
                     "sync_completed",
                     extra={
                         "kind": calendars.kind,
-                        "passes": run.passes,
+                        "passes": calendars.listings,
                         "pages": calendars.pages,
                         "upserted": calendars.upserted,
                         "deleted": calendars.deleted,
@@ -361,34 +467,112 @@ class CalendarSync:
                 )
                 return self._result(run, "synced", pushed_at=user.pending_ping_at)
             count("SyncRepeatedForPing")
-            user = self._adopt_tokens(run, fresh)
+            run.refresh(fresh)
         # Pings keep coming: stop here and leave the user due so the resync comes back soon.
-        self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
+        self._leases.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
         return self._result(run, "synced")
 
-    @staticmethod
-    def _adopt_tokens(run: _Run, fresh: UserRecord) -> UserRecord:
-        """Work on with the stored pair when it is newer than ours (the user consented again meanwhile)."""
-        if fresh.token_version != run.token_version:
-            logger.info("newer_tokens_adopted")
-            run.adopt(fresh)
-        return fresh
+    # -------------------------------------------------------------------------- listings
+    def _list_to_date[T: Item](
+        self,
+        run: _Run,
+        collection: CollectionId,
+        *,
+        name: str,
+        metrics: MetricNames,
+        items: MirroredItems[T],
+        list_page: Callable[..., Page[T]],
+        state: ListingState,
+        tally: Tally,
+        reload: Callable[[], ListingState | None],
+    ) -> ListingOutcome:
+        """List a collection to its end: pages from ``list_page`` (a Feishu listing, with the user's token),
+        items in ``items``. A listing resumed from a checkpoint began in an earlier invocation, possibly
+        before the changes that started this one: it is followed by an incremental pass from the token it
+        just committed (``reload`` reads the state again)."""
 
-    # -------------------------------------------------------------------------- the collections
-    def _calendar_list(self, run: _Run) -> _CalendarList:
-        return _CalendarList(self, run)
+        def fetch(page_token: str, sync_token: str | None) -> Page[T]:
+            return run.tokens.call(
+                lambda token: list_page(
+                    token,
+                    deadline=run.deadline,
+                    page_size=self._settings.page_size,
+                    page_token=page_token or None,
+                    sync_token=None if page_token else sync_token,
+                )
+            )
 
-    def _sync_events(self, user: UserRecord, run: _Run) -> bool:
+        listed = MirrorCollection(
+            collection, run.fence, name=name, metrics=metrics, fetch=fetch, items=items, listings=self._listings
+        )
+        while True:
+            outcome = self._engine.run(listed, state, tally)
+            if state.checkpoint is None or outcome.held:
+                return outcome
+            count(metrics.resumed_then_incremental)
+            fresh = reload()
+            if fresh is None:
+                return outcome
+            state = fresh
+
+    def _list_calendars(self, run: _Run) -> ListingOutcome:
+        """The user's calendar list (its state on the user's record, read again after a resumed listing)."""
+        open_id = run.fence.open_id
+
+        def reload() -> ListingState | None:
+            fresh = self._leases.get(open_id)
+            if fresh is None:
+                return None
+            run.refresh(fresh)
+            return fresh.calendar_list
+
+        return self._list_to_date(
+            run,
+            CollectionId(open_id),
+            name="calendars",
+            metrics=CALENDAR_METRICS,
+            items=self._calendars,
+            list_page=self._feishu.list_calendars,
+            state=run.user.calendar_list,
+            tally=run.calendars,
+            reload=reload,
+        )
+
+    def _list_events(
+        self, events: MirroredItems[Event], run: _Run, calendar_id: str, listing: EventListing | None
+    ) -> ListingOutcome:
+        """One calendar's event listing (its held sweep, if deletions were held back, and its counts)."""
+        open_id = run.fence.open_id
+
+        def reload() -> ListingState | None:
+            fresh = self._listings.event_listing(open_id, calendar_id)
+            return fresh.state if fresh else None
+
+        if listing is None:
+            self._listings.begin_events(run.fence, self._now(), calendar_id)
+        return self._list_to_date(
+            run,
+            CollectionId(open_id, calendar_id),
+            name="events",
+            metrics=EVENT_METRICS,
+            items=events,
+            list_page=partial(self._feishu.list_events, calendar_id=calendar_id),
+            state=listing.state if listing else ListingState(),
+            tally=run.events,
+            reload=reload,
+        )
+
+    def _sync_events(self, run: _Run) -> bool:
         """List the events of each calendar that needs it; returns True when deletions were held back."""
-        mirror = self._events
-        if mirror is None:
+        events = self._events
+        if events is None:
             return False
-        now = self._now()
-        calendars = self._calendars.load_all(run.fence.open_id)
+        user, open_id, now = run.user, run.fence.open_id, self._now()
+        calendars = self._calendars.load_all(CollectionId(open_id))
         readable = {cid for cid, stored in calendars.items() if stored.live and has_readable_events(stored.item)}
-        listings = mirror.listings.load_all(run.fence.open_id)
+        listings = self._listings.event_listings(open_id)
         for calendar_id in sorted(listings.keys() - readable):
-            self._retire_events(mirror, run, calendar_id)
+            self._retire_events(events, run, calendar_id)
         run.held_events = {
             cid: listing.state.held_sweep.count
             for cid, listing in listings.items()
@@ -408,7 +592,7 @@ class CalendarSync:
                     run.events_due_at = min(run.events_due_at or due, due)
                 continue
             try:
-                outcome = self._list_events(mirror, run, calendar_id, listing)
+                outcome = self._list_events(events, run, calendar_id, listing)
             except (ReauthorizationRequired, AccessTokenRejected, FeishuUnavailable):
                 raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
             except FeishuError as exc:
@@ -434,31 +618,17 @@ class CalendarSync:
                 held = True
                 run.held_events[calendar_id] = outcome.held.count
             run.handled_calendars.add(calendar_id)
-            self._assert_event_subscription(mirror, run, calendar_id, listing)
+            self._resubscribe(
+                run,
+                listing.subscribed_at if listing else None,
+                partial(self._feishu.subscribe_calendar_events, calendar_id=calendar_id, deadline=run.deadline),
+                partial(self._listings.mark_events_subscribed, run.fence, calendar_id=calendar_id),
+                EVENT_SUBSCRIPTION,
+                calendar_id=calendar_id,
+            )
         if failure is not None:
             raise failure
         return held
-
-    def _list_events(
-        self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
-    ) -> ListingOutcome:
-        """One calendar's event listing (its held sweep, if deletions were held back, and its counts); a
-        resumed one is followed by an incremental catch-up."""
-        collection = _CalendarEvents(self, run, mirror, calendar_id)
-        if listing is None:
-            mirror.listings.begin(run.fence, self._now(), calendar_id)
-        state = listing.state if listing else ListingState()
-        while True:
-            outcome = self._engine.run(collection, state, run.events)
-            if state.checkpoint is None or outcome.held:
-                return outcome
-            # The resumed listing began in an earlier invocation, possibly before the change that
-            # started this one: follow it with an incremental pass from the token it just committed.
-            count("EventListingResumedThenIncremental")
-            fresh = mirror.listings.get(run.fence.open_id, calendar_id)
-            if fresh is None:
-                return outcome
-            state = fresh.state
 
     def _events_due(
         self, listing: EventListing | None, calendar_id: str, user: UserRecord, run: _Run, now: int
@@ -473,280 +643,41 @@ class CalendarSync:
             return True
         return now - listing.synced_at >= self._settings.stale_after_seconds - EVENTS_STALE_MARGIN_SECONDS
 
-    def _retire_events(self, mirror: EventMirror, run: _Run, calendar_id: str) -> None:
+    def _retire_events(self, events: MirroredItems[Event], run: _Run, calendar_id: str) -> None:
         """A calendar left the list or became unreadable: tombstone its events and forget its listing."""
-        stored = mirror.events.load_all(run.fence.open_id, calendar_id)
-        live = tuple(s.item for s in stored.values() if s.live)
+        collection = CollectionId(run.fence.open_id, calendar_id)
+        live = tuple(s.item for s in events.load_all(collection).values() if s.live)
         if live:
-            mirror.events.apply(run.fence, self._now(), calendar_id, deletions=live)
+            events.apply(run.fence, self._now(), collection, deletions=live)
             run.events.deleted += len(live)
             count(EVENT_METRICS.deleted, len(live))
-        mirror.listings.delete(run.fence, self._now(), calendar_id)
+        self._listings.retire_events(run.fence, self._now(), calendar_id)
         count("EventListingsRetired")
         logger.info("events_retired", extra={"calendar_id": calendar_id, "deleted": len(live)})
 
-    def _assert_event_subscription(
-        self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
+    # -------------------------------------------------------------------------- subscriptions
+    def _resubscribe(
+        self,
+        run: _Run,
+        subscribed_at: int | None,
+        subscribe: Callable[[str], None],
+        record: Callable[[int], None],
+        metrics: SubscriptionMetrics,
+        **log: Any,
     ) -> None:
-        """Subscribe to the calendar's event changes when never done or due again; never fatal."""
+        """Re-assert a change subscription (``subscribe`` with the user's access token) when it was never
+        made or is older than ``subscription_refresh_seconds``, then ``record`` it. Never fatal, except
+        when the user's authorisation itself fails."""
         now = self._now()
-        subscribed_at = listing.subscribed_at if listing else None
         if subscribed_at and now - subscribed_at < self._settings.subscription_refresh_seconds:
             return
         try:
-            self._with_token(
-                run, lambda token: self._feishu.subscribe_calendar_events(token, calendar_id, deadline=run.deadline)
-            )
+            run.tokens.call(subscribe)
         except (ReauthorizationRequired, RefreshOutcomeUnknown):
             raise
         except (FeishuError, DeadlineExceeded) as exc:
-            count("EventSubscriptionFailures")
-            logger.warning(
-                "event_subscription_failed", extra={"calendar_id": calendar_id, "code": getattr(exc, "code", None)}
-            )
+            count(metrics.failed)
+            logger.warning(metrics.failure_log, extra={**log, "code": getattr(exc, "code", None)})
             return
-        mirror.listings.mark_subscribed(run.fence, now, calendar_id)
-        count("EventSubscriptionsAsserted")
-
-    # -------------------------------------------------------------------------- Feishu calls
-    def _with_token(self, run: _Run, call: Callable[[str], R]) -> R:
-        """One Feishu call with the user's access token, refreshing it once if Feishu says it expired."""
-        try:
-            return call(self._access_token(run))
-        except AccessTokenRejected:
-            logger.info("access_token_rejected")
-            return call(self._refresh(run))
-
-    def _tokens(self, run: _Run) -> _Tokens:
-        """The user's tokens in plaintext, opened on first use (one KMS call per sync). Plaintext tokens
-        from before encryption are sealed in place now. Raises ``TokenVaultUnavailable``."""
-        if run.tokens is None:
-            user = run.stored
-            opened = self._vault.open(user.open_id, user.access_token, user.refresh_token)
-            tokens = _Tokens(
-                opened.access_token,
-                user.access_expires_at,
-                opened.refresh_token,
-                user.refresh_expires_at,
-                user.token_version,
-                refresh_in_doubt=user.refresh_started_version == user.token_version,
-            )
-            if needs_sealing(user.access_token, user.refresh_token):
-                grant = TokenGrant(tokens.access_token, tokens.access_expires_at, tokens.refresh_token, None)
-                sealed = self._vault.seal(user.open_id, grant)
-                if self._users.seal_stored_tokens(run.fence, self._now(), sealed, token_version=user.token_version):
-                    count("TokensSealed")
-            run.tokens = tokens
-        return run.tokens
-
-    def _access_token(self, run: _Run) -> str:
-        tokens = self._tokens(run)
-        if tokens.access_token and tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
-            return tokens.access_token
-        return self._refresh(run)
-
-    def _refresh(self, run: _Run) -> str:
-        """Rotate the token pair (we hold the lease, so no other sync can) and persist it at once.
-
-        The refresh token is sent at most once: the user is marked before the request goes out and the
-        new pair (or, for a refresh Feishu certainly did not process, the removal of the mark) is stored
-        after it, both only while the stored tokens are still ours (``TokensSuperseded`` otherwise). A
-        refresh whose outcome is unknown fails this attempt; the next one finds the mark and asks the
-        user to authorise again, unless a newer pair was stored meanwhile.
-        """
-        tokens = self._tokens(run)
-        if tokens.refresh_in_doubt:
-            raise ReauthorizationRequired(
-                -1,
-                "an earlier token refresh got no answer, so its refresh token may be spent; it is not sent again",
-                cause="refresh_outcome_unknown",
-            )
-        if not tokens.refresh_token or (tokens.refresh_expires_at and tokens.refresh_expires_at <= self._now()):
-            raise ReauthorizationRequired(20037, "refresh token missing or expired", cause="refresh_token_expired")
-        if run.deadline - time.monotonic() < REFRESH_TIME_NEEDED_SECONDS:
-            raise DeadlineExceeded("not enough time left to refresh the token pair and store it")
-        # The data key first: Feishu's refresh consumes the old refresh token, so nothing may fail between
-        # its answer and the write of the new pair that a retry could not redo.
-        sealer = self._vault.sealer(run.fence.open_id)
-        self._users.begin_refresh(run.fence, self._now(), tokens.version)
-        try:
-            grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
-        except RefreshOutcomeUnknown as exc:
-            count("TokenRefreshFailures")
-            count("TokenRefreshesUnanswered")
-            tokens.refresh_in_doubt = True
-            raise self._unanswered_refresh(run, exc) from exc
-        except ReauthorizationRequired:
-            count("TokenRefreshFailures")
-            raise
-        except (FeishuError, DeadlineExceeded):
-            count("TokenRefreshFailures")  # Feishu certainly did not process it: the token may be sent again
-            self._users.end_refresh(run.fence.open_id, tokens.version)
-            raise
-        count("TokenRefreshes")
-        version = self._users.save_tokens(
-            run.fence.open_id, self._now(), sealer.seal(grant), token_version=tokens.version
-        )
-        kept = grant.refresh_token is None  # Feishu did not rotate it: the stored one stays valid
-        run.tokens = _Tokens(
-            grant.access_token,
-            grant.access_expires_at,
-            tokens.refresh_token if kept else grant.refresh_token,
-            tokens.refresh_expires_at if kept or not grant.refresh_expires_at else grant.refresh_expires_at,
-            version,
-        )
-        return grant.access_token
-
-    def _unanswered_refresh(self, run: _Run, exc: RefreshOutcomeUnknown) -> MirrorError:
-        """After a refresh whose outcome is unknown: ``TokensSuperseded`` when a newer pair is stored
-        meanwhile, else the error that fails this attempt (the mark stays for the next one)."""
-        fresh = self._users.get(run.fence.open_id)
-        if fresh is not None and fresh.token_version != run.token_version:
-            return TokensSuperseded(f"tokens of {run.fence.open_id} replaced")
-        logger.warning("token_refresh_unanswered", extra={"error": exc.message, "log_id": exc.log_id})
-        return RefreshOutcomeUnknown(
-            exc.code,
-            f"a token refresh got no answer ({exc.message}); its refresh token is not sent again",
-            http_status=exc.http_status,
-            log_id=exc.log_id,
-        )
-
-    def _assert_subscription(self, user: UserRecord, run: _Run) -> None:
-        """Re-subscribe to calendar changes when it was never done or is due again; never fatal."""
-        if run.subscription_checked:
-            return
-        run.subscription_checked = True
-        now = self._now()
-        if user.subscribed_at and now - user.subscribed_at < self._settings.subscription_refresh_seconds:
-            return
-        try:
-            self._feishu.subscribe_calendar_changes(self._access_token(run), deadline=run.deadline)
-        except (ReauthorizationRequired, RefreshOutcomeUnknown):
-            raise
-        except (FeishuError, DeadlineExceeded) as exc:
-            count("SubscriptionFailures")
-            logger.warning("subscription_failed", extra={"code": getattr(exc, "code", None)})
-            return
-        self._users.mark_subscribed(run.fence.open_id, now)
-        count("SubscriptionsAsserted")
-
-
-EVENTS_STALE_MARGIN_SECONDS = 300
-
-
-def _calendar_state(user: UserRecord) -> ListingState:
-    return ListingState(
-        user.sync_token, user.checkpoint, user.held_sweep, user.calendars_mirrored, user.calendars_reduced
-    )
-
-
-class _CalendarList:
-    """The user's calendar list as a ``Collection``: items in the calendars table, state on the user."""
-
-    name = "calendars"
-    metrics = CALENDAR_METRICS
-
-    def __init__(self, sync: CalendarSync, run: _Run) -> None:
-        self._sync, self._run = sync, run
-        self._fence = run.fence
-
-    def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Calendar]:
-        sync, run = self._sync, self._run
-        return sync._with_token(
-            run,
-            lambda token: sync._feishu.list_calendars(
-                token,
-                deadline=run.deadline,
-                page_size=sync._settings.page_size,
-                page_token=page_token or None,
-                sync_token=None if page_token else sync_token,
-            ),
-        )
-
-    def load_all(self) -> dict[str, Stored[Calendar]]:
-        return self._sync._calendars.load_all(self._fence.open_id)
-
-    def load_some(self, keys: Iterable[str]) -> dict[str, Stored[Calendar]]:
-        return self._sync._calendars.load_some(self._fence.open_id, keys)
-
-    def load_children(self, parent_keys: Iterable[str]) -> dict[str, Stored[Calendar]]:
-        del parent_keys  # no calendar belongs to another
-        return {}
-
-    def apply(self, now: int, upserts: tuple[Calendar, ...], deletions: tuple[Calendar, ...]) -> None:
-        self._sync._calendars.apply(self._fence, now, upserts=upserts, deletions=deletions)
-
-    def save_checkpoint(self, now: int, checkpoint: Checkpoint) -> None:
-        self._sync._users.save_checkpoint(self._fence, now, checkpoint)
-
-    def discard_sync_state(self, now: int) -> None:
-        self._sync._users.discard_sync_state(self._fence, now)
-
-    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
-        self._sync._users.commit_listing(
-            self._fence,
-            now,
-            sync_token=sync_token,
-            calendars_mirrored=outcome.mirrored,
-            calendars_reduced=outcome.reduced,
-            kind=kind,
-            held_sweep=outcome.held,
-            reset=reset,
-        )
-
-
-class _CalendarEvents:
-    """One calendar's events as a ``Collection``: items in the events table, state in event listings."""
-
-    name = "events"
-    metrics = EVENT_METRICS
-
-    def __init__(self, sync: CalendarSync, run: _Run, mirror: EventMirror, calendar_id: str) -> None:
-        self._sync, self._run, self._mirror = sync, run, mirror
-        self._fence = run.fence
-        self._calendar_id = calendar_id
-
-    def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Event]:
-        sync, run = self._sync, self._run
-        return sync._with_token(
-            run,
-            lambda token: sync._feishu.list_events(
-                token,
-                self._calendar_id,
-                deadline=run.deadline,
-                page_size=sync._settings.page_size,
-                page_token=page_token or None,
-                sync_token=None if page_token else sync_token,
-            ),
-        )
-
-    def load_all(self) -> dict[str, Stored[Event]]:
-        return self._mirror.events.load_all(self._fence.open_id, self._calendar_id)
-
-    def load_some(self, keys: Iterable[str]) -> dict[str, Stored[Event]]:
-        return self._mirror.events.load_some(self._fence.open_id, self._calendar_id, keys)
-
-    def load_children(self, parent_keys: Iterable[str]) -> dict[str, Stored[Event]]:
-        return self._mirror.events.load_exceptions(self._fence.open_id, self._calendar_id, parent_keys)
-
-    def apply(self, now: int, upserts: tuple[Event, ...], deletions: tuple[Event, ...]) -> None:
-        self._mirror.events.apply(self._fence, now, self._calendar_id, upserts=upserts, deletions=deletions)
-
-    def save_checkpoint(self, now: int, checkpoint: Checkpoint) -> None:
-        self._mirror.listings.save_checkpoint(self._fence, now, self._calendar_id, checkpoint)
-
-    def discard_sync_state(self, now: int) -> None:
-        self._mirror.listings.discard_sync_state(self._fence, now, self._calendar_id)
-
-    def commit(self, now: int, *, sync_token: str | None, outcome: ListingOutcome, kind: str, reset: bool) -> None:
-        self._mirror.listings.commit_listing(
-            self._fence,
-            now,
-            self._calendar_id,
-            sync_token=sync_token,
-            mirrored=outcome.mirrored,
-            reduced=outcome.reduced,
-            kind=kind,
-            held_sweep=outcome.held,
-            reset=reset,
-        )
+        record(now)
+        count(metrics.asserted)

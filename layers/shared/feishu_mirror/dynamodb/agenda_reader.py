@@ -1,4 +1,4 @@
-"""DynamoDB reads of the read side (``agenda.AgendaSource``): read-only, projected, one user at a time.
+"""The read side's DynamoDB reads (``agenda.AgendaSource``): read-only, projected, one user at a time.
 
 - the user's sync state: one GetItem of the users table projecting ``open_id``, ``status`` and
   ``last_success_at`` (never a token);
@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from feishu_mirror.agenda import AGENDA_INDEX, Segment
+from feishu_mirror.dynamodb.calls import query_pages
+from feishu_mirror.dynamodb.values import attribute_values, plain
 from feishu_mirror.models import CALENDAR_FIELDS
-from feishu_mirror.store import attribute_values, plain
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -72,16 +73,12 @@ class AgendaReader:
     def _query(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Every page of a Query, as plain items."""
         items: list[dict[str, Any]] = []
-        request = {**request, "ReturnConsumedCapacity": "TOTAL"}
-        while True:
-            page = self._client.query(**request)
+        for page in query_pages(self._client, {**request, "ReturnConsumedCapacity": "TOTAL"}):
             self._count(page)
             with self._lock:
                 self.items_read += int(page.get("ScannedCount", 0))
             items += [plain(item) for item in page.get("Items", [])]
-            if "LastEvaluatedKey" not in page:
-                return items
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return items
 
     def sync_state(self, open_id: str) -> dict[str, Any] | None:
         """The user's ``open_id``, ``status`` and ``last_success_at``; None for an unknown user."""
