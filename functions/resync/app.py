@@ -27,4 +27,4 @@ resync = Resync(
 @tracer.capture_lambda_handler
 def handler(_event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
     """Scheduled-event handler (the event's content is not used)."""
-    return resync.run().as_dict()
+    return resync.sweep().as_dict()

@@ -224,7 +224,7 @@ class SyncThreads:
         self.fail_next = 0
         self.errors: list[BaseException] = []
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
         """Start a sync for the user (or fail to hand it over, when told to)."""
         if self.fail_next:
             self.fail_next -= 1
@@ -413,7 +413,7 @@ class Schedule:
             clock=lambda: time.time() + clock_offset,
         )
         owner = lease_owner(request_id or uuid.uuid4().hex)
-        result = engine.run(open_id, owner=owner, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS)
+        result = engine.sync_user(open_id, owner=owner, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS)
         with self._lock:
             self.report.syncs[result.outcome] += 1
         return result
@@ -1101,11 +1101,11 @@ class Schedule:
         started: list[str] = []
 
         class Collect:
-            def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+            def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
                 started.append(open_id)
 
         with self.calls.acting_as("ResyncFunction"):
-            Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).run()
+            Resync(self.users, Collect(), max_users=100, clock=lambda: time.time() + offset).sweep()
         for open_id in started:
             result = self.sync(open_id, clock_offset=offset)
             expected = ("synced", "reauth_required") if reauth_allowed else ("synced",)

@@ -37,7 +37,7 @@ class RecordingInvoker:
     def __init__(self, invoked: list[str]) -> None:
         self.invoked = invoked
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
         """Record the invocation."""
         self.invoked.append(open_id)
 
@@ -116,7 +116,7 @@ class Harness:
         """One sync invocation, as the sync function runs it (``vault`` and ``feishu`` replace the token
         vault and the Feishu client)."""
         engine = self.engine(page_size=page_size, clock_offset=clock_offset, vault=vault, feishu=feishu)
-        return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
+        return engine.sync_user(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
 
     def consent_again(self, open_id: str, *, revoke_previous: bool = False) -> dict[str, Any]:
         """The user signs in again: Feishu issues a new pair, stored as the OAuth callback stores it."""

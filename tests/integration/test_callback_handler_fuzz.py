@@ -20,8 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feishu_mirror.callback import EVENT_CHANGED, MAX_BODY_BYTES, MAX_CALENDAR_ID_LENGTH
+from feishu_mirror.callback import EVENT_CHANGED, MAX_BODY_BYTES
 from feishu_mirror.config import Settings
+from feishu_mirror.identifiers import is_calendar_id
 from local.feishu_sim import FeishuSimulator
 from tests import fuzz_report, fuzzing
 from tests.integration.callback_handler import (
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.integration
 KNOWN_USERS = ("ou_fuzz_a", "ou_fuzz_b")
 # An API Gateway event and the Feishu payload inside it (None when the body is not one).
 Delivery = tuple[dict[str, Any], dict[str, Any] | None]
-FRESH_EVENT_IDS = fuzzing.fresh_event_ids()
+FRESH_DELIVERY_IDS = fuzzing.fresh_delivery_ids()
 
 
 @pytest.fixture
@@ -80,9 +81,9 @@ def signed_payloads(draw: st.DrawFn, sim: FeishuSimulator) -> tuple[str, dict[st
     # change gone wrong only in its calendar_id and gray fields; "untouched": either change as Feishu
     # sends it (gray fields or not), so that accepted changes are dispatched often enough to be checked
     shape = draw(st.sampled_from(["event", "event-changed", "untouched", "challenge", "v1"]))
-    # three in four events carry an event_id not sent before (they are dispatched if accepted), the
-    # others a drawn one, which repeats: a redelivery, answered from the first one's record
-    ids = FRESH_EVENT_IDS if draw(st.integers(0, 3)) else fuzzing.uuid_event_ids
+    # three in four events carry a delivery id (header.event_id) not sent before (they are dispatched if
+    # accepted), the others a drawn one, which repeats: a redelivery, answered from the first one's record
+    ids = FRESH_DELIVERY_IDS if draw(st.integers(0, 3)) else fuzzing.uuid_delivery_ids
     token, app_id = sim.verification_token, sim.app_id
     if shape == "event":
         return shape, draw(fuzzing.event_payloads(token, app_id, open_ids, ids))
@@ -198,14 +199,13 @@ def test_fuzzed_events_get_2xx_or_4xx_and_refusals_write_nothing(
             assert table_snapshot(harness.client, harness.settings) == before
             assert len(recorder.invocations) == invokes_before
         # AND an accepted event change names a non-empty, bounded, printable calendar_id, the payload's,
-        # and (unless its event_id was seen before: then it is answered from the first delivery's record)
+        # and (unless its delivery id was seen before: then it is answered from the first delivery's record)
         # marks that calendar dirty for every known user it names, whose sync then lists it
         elif _is_event_changed(payload) and not body.get("duplicate"):
             assert payload is not None
             seen.add("event change")
             calendar_id = payload["event"]["calendar_id"]
-            assert isinstance(calendar_id, str)
-            assert 0 < len(calendar_id) <= MAX_CALENDAR_ID_LENGTH
+            assert is_calendar_id(calendar_id)
             assert calendar_id.isprintable()
             named = {user["open_id"] for user in payload["event"]["user_id_list"]}
             for open_id in sorted(named & set(KNOWN_USERS)):

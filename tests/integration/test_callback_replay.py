@@ -37,7 +37,7 @@ def test_a_replayed_delivery_within_the_window_starts_one_sync(
 ) -> None:
     # GIVEN a user and one genuine, signed delivery of a change to their calendars
     open_id = harness.onboard("ou_replayed")
-    payload = sim.calendar_changed_payload([open_id], event_id="evt-replayed")
+    payload = sim.calendar_changed_payload([open_id], delivery_id="evt-replayed")
     delivery = signed_delivery(sim, payload)
     # WHEN the identical request (same body, same signature) arrives twice within the window
     first = app.handler(delivery, Context())
@@ -56,7 +56,7 @@ def test_a_replayed_delivery_within_the_window_starts_one_sync(
         (
             "/2015-03-31/functions/sync/invocations",
             "Event",
-            {"open_id": open_id, "reason": "calendar_changed", "event_id": "evt-replayed"},
+            {"open_id": open_id, "reason": "calendar_changed", "delivery_id": "evt-replayed"},
         )
     ]
     assert len(harness.client.scan(TableName=harness.settings.idempotency_table)["Items"]) == 1

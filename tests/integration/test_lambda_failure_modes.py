@@ -72,8 +72,8 @@ def callback_app(
     wiring.pings.cache_clear()
 
 
-def delivery(sim: FeishuSimulator, open_id: str, event_id: str) -> dict[str, Any]:
-    headers, body = sim.build_callback_request(sim.calendar_changed_payload([open_id], event_id=event_id))
+def delivery(sim: FeishuSimulator, open_id: str, delivery_id: str) -> dict[str, Any]:
+    headers, body = sim.build_callback_request(sim.calendar_changed_payload([open_id], delivery_id=delivery_id))
     return {"headers": {k.lower(): v for k, v in headers.items()}, "body": body.decode(), "isBase64Encoded": False}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from feishu_mirror.agenda import AgendaService, Window
 from feishu_mirror.agenda_store import AgendaReader
-from feishu_mirror.health import record_event_to_mirror_lag
+from feishu_mirror.health import record_push_to_mirror_lag
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
 from feishu_mirror.store import UnknownUser
@@ -35,7 +35,7 @@ def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusServ
 class FailingInvoker:
     """The Lambda API is down."""
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
         raise ConnectionError("no Lambda API")
 
 
@@ -157,10 +157,10 @@ def test_the_lag_runs_from_the_earliest_push_even_when_later_ones_coalesced(harn
     # THEN the result names the earliest push, the lag runs from it, and nothing is pending any more
     assert result.pushed_at == t0
     now = time.time()
-    assert record_event_to_mirror_lag(result, now=now) == pytest.approx(now - t0)
+    assert record_push_to_mirror_lag(result, now=now) == pytest.approx(now - t0)
     assert "pending_ping_at" not in harness.user(open_id)
     # AND a later sync with no push in between measures nothing
-    assert record_event_to_mirror_lag(harness.sync(open_id), now=time.time()) is None
+    assert record_push_to_mirror_lag(harness.sync(open_id), now=time.time()) is None
 
 
 def test_a_push_that_waited_out_a_failure_is_measured_from_when_it_came(harness: Harness) -> None:

@@ -151,7 +151,7 @@ def page(*entries: tuple[Event, bool], has_more: bool = False) -> Page[Event]:
 
 
 def run(events: Events, state: ListingState) -> Any:
-    return ListingEngine(mass_delete_confirm_seconds=3600, clock=lambda: 10_000).run(events, state, Tally())
+    return ListingEngine(mass_delete_confirm_seconds=3600, clock=lambda: 10_000).sync_collection(events, state, Tally())
 
 
 def test_an_increment_that_deletes_a_master_tombstones_exceptions_it_does_not_list() -> None:

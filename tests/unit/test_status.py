@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from feishu_mirror.health import LAG_METRIC, UserHealth, record_event_to_mirror_lag
+from feishu_mirror.health import LAG_METRIC, UserHealth, record_push_to_mirror_lag
 from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import metrics
 from feishu_mirror.status import (
@@ -256,7 +256,7 @@ def test_a_sync_that_brought_pushes_into_the_mirror_emits_the_lag_since_the_earl
     # GIVEN a sync that released the user with every push since NOW in the mirror
     result = SyncResult("ou_a", "synced", pushed_at=NOW)
     # WHEN the lag is recorded 2.5 s later
-    lag = record_event_to_mirror_lag(result, now=NOW + 2.5)
+    lag = record_push_to_mirror_lag(result, now=NOW + 2.5)
     # THEN it is 2.5 s, emitted as a Seconds metric
     assert lag == 2.5
     assert emitted()[LAG_METRIC]["Value"] == [2.5]
@@ -272,7 +272,7 @@ def test_a_sync_that_brought_pushes_into_the_mirror_emits_the_lag_since_the_earl
     ],
 )
 def test_no_lag_is_emitted_unless_a_finished_sync_brought_pushes_in(emitted: Any, result: SyncResult) -> None:
-    assert record_event_to_mirror_lag(result, now=NOW + 1) is None
+    assert record_push_to_mirror_lag(result, now=NOW + 1) is None
     assert LAG_METRIC not in emitted()
 
 

@@ -1,7 +1,8 @@
 """feishu_mirror: keeps each authorised Feishu user's calendar list mirrored in DynamoDB.
 
 Organised by concern: ``config`` (settings and credentials), ``observability`` (logger, tracer,
-metrics), ``errors``, ``models``, ``crypto`` and ``callback`` (verifying Feishu pushes), ``feishu``
+metrics), ``errors``, ``identifiers`` (the one rule for each of Feishu's ids: open_id, delivery id,
+calendar_id, event_id), ``models``, ``crypto`` and ``callback`` (verifying Feishu pushes), ``feishu``
 (the HTTP client), ``store`` (all DynamoDB access), ``token_vault`` (users' tokens sealed with KMS
 envelope encryption), ``sync`` (the sync algorithm), ``pings`` (turning a push into sync invocations),
 ``resync`` (the scheduled safety net), ``onboarding`` and ``oauth_state`` (OAuth, signed states),

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from feishu_mirror.errors import MirrorError
+from feishu_mirror.identifiers import is_open_id
 from feishu_mirror.models import CALENDAR_FIELDS, Calendar, has_readable_events
 from feishu_mirror.recurrence import (
     DAY,
@@ -71,7 +72,6 @@ MAX_FREEBUSY_USERS = 50
 MAX_ENTRIES = 10_000
 EARLIEST = 0  # 1970-01-01
 LATEST = 253370764800  # 9999-01-01: room for every zone's offset after it
-_OPEN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _INSTANCE_ID = re.compile(r"(.+)_(\d{1,12})")
 
@@ -120,8 +120,8 @@ class WindowTooBusy(AgendaError):
 
 # ---------------------------------------------------------------------------------- requests
 def valid_open_id(value: str) -> str:
-    """The open_id if it looks like one (letters, digits, ``_``/``-``, at most 128); else raises."""
-    if not _OPEN_ID.fullmatch(value or ""):
+    """The open_id if it is one (``identifiers.is_open_id``); else raises ``AgendaRequestInvalid``."""
+    if not is_open_id(value):
         raise AgendaRequestInvalid("not a valid open_id", code="invalid_open_id")
     return value
 

@@ -12,7 +12,6 @@ The status routes are IAM-protected in the template: nothing here authenticates.
 from __future__ import annotations
 
 import html
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from feishu_mirror.errors import MirrorError
 from feishu_mirror.health import STATE_ORDER, UserHealth
+from feishu_mirror.identifiers import is_open_id
 from feishu_mirror.models import CALENDAR_FIELDS
 from feishu_mirror.observability import count, logger
 from feishu_mirror.pings import PingDispatcher
@@ -30,7 +30,6 @@ from feishu_mirror.store import CalendarStore, EventListingStore, UnknownUser, U
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 RESYNC_REASON = "operator_resync"
-_OPEN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 ResyncOutcome = Literal["started", "coalesced", "invoke_failed"]
 RESYNC_MESSAGES: dict[str, str] = {
@@ -49,8 +48,8 @@ class ReauthorizationPending(MirrorError):
 
 
 def valid_open_id(value: str) -> str:
-    """The open_id if it looks like one (letters, digits, ``_``/``-``, at most 128); else raises."""
-    if not _OPEN_ID.fullmatch(value):
+    """The open_id if it is one (``identifiers.is_open_id``); else raises ``StatusRequestInvalid``."""
+    if not is_open_id(value):
         raise StatusRequestInvalid("not a valid open_id")
     return value
 

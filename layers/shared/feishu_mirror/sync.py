@@ -126,8 +126,8 @@ class _Tokens:
 
 
 @dataclass(slots=True)
-class _Run:
-    """Mutable bookkeeping of one invocation."""
+class _Attempt:
+    """Mutable bookkeeping of one sync attempt (one invocation, under one lease owner)."""
 
     fence: Fence
     deadline: float
@@ -188,7 +188,7 @@ class CalendarSync:
     def _now(self) -> int:
         return int(self._clock())
 
-    def run(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int) -> SyncResult:
+    def sync_user(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int) -> SyncResult:
         """Sync one user. Expected failures are recorded on the user and returned, not raised.
 
         ``owner`` identifies this attempt (``lease_owner``: unique even for two copies of one Lambda
@@ -208,83 +208,83 @@ class CalendarSync:
         if user.status != ACTIVE:
             self._users.release_after_failure(fence, code=None, message="", due_at=now, failed=False)
             return SyncResult(open_id, "reauth_required")
-        return self._guarded(user, _Run(fence, deadline, user))
+        return self._guarded(user, _Attempt(fence, deadline, user))
 
-    def _guarded(self, user: UserRecord, run: _Run) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
+    def _guarded(self, user: UserRecord, attempt: _Attempt) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
         """Run the passes and map each expected failure to a recorded outcome."""
-        fence = run.fence
+        fence = attempt.fence
         try:
-            return self._loop(user, run)
+            return self._loop(user, attempt)
         except ReauthorizationRequired as exc:
-            return self._reauthorization_required(run, exc)
+            return self._reauthorization_required(attempt, exc)
         except TokensSuperseded:
-            return self._superseded(run)
+            return self._superseded(attempt)
         except DeadlineExceeded:
             count("SyncsInterrupted")
-            logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
+            logger.warning("sync_interrupted", extra={"pages": attempt.calendars.pages + attempt.events.pages})
             self._users.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
-            return self._result(run, "interrupted")
+            return self._result(attempt, "interrupted")
         except TokenVaultUnavailable as exc:
             # KMS down or refusing: the stored tokens stay as they are; the user is tried again later.
             count("TokenVaultFailures")
             logger.warning("token_vault_unavailable", extra={"error": exc.message})
             due = self._now() + failure_backoff(user.consecutive_failures)
             self._users.release_after_failure(fence, code=None, message=exc.message, due_at=due)
-            return self._result(run, "failed")
+            return self._result(attempt, "failed")
         except LeaseLost:
             count("SyncLeaseLost")
             logger.error("sync_lease_lost")
-            return self._result(run, "failed")
+            return self._result(attempt, "failed")
         except FeishuError as exc:
             count("SyncFailures")
             logger.warning("sync_failed", extra={"code": exc.code, "error": exc.message, "log_id": exc.log_id})
             due = self._now() + failure_backoff(user.consecutive_failures)
             self._users.release_after_failure(fence, code=exc.code, message=exc.message, due_at=due)
-            return self._result(run, "failed", exc.code)
+            return self._result(attempt, "failed", exc.code)
         except Exception:
             # A bug or an AWS outage: release so a retry can start at once, then let Lambda retry.
             self._release_quietly(fence, user.consecutive_failures)
             raise
 
-    def _reauthorization_required(self, run: _Run, exc: ReauthorizationRequired) -> SyncResult:
+    def _reauthorization_required(self, attempt: _Attempt, exc: ReauthorizationRequired) -> SyncResult:
         """Mark the user ``reauth_required`` (with the cause and any missing scope), unless their tokens
         changed meanwhile: a user who consented again keeps the new consent."""
         missing_scope = exc.missing_scope if isinstance(exc, ScopeMissing) else None
         marked = self._users.mark_reauth_required(
-            run.fence,
+            attempt.fence,
             self._now(),
-            token_version=run.token_version,
+            token_version=attempt.token_version,
             code=exc.code,
             message=exc.message,
             cause=exc.cause,
             missing_scope=missing_scope,
         )
         if not marked:
-            return self._superseded(run)
+            return self._superseded(attempt)
         count("UsersNeedingReauth")
         logger.warning(
             "reauth_required",
             extra={"code": exc.code, "cause": exc.cause, "missing_scope": missing_scope, "log_id": exc.log_id},
         )
-        return self._result(run, "reauth_required", exc.code)
+        return self._result(attempt, "reauth_required", exc.code)
 
-    def _superseded(self, run: _Run) -> SyncResult:
+    def _superseded(self, attempt: _Attempt) -> SyncResult:
         """The user's tokens changed under this sync (a new consent): go on with them, or leave the user due."""
         count("SyncsSuperseded")
         logger.info("sync_superseded_by_new_tokens")
-        fresh = self._users.get(run.fence.open_id)
-        run.superseded += 1
+        fresh = self._users.get(attempt.fence.open_id)
+        attempt.superseded += 1
         if (
             fresh is not None
             and fresh.status == ACTIVE
             and fresh.lease_active(self._now())
-            and fresh.lease_owner == run.fence.owner
-            and run.superseded <= MAX_SUPERSEDED
+            and fresh.lease_owner == attempt.fence.owner
+            and attempt.superseded <= MAX_SUPERSEDED
         ):
-            run.adopt(fresh)
-            return self._guarded(fresh, run)
-        self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
-        return self._result(run, "interrupted")
+            attempt.adopt(fresh)
+            return self._guarded(fresh, attempt)
+        self._users.release_after_failure(attempt.fence, code=None, message="", due_at=self._now(), failed=False)
+        return self._result(attempt, "interrupted")
 
     def _release_quietly(self, fence: Fence, failures: int) -> None:
         try:
@@ -294,14 +294,14 @@ class CalendarSync:
             logger.exception("lease_release_failed")
 
     def _result(
-        self, run: _Run, outcome: SyncOutcome, code: int | None = None, *, pushed_at: int | None = None
+        self, attempt: _Attempt, outcome: SyncOutcome, code: int | None = None, *, pushed_at: int | None = None
     ) -> SyncResult:
-        calendars, events = run.calendars, run.events
+        calendars, events = attempt.calendars, attempt.events
         return SyncResult(
-            run.fence.open_id,
+            attempt.fence.open_id,
             outcome,
             kind=calendars.kind,
-            passes=run.passes,
+            passes=attempt.passes,
             pages=calendars.pages,
             upserted=calendars.upserted,
             deleted=calendars.deleted,
@@ -314,43 +314,45 @@ class CalendarSync:
             pushed_at=pushed_at,
         )
 
-    def _loop(self, user: UserRecord, run: _Run) -> SyncResult:
+    def _loop(self, user: UserRecord, attempt: _Attempt) -> SyncResult:
         for _ in range(MAX_PASSES):
-            run.passes += 1
-            listed = self._engine.run(self._calendar_list(run), _calendar_state(user), run.calendars)
-            run.calendars_reduced = listed.reduced
+            attempt.passes += 1
+            listed = self._engine.sync_collection(
+                self._calendar_list(attempt), _calendar_state(user), attempt.calendars
+            )
+            attempt.calendars_reduced = listed.reduced
             held = listed.held is not None
             if user.checkpoint is not None and not held:
                 # The resumed listing began in an earlier invocation, possibly before the changes that
                 # started this one: follow it with an incremental pass from the token it just committed.
                 count("SyncResumedThenIncremental")
-                fresh_user = self._users.get(run.fence.open_id)
+                fresh_user = self._users.get(attempt.fence.open_id)
                 if fresh_user is not None:
-                    user = self._adopt_tokens(run, fresh_user)
+                    user = self._adopt_tokens(attempt, fresh_user)
                     continue
-            held = self._sync_events(user, run) or held
-            self._assert_subscription(user, run)
+            held = self._sync_events(user, attempt) or held
+            self._assert_subscription(user, attempt)
             now = self._now()
             due = now + (self._settings.mass_delete_confirm_seconds if held else self._settings.stale_after_seconds)
-            if run.events_due_at is not None:
-                due = max(now, min(due, run.events_due_at))
+            if attempt.events_due_at is not None:
+                due = max(now, min(due, attempt.events_due_at))
             fresh = self._users.release_after_success(
-                run.fence,
+                attempt.fence,
                 now,
                 seen_dirty_seq=user.dirty_seq,
                 due_at=due,
-                handled_calendars=frozenset(run.handled_calendars & user.dirty_calendars),
-                held_event_deletions=sum(run.held_events.values()),
-                items_reduced=run.calendars_reduced + sum(run.events_reduced.values()),
+                handled_calendars=frozenset(attempt.handled_calendars & user.dirty_calendars),
+                held_event_deletions=sum(attempt.held_events.values()),
+                items_reduced=attempt.calendars_reduced + sum(attempt.events_reduced.values()),
             )
             if fresh is None:
                 count("SyncsCompleted")
-                calendars, events = run.calendars, run.events
+                calendars, events = attempt.calendars, attempt.events
                 logger.info(
                     "sync_completed",
                     extra={
                         "kind": calendars.kind,
-                        "passes": run.passes,
+                        "passes": attempt.passes,
                         "pages": calendars.pages,
                         "upserted": calendars.upserted,
                         "deleted": calendars.deleted,
@@ -359,56 +361,56 @@ class CalendarSync:
                         "events_deleted": events.deleted,
                     },
                 )
-                return self._result(run, "synced", pushed_at=user.pending_ping_at)
+                return self._result(attempt, "synced", pushed_at=user.pending_ping_at)
             count("SyncRepeatedForPing")
-            user = self._adopt_tokens(run, fresh)
+            user = self._adopt_tokens(attempt, fresh)
         # Pings keep coming: stop here and leave the user due so the resync comes back soon.
-        self._users.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
-        return self._result(run, "synced")
+        self._users.release_after_failure(attempt.fence, code=None, message="", due_at=self._now(), failed=False)
+        return self._result(attempt, "synced")
 
     @staticmethod
-    def _adopt_tokens(run: _Run, fresh: UserRecord) -> UserRecord:
+    def _adopt_tokens(attempt: _Attempt, fresh: UserRecord) -> UserRecord:
         """Work on with the stored pair when it is newer than ours (the user consented again meanwhile)."""
-        if fresh.token_version != run.token_version:
+        if fresh.token_version != attempt.token_version:
             logger.info("newer_tokens_adopted")
-            run.adopt(fresh)
+            attempt.adopt(fresh)
         return fresh
 
     # -------------------------------------------------------------------------- the collections
-    def _calendar_list(self, run: _Run) -> _CalendarList:
-        return _CalendarList(self, run)
+    def _calendar_list(self, attempt: _Attempt) -> _CalendarList:
+        return _CalendarList(self, attempt)
 
-    def _sync_events(self, user: UserRecord, run: _Run) -> bool:
+    def _sync_events(self, user: UserRecord, attempt: _Attempt) -> bool:
         """List the events of each calendar that needs it; returns True when deletions were held back."""
         mirror = self._events
         if mirror is None:
             return False
         now = self._now()
-        calendars = self._calendars.load_all(run.fence.open_id)
+        calendars = self._calendars.load_all(attempt.fence.open_id)
         readable = {cid for cid, stored in calendars.items() if stored.live and has_readable_events(stored.item)}
-        listings = mirror.listings.load_all(run.fence.open_id)
+        listings = mirror.listings.load_all(attempt.fence.open_id)
         for calendar_id in sorted(listings.keys() - readable):
-            self._retire_events(mirror, run, calendar_id)
-        run.held_events = {
+            self._retire_events(mirror, attempt, calendar_id)
+        attempt.held_events = {
             cid: listing.state.held_sweep.count
             for cid, listing in listings.items()
             if cid in readable and listing.state.held_sweep
         }
-        run.events_reduced = {cid: listing.state.reduced for cid, listing in listings.items() if cid in readable}
+        attempt.events_reduced = {cid: listing.state.reduced for cid, listing in listings.items() if cid in readable}
         # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
-        run.handled_calendars |= user.dirty_calendars - readable
+        attempt.handled_calendars |= user.dirty_calendars - readable
         held = False
         failure: FeishuError | None = None
         for calendar_id in sorted(readable):
             listing = listings.get(calendar_id)
-            if not self._events_due(listing, calendar_id, user, run, now):
+            if not self._events_due(listing, calendar_id, user, attempt, now):
                 if listing is not None and listing.synced_at is not None:
                     # Come back when this calendar's events are due, even if the user is not yet.
                     due = listing.synced_at + self._settings.stale_after_seconds
-                    run.events_due_at = min(run.events_due_at or due, due)
+                    attempt.events_due_at = min(attempt.events_due_at or due, due)
                 continue
             try:
-                outcome = self._list_events(mirror, run, calendar_id, listing)
+                outcome = self._list_events(mirror, attempt, calendar_id, listing)
             except (ReauthorizationRequired, AccessTokenRejected, FeishuUnavailable):
                 raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
             except FeishuError as exc:
@@ -428,43 +430,43 @@ class CalendarSync:
                     exc.code, f"events of {calendar_id}: {exc.message}", http_status=exc.http_status, log_id=exc.log_id
                 )
                 continue
-            run.held_events.pop(calendar_id, None)
-            run.events_reduced[calendar_id] = outcome.reduced
+            attempt.held_events.pop(calendar_id, None)
+            attempt.events_reduced[calendar_id] = outcome.reduced
             if outcome.held is not None:
                 held = True
-                run.held_events[calendar_id] = outcome.held.count
-            run.handled_calendars.add(calendar_id)
-            self._assert_event_subscription(mirror, run, calendar_id, listing)
+                attempt.held_events[calendar_id] = outcome.held.count
+            attempt.handled_calendars.add(calendar_id)
+            self._assert_event_subscription(mirror, attempt, calendar_id, listing)
         if failure is not None:
             raise failure
         return held
 
     def _list_events(
-        self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
+        self, mirror: EventMirror, attempt: _Attempt, calendar_id: str, listing: EventListing | None
     ) -> ListingOutcome:
         """One calendar's event listing (its held sweep, if deletions were held back, and its counts); a
         resumed one is followed by an incremental catch-up."""
-        collection = _CalendarEvents(self, run, mirror, calendar_id)
+        collection = _CalendarEvents(self, attempt, mirror, calendar_id)
         if listing is None:
-            mirror.listings.begin(run.fence, self._now(), calendar_id)
+            mirror.listings.begin(attempt.fence, self._now(), calendar_id)
         state = listing.state if listing else ListingState()
         while True:
-            outcome = self._engine.run(collection, state, run.events)
+            outcome = self._engine.sync_collection(collection, state, attempt.events)
             if state.checkpoint is None or outcome.held:
                 return outcome
             # The resumed listing began in an earlier invocation, possibly before the change that
             # started this one: follow it with an incremental pass from the token it just committed.
             count("EventListingResumedThenIncremental")
-            fresh = mirror.listings.get(run.fence.open_id, calendar_id)
+            fresh = mirror.listings.get(attempt.fence.open_id, calendar_id)
             if fresh is None:
                 return outcome
             state = fresh.state
 
     def _events_due(
-        self, listing: EventListing | None, calendar_id: str, user: UserRecord, run: _Run, now: int
+        self, listing: EventListing | None, calendar_id: str, user: UserRecord, attempt: _Attempt, now: int
     ) -> bool:
         """New calendar, pushed as changed, unfinished, held, or not listed for a resync period."""
-        if calendar_id in run.handled_calendars:  # listed in an earlier pass: again only if pushed
+        if calendar_id in attempt.handled_calendars:  # listed in an earlier pass: again only if pushed
             return calendar_id in user.dirty_calendars
         if listing is None or calendar_id in user.dirty_calendars:
             return True
@@ -473,20 +475,20 @@ class CalendarSync:
             return True
         return now - listing.synced_at >= self._settings.stale_after_seconds - EVENTS_STALE_MARGIN_SECONDS
 
-    def _retire_events(self, mirror: EventMirror, run: _Run, calendar_id: str) -> None:
+    def _retire_events(self, mirror: EventMirror, attempt: _Attempt, calendar_id: str) -> None:
         """A calendar left the list or became unreadable: tombstone its events and forget its listing."""
-        stored = mirror.events.load_all(run.fence.open_id, calendar_id)
+        stored = mirror.events.load_all(attempt.fence.open_id, calendar_id)
         live = tuple(s.item for s in stored.values() if s.live)
         if live:
-            mirror.events.apply(run.fence, self._now(), calendar_id, deletions=live)
-            run.events.deleted += len(live)
+            mirror.events.apply(attempt.fence, self._now(), calendar_id, deletions=live)
+            attempt.events.deleted += len(live)
             count(EVENT_METRICS.deleted, len(live))
-        mirror.listings.delete(run.fence, self._now(), calendar_id)
+        mirror.listings.delete(attempt.fence, self._now(), calendar_id)
         count("EventListingsRetired")
         logger.info("events_retired", extra={"calendar_id": calendar_id, "deleted": len(live)})
 
     def _assert_event_subscription(
-        self, mirror: EventMirror, run: _Run, calendar_id: str, listing: EventListing | None
+        self, mirror: EventMirror, attempt: _Attempt, calendar_id: str, listing: EventListing | None
     ) -> None:
         """Subscribe to the calendar's event changes when never done or due again; never fatal."""
         now = self._now()
@@ -495,7 +497,8 @@ class CalendarSync:
             return
         try:
             self._with_token(
-                run, lambda token: self._feishu.subscribe_calendar_events(token, calendar_id, deadline=run.deadline)
+                attempt,
+                lambda token: self._feishu.subscribe_calendar_events(token, calendar_id, deadline=attempt.deadline),
             )
         except (ReauthorizationRequired, RefreshOutcomeUnknown):
             raise
@@ -505,23 +508,23 @@ class CalendarSync:
                 "event_subscription_failed", extra={"calendar_id": calendar_id, "code": getattr(exc, "code", None)}
             )
             return
-        mirror.listings.mark_subscribed(run.fence, now, calendar_id)
+        mirror.listings.mark_subscribed(attempt.fence, now, calendar_id)
         count("EventSubscriptionsAsserted")
 
     # -------------------------------------------------------------------------- Feishu calls
-    def _with_token(self, run: _Run, call: Callable[[str], R]) -> R:
+    def _with_token(self, attempt: _Attempt, call: Callable[[str], R]) -> R:
         """One Feishu call with the user's access token, refreshing it once if Feishu says it expired."""
         try:
-            return call(self._access_token(run))
+            return call(self._access_token(attempt))
         except AccessTokenRejected:
             logger.info("access_token_rejected")
-            return call(self._refresh(run))
+            return call(self._refresh(attempt))
 
-    def _tokens(self, run: _Run) -> _Tokens:
+    def _tokens(self, attempt: _Attempt) -> _Tokens:
         """The user's tokens in plaintext, opened on first use (one KMS call per sync). Plaintext tokens
         from before encryption are sealed in place now. Raises ``TokenVaultUnavailable``."""
-        if run.tokens is None:
-            user = run.stored
+        if attempt.tokens is None:
+            user = attempt.stored
             opened = self._vault.open(user.open_id, user.access_token, user.refresh_token)
             tokens = _Tokens(
                 opened.access_token,
@@ -534,18 +537,18 @@ class CalendarSync:
             if needs_sealing(user.access_token, user.refresh_token):
                 grant = TokenGrant(tokens.access_token, tokens.access_expires_at, tokens.refresh_token, None)
                 sealed = self._vault.seal(user.open_id, grant)
-                if self._users.seal_stored_tokens(run.fence, self._now(), sealed, token_version=user.token_version):
+                if self._users.seal_stored_tokens(attempt.fence, self._now(), sealed, token_version=user.token_version):
                     count("TokensSealed")
-            run.tokens = tokens
-        return run.tokens
+            attempt.tokens = tokens
+        return attempt.tokens
 
-    def _access_token(self, run: _Run) -> str:
-        tokens = self._tokens(run)
+    def _access_token(self, attempt: _Attempt) -> str:
+        tokens = self._tokens(attempt)
         if tokens.access_token and tokens.access_expires_at - self._now() > REFRESH_MARGIN_SECONDS:
             return tokens.access_token
-        return self._refresh(run)
+        return self._refresh(attempt)
 
-    def _refresh(self, run: _Run) -> str:
+    def _refresh(self, attempt: _Attempt) -> str:
         """Rotate the token pair (we hold the lease, so no other sync can) and persist it at once.
 
         The refresh token is sent at most once: the user is marked before the request goes out and the
@@ -554,7 +557,7 @@ class CalendarSync:
         refresh whose outcome is unknown fails this attempt; the next one finds the mark and asks the
         user to authorise again, unless a newer pair was stored meanwhile.
         """
-        tokens = self._tokens(run)
+        tokens = self._tokens(attempt)
         if tokens.refresh_in_doubt:
             raise ReauthorizationRequired(
                 -1,
@@ -563,32 +566,32 @@ class CalendarSync:
             )
         if not tokens.refresh_token or (tokens.refresh_expires_at and tokens.refresh_expires_at <= self._now()):
             raise ReauthorizationRequired(20037, "refresh token missing or expired", cause="refresh_token_expired")
-        if run.deadline - time.monotonic() < REFRESH_TIME_NEEDED_SECONDS:
+        if attempt.deadline - time.monotonic() < REFRESH_TIME_NEEDED_SECONDS:
             raise DeadlineExceeded("not enough time left to refresh the token pair and store it")
         # The data key first: Feishu's refresh consumes the old refresh token, so nothing may fail between
         # its answer and the write of the new pair that a retry could not redo.
-        sealer = self._vault.sealer(run.fence.open_id)
-        self._users.begin_refresh(run.fence, self._now(), tokens.version)
+        sealer = self._vault.sealer(attempt.fence.open_id)
+        self._users.begin_refresh(attempt.fence, self._now(), tokens.version)
         try:
-            grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=run.deadline)
+            grant = self._feishu.refresh_access_token(tokens.refresh_token, deadline=attempt.deadline)
         except RefreshOutcomeUnknown as exc:
             count("TokenRefreshFailures")
             count("TokenRefreshesUnanswered")
             tokens.refresh_in_doubt = True
-            raise self._unanswered_refresh(run, exc) from exc
+            raise self._unanswered_refresh(attempt, exc) from exc
         except ReauthorizationRequired:
             count("TokenRefreshFailures")
             raise
         except (FeishuError, DeadlineExceeded):
             count("TokenRefreshFailures")  # Feishu certainly did not process it: the token may be sent again
-            self._users.end_refresh(run.fence.open_id, tokens.version)
+            self._users.end_refresh(attempt.fence.open_id, tokens.version)
             raise
         count("TokenRefreshes")
         version = self._users.save_tokens(
-            run.fence.open_id, self._now(), sealer.seal(grant), token_version=tokens.version
+            attempt.fence.open_id, self._now(), sealer.seal(grant), token_version=tokens.version
         )
         kept = grant.refresh_token is None  # Feishu did not rotate it: the stored one stays valid
-        run.tokens = _Tokens(
+        attempt.tokens = _Tokens(
             grant.access_token,
             grant.access_expires_at,
             tokens.refresh_token if kept else grant.refresh_token,
@@ -597,12 +600,12 @@ class CalendarSync:
         )
         return grant.access_token
 
-    def _unanswered_refresh(self, run: _Run, exc: RefreshOutcomeUnknown) -> MirrorError:
+    def _unanswered_refresh(self, attempt: _Attempt, exc: RefreshOutcomeUnknown) -> MirrorError:
         """After a refresh whose outcome is unknown: ``TokensSuperseded`` when a newer pair is stored
         meanwhile, else the error that fails this attempt (the mark stays for the next one)."""
-        fresh = self._users.get(run.fence.open_id)
-        if fresh is not None and fresh.token_version != run.token_version:
-            return TokensSuperseded(f"tokens of {run.fence.open_id} replaced")
+        fresh = self._users.get(attempt.fence.open_id)
+        if fresh is not None and fresh.token_version != attempt.token_version:
+            return TokensSuperseded(f"tokens of {attempt.fence.open_id} replaced")
         logger.warning("token_refresh_unanswered", extra={"error": exc.message, "log_id": exc.log_id})
         return RefreshOutcomeUnknown(
             exc.code,
@@ -611,23 +614,23 @@ class CalendarSync:
             log_id=exc.log_id,
         )
 
-    def _assert_subscription(self, user: UserRecord, run: _Run) -> None:
+    def _assert_subscription(self, user: UserRecord, attempt: _Attempt) -> None:
         """Re-subscribe to calendar changes when it was never done or is due again; never fatal."""
-        if run.subscription_checked:
+        if attempt.subscription_checked:
             return
-        run.subscription_checked = True
+        attempt.subscription_checked = True
         now = self._now()
         if user.subscribed_at and now - user.subscribed_at < self._settings.subscription_refresh_seconds:
             return
         try:
-            self._feishu.subscribe_calendar_changes(self._access_token(run), deadline=run.deadline)
+            self._feishu.subscribe_calendar_changes(self._access_token(attempt), deadline=attempt.deadline)
         except (ReauthorizationRequired, RefreshOutcomeUnknown):
             raise
         except (FeishuError, DeadlineExceeded) as exc:
             count("SubscriptionFailures")
             logger.warning("subscription_failed", extra={"code": getattr(exc, "code", None)})
             return
-        self._users.mark_subscribed(run.fence.open_id, now)
+        self._users.mark_subscribed(attempt.fence.open_id, now)
         count("SubscriptionsAsserted")
 
 
@@ -646,17 +649,17 @@ class _CalendarList:
     name = "calendars"
     metrics = CALENDAR_METRICS
 
-    def __init__(self, sync: CalendarSync, run: _Run) -> None:
-        self._sync, self._run = sync, run
-        self._fence = run.fence
+    def __init__(self, sync: CalendarSync, attempt: _Attempt) -> None:
+        self._sync, self._attempt = sync, attempt
+        self._fence = attempt.fence
 
     def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Calendar]:
-        sync, run = self._sync, self._run
+        sync, attempt = self._sync, self._attempt
         return sync._with_token(
-            run,
+            attempt,
             lambda token: sync._feishu.list_calendars(
                 token,
-                deadline=run.deadline,
+                deadline=attempt.deadline,
                 page_size=sync._settings.page_size,
                 page_token=page_token or None,
                 sync_token=None if page_token else sync_token,
@@ -701,19 +704,19 @@ class _CalendarEvents:
     name = "events"
     metrics = EVENT_METRICS
 
-    def __init__(self, sync: CalendarSync, run: _Run, mirror: EventMirror, calendar_id: str) -> None:
-        self._sync, self._run, self._mirror = sync, run, mirror
-        self._fence = run.fence
+    def __init__(self, sync: CalendarSync, attempt: _Attempt, mirror: EventMirror, calendar_id: str) -> None:
+        self._sync, self._attempt, self._mirror = sync, attempt, mirror
+        self._fence = attempt.fence
         self._calendar_id = calendar_id
 
     def fetch(self, *, page_token: str, sync_token: str | None) -> Page[Event]:
-        sync, run = self._sync, self._run
+        sync, attempt = self._sync, self._attempt
         return sync._with_token(
-            run,
+            attempt,
             lambda token: sync._feishu.list_events(
                 token,
                 self._calendar_id,
-                deadline=run.deadline,
+                deadline=attempt.deadline,
                 page_size=sync._settings.page_size,
                 page_token=page_token or None,
                 sync_token=None if page_token else sync_token,
