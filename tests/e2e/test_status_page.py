@@ -26,7 +26,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from feishu_mirror.models import CALENDAR_FIELDS
-from feishu_mirror.status import AUTO_REFRESH_SECONDS
+from feishu_mirror.status_pages import AUTO_REFRESH_SECONDS
 from feishu_mirror.store import plain
 from local.feishu_sim import CALENDARS_PATH, FeishuSimulator, feishu_error
 from local.run import DEMO_USER, WARM_EVENTS

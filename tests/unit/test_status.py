@@ -1,4 +1,5 @@
-"""Operator status: health derivation, content negotiation, HTML escaping, the lag metric."""
+"""Operator status: health derivation (the service), content negotiation and the origin check (the HTTP
+edge), HTML escaping (the pages), the lag metric."""
 
 from __future__ import annotations
 
@@ -9,22 +10,9 @@ import pytest
 from feishu_mirror.health import LAG_METRIC, UserHealth, record_push_to_mirror_lag
 from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import metrics
-from feishu_mirror.status import (
-    AUTO_REFRESH_SECONDS,
-    MirroredCalendar,
-    Overview,
-    StatusRequestInvalid,
-    Upcoming,
-    UserDetail,
-    cross_site,
-    overview_href,
-    page_size,
-    render_message,
-    render_overview,
-    render_user,
-    valid_open_id,
-    wants_json,
-)
+from feishu_mirror.status import ComingWeek, MirroredCalendar, Overview, StatusRequestInvalid, UserDetail, valid_open_id
+from feishu_mirror.status_http import cross_site, overview_href, page_size, wants_json
+from feishu_mirror.status_pages import AUTO_REFRESH_SECONDS, render_message, render_overview, render_user
 
 NOW = 1_764_000_000
 STALE = 6 * 3600
@@ -278,7 +266,7 @@ def test_no_lag_is_emitted_unless_a_finished_sync_brought_pushes_in(emitted: Any
 
 def test_the_user_page_shows_the_coming_week_as_local_dates_and_times() -> None:
     # GIVEN the next seven days as the status function builds them from the agenda
-    from feishu_mirror.agenda import EventItem, Window, expand, human_span  # noqa: PLC0415
+    from feishu_mirror.agenda import EventItem, Window, expand  # noqa: PLC0415
 
     weekly = {
         "calendar_id": "cal_a",
@@ -289,13 +277,13 @@ def test_the_user_page_shows_the_coming_week_as_local_dates_and_times() -> None:
         "end_time": {"timestamp": "1764037800", "timezone": "Asia/Shanghai"},
     }
     entries = expand([EventItem.parse(weekly)], Window.days_from(NOW, 7))
-    upcoming = Upcoming(rows=tuple((human_span(e.start, e.end), e.fields["summary"], True) for e in entries))
-    # WHEN the page is rendered
-    page = render_user(UserDetail(health(), (), 0, NOW), upcoming=upcoming)
+    # WHEN the page is rendered with them
+    page = render_user(UserDetail(health(), (), 0, NOW), coming_week=ComingWeek(entries=tuple(entries)))
     # THEN the occurrence reads as a local date and time in its zone, escaped, never as epoch seconds
     assert "Tue 2025-11-25 10:00–10:30 Asia/Shanghai" in page
     assert "&lt;i&gt;1:1&lt;/i&gt;" in page
     assert "1764036000" not in page
+    assert "↻ recurring" in page  # an occurrence of a series says so
     # AND a user whose first sync is pending is told so
-    pending = render_user(UserDetail(health(), (), 0, NOW), upcoming=Upcoming(note="first sync has not finished"))
+    pending = render_user(UserDetail(health(), (), 0, NOW), coming_week=ComingWeek(note="first sync has not finished"))
     assert "first sync has not finished" in pending
