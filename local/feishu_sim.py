@@ -769,6 +769,10 @@ class FeishuSimulator:
             del entry["is_deleted"]
         return entries
 
+    def primary_calendar_id(self, open_id: str) -> str:
+        """The calendar_id of the user's primary calendar (every user has one: ``add_user`` creates it)."""
+        return str(next(c["calendar_id"] for c in self.calendars(open_id) if c["type"] == "primary"))
+
     def create_event(self, open_id: str, calendar_id: str, *, event_id: str | None = None, **fields: Any) -> str:
         """Add an event (日程) to one of the user's calendars; returns its event_id (``<uid>_0`` as Feishu's
         are, unless given, e.g. ``<uid>_<original start>`` for an exception of a recurring event). Fields are

@@ -47,10 +47,6 @@ def reader(harness: Harness) -> AgendaReader:
     )
 
 
-def primary(sim: FeishuSimulator, open_id: str) -> str:
-    return str(next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary"))
-
-
 WEEK = Window(at(2026, 3, 9), at(2026, 3, 16))  # Monday 9 March 2026, Shanghai
 
 
@@ -58,7 +54,7 @@ def test_events_synced_from_feishu_are_found_and_follow_changes(harness: Harness
     # GIVEN a user whose calendars hold a weekly standup (begun a year earlier), a meeting this week,
     # one next month, an all-day event, and an event on a calendar they only see free/busy of
     open_id = harness.onboard("ou_agenda_sync")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     team = sim.create_calendar(open_id, summary="Team", role="reader")
     boss = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
     sim.create_event(
@@ -118,7 +114,7 @@ def test_exceptions_written_by_the_mirror_replace_and_cancel_occurrences(
     # Thursday occurrence cancelled, and the next week's Monday occurrence moved into this week
     open_id = harness.onboard("ou_agenda_exceptions")
     harness.sync(open_id)
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     tue, thu, next_mon = at(2026, 3, 10, 10), at(2026, 3, 12, 10), at(2026, 3, 16, 10)
     master = Event(
         "daily_0",
@@ -179,13 +175,13 @@ def test_a_weeks_agenda_reads_only_that_weeks_items_of_that_user(harness: Harnes
     _write(
         harness,
         open_id,
-        primary(sim, open_id),
+        sim.primary_calendar_id(open_id),
         *(Event(f"e{n}_0", {"summary": f"E{n}", **times(base + n * DAY, base + n * DAY + 3600)}) for n in range(730)),
     )
     _write(
         harness,
         other,
-        primary(sim, other),
+        sim.primary_calendar_id(other),
         *(
             Event(f"o{n}_0", {"summary": "O", **times(at(2026, 3, 9, 9) + n * 600, at(2026, 3, 9, 9) + n * 600 + 300)})
             for n in range(50)

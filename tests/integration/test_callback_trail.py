@@ -19,13 +19,13 @@ from feishu_mirror.observability import logger
 from local.feishu_sim import FeishuSimulator
 from tests.integration.callback_handler import (
     UNREACHABLE,
-    Context,
     LambdaRecorder,
     callback_app,
     reply_body,
     signed_delivery,
 )
 from tests.integration.harness import Harness
+from tests.lambda_handlers import FakeContext
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def test_one_line_per_delivery_names_each_user_and_what_became_of_their_ping(
     stranger = "ou_trail_stranger"
     # WHEN Feishu pushes one event naming all three
     delivery = signed_delivery(sim, sim.calendar_changed_payload([idle, busy, stranger], delivery_id="evt-trail"))
-    reply = app.handler(delivery, Context())
+    reply = app.handler(delivery, FakeContext())
     # THEN the idle user's sync is started with the delivery_id, the busy user's ping coalesces
     assert reply_body(reply)["started"] == 1
     assert [payload["open_id"] for payload in recorder.payloads()] == [idle]
@@ -101,7 +101,7 @@ def test_one_line_per_delivery_names_each_user_and_what_became_of_their_ping(
     (acknowledged,) = logs.lines("event_dispatched")
     assert acknowledged["delivery_id"] == "evt-trail"
     # WHEN Feishu redelivers the event THEN it is a duplicate and no second trail line is written
-    assert reply_body(app.handler(delivery, Context()))["duplicate"] is True
+    assert reply_body(app.handler(delivery, FakeContext()))["duplicate"] is True
     assert len(logs.lines("pings_dispatched")) == 1
     # AND none of the users' tokens, nor the app's secrets, are in the logs
     tokens = {token for u in (idle, busy) for token in harness.tokens(u) if token}
@@ -116,7 +116,7 @@ def test_an_event_change_whose_sync_cannot_be_started_is_logged_with_its_calenda
     open_id = harness.onboard("ou_trail_unreachable")
     # WHEN Feishu pushes a change of one calendar's events
     payload = sim.event_changed_payload(open_id, "cal_trail", delivery_id="evt-trail-2")
-    reply = unreachable_app.handler(signed_delivery(sim, payload), Context())
+    reply = unreachable_app.handler(signed_delivery(sim, payload), FakeContext())
     # THEN the delivery is acknowledged (the user stays due for the schedule), and the trail says so
     assert reply_body(reply)["invoke_failed"] == 1
     (line,) = logs.lines("pings_dispatched")

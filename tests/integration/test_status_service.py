@@ -181,7 +181,7 @@ def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_toke
     # GIVEN a synced user with two events on the primary calendar and a calendar they only see free/busy of
     open_id = harness.onboard("ou_view_events")
     sim = harness.sim
-    primary = next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary")
+    primary = sim.primary_calendar_id(open_id)
     busy = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
     sim.create_event(open_id, primary, summary="One")
     sim.create_event(open_id, primary, summary="Two")
@@ -204,7 +204,7 @@ def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_toke
 def test_everything_the_status_service_calls_is_granted_to_the_status_function_and_no_more(harness: Harness) -> None:
     # GIVEN synced users (one with events), a user who must consent again, and the status service
     ada = harness.onboard("ou_grants_ada", extra_calendars=2)
-    primary = next(c["calendar_id"] for c in harness.sim.calendars(ada) if c["type"] == "primary")
+    primary = harness.sim.primary_calendar_id(ada)
     harness.sim.create_event(ada, primary, summary="Standup")
     harness.sync(ada)
     gone = harness.onboard("ou_grants_gone")

@@ -4,9 +4,6 @@ expanding every item)."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +18,6 @@ from feishu_mirror.agenda import (
     AgendaService,
     EventItem,
     NotSyncedYet,
-    Segment,
     UserNotFound,
     Window,
     WindowTooBusy,
@@ -31,55 +27,13 @@ from feishu_mirror.agenda import (
 )
 from feishu_mirror.agenda_http import calendars_json, entry_json, freebusy_json, open_id_list, parse_window, time_zone
 from feishu_mirror.recurrence import FOREVER
+from tests.agenda_index import FEB_2, OPEN_ID, SH, WEEK, WEEKLY, IndexedSource, at, event, exception_of
 
 DAY = 86400
-SH = "Asia/Shanghai"
-OPEN_ID = "ou_ada"
-
-
-def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, *, tz: str = SH) -> int:
-    return int(datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(tz)).timestamp())
-
-
-def timed(start: int, end: int, tz: str = SH) -> dict[str, Any]:
-    return {
-        "start_time": {"timestamp": str(start), "timezone": tz},
-        "end_time": {"timestamp": str(end), "timezone": tz},
-    }
-
-
-def event(event_id: str, start: int, end: int, calendar_id: str = "cal_a", **fields: Any) -> dict[str, Any]:
-    return {
-        "calendar_id": calendar_id,
-        "event_id": event_id,
-        "summary": event_id,
-        "status": "confirmed",
-        **timed(start, end),
-        **fields,
-    }
-
-
-def exception_of(master: Mapping[str, Any], original: int, start: int, end: int, **fields: Any) -> dict[str, Any]:
-    uid = str(master["event_id"]).rsplit("_", 1)[0]
-    return event(
-        f"{uid}_{original}",
-        start,
-        end,
-        str(master["calendar_id"]),
-        is_exception=True,
-        recurring_event_id=master["event_id"],
-        **fields,
-    )
 
 
 def agenda(items: list[dict[str, Any]], window: Window) -> list[tuple[str, str, str | None]]:
     return [(e.event_id, e.start.rfc3339(), e.recurring_event_id) for e in expand(map(EventItem.parse, items), window)]
-
-
-# A weekly Monday 10:00–11:00 meeting from 5 January 2026, and the week of 2 February
-WEEKLY = event("mtg_0", at(2026, 1, 5, 10), at(2026, 1, 5, 11), summary="Weekly", recurrence="FREQ=WEEKLY;BYDAY=MO")
-FEB_2 = at(2026, 2, 2, 10)
-WEEK = Window(at(2026, 2, 2), at(2026, 2, 9))
 
 
 def test_a_series_gives_one_occurrence_per_week_with_the_instance_id_feishu_uses() -> None:
@@ -233,50 +187,6 @@ def test_index_attributes_place_short_items_by_start_and_series_and_long_items_b
     assert agenda_index_attributes(OPEN_ID, str(cancelled["event_id"]), cancelled)["agenda_start"] == FEB_2
     assert agenda_index_attributes(OPEN_ID, "s_0", {**event("s_0", 100, 3700), "status": "cancelled"}) == {}
     assert agenda_index_attributes(OPEN_ID, "s_0", {"summary": "no times"}) == {}
-
-
-class IndexedSource:
-    """The agenda index in memory, with DynamoDB's query semantics (key range, then the filter)."""
-
-    def __init__(
-        self, items: list[dict[str, Any]], *, synced: bool = True, calendars: list[dict[str, Any]] | None = None
-    ) -> None:
-        self.items = [{**i, **agenda_index_attributes(OPEN_ID, i["event_id"], i)} for i in items]
-        self.synced = synced
-        self.calendars = calendars or [
-            {"calendar_id": c, "type": "shared", "role": "reader", "summary": c} for c in ("cal_a", "cal_b")
-        ]
-        self.queries: list[tuple[str, int, int]] = []
-        self.lock = threading.Lock()
-
-    def sync_state(self, open_id: str) -> Mapping[str, Any] | None:
-        if open_id != OPEN_ID:
-            return None
-        return {"open_id": open_id, "status": "active", **({"last_success_at": 1767225600} if self.synced else {})}
-
-    def live_calendars(self, open_id: str) -> list[dict[str, Any]]:
-        return list(self.calendars)
-
-    def index_items(
-        self,
-        open_id: str,
-        segment: Segment,
-        at_least: int,
-        at_most: int,
-        *,
-        starting_before: int | None = None,
-        ending_from: int | None = None,
-    ) -> list[dict[str, Any]]:
-        with self.lock:
-            self.queries.append((segment, at_least, at_most))
-        return [  # what the index projects: the ids and the fields kept in agenda_entry
-            {**json.loads(i["agenda_entry"]), "event_id": i["event_id"], "calendar_id": i["calendar_id"]}
-            for i in self.items
-            if i.get("agenda_key") == f"{open_id}#{segment}"
-            and at_least <= i["agenda_at"] <= at_most
-            and (starting_before is None or i["agenda_start"] < starting_before)
-            and (ending_from is None or i["agenda_end"] >= ending_from)
-        ]
 
 
 RULES = [

@@ -3,12 +3,9 @@ responses from the first unpublished record onward, metrics, and nothing but Fei
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,43 +13,23 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from feishu_mirror.observability import metrics
-from tests.stream_records import calendar, event, record
-from tests.unit.test_changes import StubEvents, renames
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Context:
-    """The parts of the Lambda context Powertools reads."""
-
-    function_name: str = "publisher"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:publisher"
-    aws_request_id: str = "request-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+from tests.lambda_handlers import ROOT, FakeContext, handler_module
+from tests.stream_records import StubEvents, calendar, event, record, renames
 
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The handler module, imported fresh with its bus name set (and no metric left by earlier tests)."""
-    monkeypatch.setenv("CHANGE_BUS_NAME", "test-bus")
     metrics.clear_metrics()
-    spec = importlib.util.spec_from_file_location("publisher_app", ROOT / "functions" / "publisher" / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    built = module.events_client
-    yield module
-    built.cache_clear()
+    with handler_module("publisher", monkeypatch, {"CHANGE_BUS_NAME": "test-bus"}) as module:
+        built = module.events_client
+        yield module
+        built.cache_clear()
 
 
 def run(app: ModuleType, stub: StubEvents, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(app, "events_client", lambda: stub)
-    return app.handler({"Records": records}, Context())
+    return app.handler({"Records": records}, FakeContext("publisher", remaining_ms=60_000))
 
 
 def emitted_metrics(output: str) -> dict[str, float]:

@@ -3,10 +3,8 @@ invocation and from a replayed on-failure record, and what it logs and measures 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -14,23 +12,10 @@ import pytest
 
 from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import logger, metrics
+from tests.lambda_handlers import FakeContext, handler_module
 
-ROOT = Path(__file__).resolve().parents[2]
 # The stand-in engine emits no metric, so Powertools warns that there is none to publish.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
-
-
-@dataclass
-class Context:
-    """The parts of the Lambda context the handler and Powertools read."""
-
-    function_name: str = "sync"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:sync"
-    aws_request_id: str = "replay-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @dataclass
@@ -61,22 +46,17 @@ class Lags:
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The handler module, imported fresh with its settings, credentials from the environment."""
-    for name, value in {
+    env = {
         "USERS_TABLE": "users",
         "CALENDARS_TABLE": "calendars",
         "RATE_LIMIT_TABLE": "rate",
         "TOKEN_KEY_ID": "arn:aws:kms:us-east-1:000000000000:key/test",
         "FEISHU_APP_ID": "cli_test",
         "FEISHU_APP_SECRET": "secret",
-    }.items():
-        monkeypatch.setenv(name, value)
+    }
     metrics.clear_metrics()
-    spec = importlib.util.spec_from_file_location("sync_app", ROOT / "functions" / "sync" / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+    with handler_module("sync", monkeypatch, env) as module:
+        yield module
     metrics.clear_metrics()
 
 
@@ -84,7 +64,7 @@ def run(app: ModuleType, monkeypatch: pytest.MonkeyPatch, event: Any) -> tuple[A
     engine, lags = FakeEngine(), Lags()
     monkeypatch.setattr(app, "calendar_sync", lambda _credentials: engine)
     monkeypatch.setattr(app, "record_push_to_mirror_lag", lags)
-    return app.handler(event, Context()), engine, lags
+    return app.handler(event, FakeContext("sync", remaining_ms=60_000)), engine, lags
 
 
 PUSHED = {"open_id": "ou_a", "reason": "event_changed", "delivery_id": "evt-1"}
@@ -165,7 +145,7 @@ def test_two_copies_of_one_event_sync_under_two_lease_owners(app: ModuleType, mo
     monkeypatch.setattr(app, "record_push_to_mirror_lag", Lags())
     # WHEN both copies run
     for _ in range(2):
-        app.handler(dict(PUSHED), Context(aws_request_id="same-request"))
+        app.handler(dict(PUSHED), FakeContext("sync", remaining_ms=60_000, aws_request_id="same-request"))
     # THEN each claims the user's lease as an owner of its own (so only one can hold it), both named
     # after the request for the logs
     first, second = engine.owners
