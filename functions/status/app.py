@@ -20,7 +20,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from feishu_mirror import agenda, status, status_http, status_pages, wiring
+from feishu_mirror import agenda, agenda_http, status, status_http, status_pages, wiring
 from feishu_mirror.config import Settings
 from feishu_mirror.observability import logger, metrics
 from feishu_mirror.store import UnknownUser
@@ -100,7 +100,8 @@ def user(open_id: str) -> Response[Any]:
     week = _coming_week(open_id)
     outcome = (app.current_event.query_string_parameters or {}).get("resync", "")
     page = status_pages.render_user(view, flash=status.RESYNC_MESSAGES.get(outcome, ""), coming_week=week)
-    return _reply(200, {**view.as_dict(), "next_seven_days": week.as_list()}, page)
+    entries = [agenda_http.entry_json(entry) for entry in week.entries]  # as the agenda route gives them
+    return _reply(200, {**view.as_dict(), "next_seven_days": entries}, page)
 
 
 @app.post("/status/<open_id>/resync")

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from feishu_mirror.agenda import Entry
-from feishu_mirror.agenda_http import entry_json
 from feishu_mirror.errors import MirrorError
 from feishu_mirror.health import STATE_ORDER, UserHealth
 from feishu_mirror.identifiers import is_open_id
@@ -115,10 +114,6 @@ class ComingWeek:
 
     entries: tuple[Entry, ...] = ()
     note: str = ""
-
-    def as_list(self) -> list[dict[str, Any]]:
-        """JSON-friendly form: the entries as the agenda route gives them."""
-        return [entry_json(entry) for entry in self.entries]
 
 
 @dataclass(frozen=True, slots=True)
