@@ -60,7 +60,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     metrics.clear_metrics()
 
 
-def run(app: ModuleType, monkeypatch: pytest.MonkeyPatch, event: Any) -> tuple[Any, FakeEngine, Lags]:
+def invoke(app: ModuleType, monkeypatch: pytest.MonkeyPatch, event: Any) -> tuple[Any, FakeEngine, Lags]:
     engine, lags = FakeEngine(), Lags()
     monkeypatch.setattr(app, "calendar_sync", lambda _credentials: engine)
     monkeypatch.setattr(app, "record_push_to_mirror_lag", lags)
@@ -74,7 +74,7 @@ def test_a_direct_invocation_logs_and_measures_with_its_reason_and_delivery_id(
     app: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN the request the callback sends WHEN the sync function is invoked with it
-    reply, engine, lags = run(app, monkeypatch, dict(PUSHED))
+    reply, engine, lags = invoke(app, monkeypatch, dict(PUSHED))
     # THEN the user is synced, the logs carry the reason and the push's delivery_id, and the lag is measured
     assert reply["outcome"] == "synced"
     assert engine.synced == ["ou_a"]
@@ -95,7 +95,7 @@ def test_a_replayed_failure_record_keeps_the_reason_and_delivery_id_of_the_origi
         "responsePayload": {"errorMessage": "boom"},
     }
     # WHEN it is replayed as it is
-    reply, engine, lags = run(app, monkeypatch, record)
+    reply, engine, lags = invoke(app, monkeypatch, record)
     # THEN every field comes from the original request: the logs and the lag metric see the push
     assert reply["outcome"] == "synced"
     assert engine.synced == ["ou_a"]
@@ -112,7 +112,7 @@ def test_a_failure_record_queued_before_the_delivery_id_had_its_name_still_logs_
     legacy = {"open_id": "ou_a", "reason": "event_changed", "event_id": "evt-old"}
     record = {"requestContext": {"requestId": "failed-request"}, "requestPayload": legacy}
     # WHEN it is replayed THEN the sync's logs carry it under its name
-    reply, engine, _lags = run(app, monkeypatch, record)
+    reply, engine, _lags = invoke(app, monkeypatch, record)
     assert reply["outcome"] == "synced"
     assert engine.log_keys[0]["delivery_id"] == "evt-old"
     assert "event_id" not in engine.log_keys[0]
@@ -123,7 +123,7 @@ def test_a_request_whose_open_id_is_not_one_is_refused(
     app: ModuleType, monkeypatch: pytest.MonkeyPatch, open_id: Any
 ) -> None:
     # GIVEN a request naming something that is no open_id (the rule every door of the mirror applies)
-    reply, engine, lags = run(app, monkeypatch, {"open_id": open_id, "reason": "resync"})
+    reply, engine, lags = invoke(app, monkeypatch, {"open_id": open_id, "reason": "resync"})
     # THEN nothing is synced
     assert reply["outcome"] == "invalid_request"
     assert (engine.synced, lags.users) == ([], [])
@@ -133,7 +133,7 @@ def test_a_record_whose_payload_is_not_a_request_is_refused(app: ModuleType, mon
     # GIVEN a record whose payload names no user (the outer event's fields must not stand in for it)
     record = {"open_id": "ou_outer", "reason": "event_changed", "requestPayload": {"reason": "resync"}}
     # WHEN it is invoked THEN nothing is synced
-    reply, engine, lags = run(app, monkeypatch, record)
+    reply, engine, lags = invoke(app, monkeypatch, record)
     assert reply["outcome"] == "invalid_request"
     assert (engine.synced, lags.users) == ([], [])
 
