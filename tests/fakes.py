@@ -564,12 +564,12 @@ class RecordingInvoker:
         self.invoked: list[tuple[str, str, str]] = []
         self.fail = 0
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
-        """Record (open_id, reason, event_id), or raise as a failed hand-over."""
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
+        """Record (open_id, reason, delivery_id), or raise as a failed hand-over."""
         if self.fail:
             self.fail -= 1
             raise ConnectionError("the Lambda API is down")
-        self.invoked.append((open_id, reason, event_id))
+        self.invoked.append((open_id, reason, delivery_id))
 
     @property
     def open_ids(self) -> list[str]:
@@ -860,7 +860,7 @@ class FakeWorld:
 
     def sync(self, open_id: str, *, owner: str = "", seconds: float = 300, events: bool = True) -> SyncResult:
         """One sync invocation of ``seconds`` (its lease outlives it by 30 s)."""
-        return self.engine(events=events).run(
+        return self.engine(events=events).sync_user(
             open_id,
             owner=owner or f"sync-{next(_owners)}",
             deadline=self.clock.monotonic() + seconds,

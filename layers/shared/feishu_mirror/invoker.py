@@ -1,4 +1,9 @@
-"""Starting syncs: the asynchronous Lambda invoke of the sync function, one user per invocation."""
+"""Starting syncs: the asynchronous Lambda invoke of the sync function, one user per invocation.
+
+The request is ``{"open_id", "reason", "delivery_id"}``; ``delivery_id`` (the push's ``header.event_id``,
+for the sync's logs) is there only when a push started the sync. Requests queued before it had that name
+carry it as ``event_id``: the sync function reads both (see ``functions/sync/app.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ if TYPE_CHECKING:
 class SyncInvoker(Protocol):
     """Something that starts a sync for one user in the background."""
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
         """Start the sync; raises on failure to hand it over."""
 
 
@@ -23,10 +28,10 @@ class LambdaSyncInvoker:
         self._client = client
         self._function_name = function_name
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "") -> None:
-        """Queue ``{"open_id": ..., "reason": ..., "event_id": ...}`` for the sync function."""
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "") -> None:
+        """Queue ``{"open_id": ..., "reason": ..., "delivery_id": ...}`` for the sync function."""
         request = {"open_id": open_id, "reason": reason}
-        if event_id:
-            request["event_id"] = event_id
+        if delivery_id:
+            request["delivery_id"] = delivery_id
         payload = json.dumps(request).encode("utf-8")
         self._client.invoke(FunctionName=self._function_name, InvocationType="Event", Payload=payload)
