@@ -60,7 +60,7 @@ def event_cost() -> list[Entry]:
                 built.tables.schedule.mark_dirty(open_id, int(time.time()), frozenset({calendar_id}))
             calls_before, writes_before = listing_calls(), events.write_requests
             started = time.perf_counter()
-            result = engine.run(open_id, owner=label, deadline=time.monotonic() + 240, lease_seconds=300)
+            result = engine.sync_user(open_id, owner=label, deadline=time.monotonic() + 240, lease_seconds=300)
             elapsed = time.perf_counter() - started
             assert result.outcome == "synced", result
             return (

@@ -104,7 +104,7 @@ def _first_sync(client: Any, keys: DataKeys, calendars: int, latency: tuple[floa
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                result = engine.run(
+                result = engine.sync_user(
                     open_id, owner="bench", deadline=time.monotonic() + INVOCATION_SECONDS, lease_seconds=330
                 )
         finally:

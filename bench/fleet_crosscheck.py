@@ -146,7 +146,7 @@ def _changes(sim: FeishuSimulator, population: Population, services: Services) -
 
 def _sync_all(services: Services, open_ids: list[str], monotonic: Callable[[], float]) -> list[SyncResult]:
     return [
-        services.sync.run(open_id, owner=lease_owner("check"), deadline=monotonic() + 290, lease_seconds=330)
+        services.sync.sync_user(open_id, owner=lease_owner("check"), deadline=monotonic() + 290, lease_seconds=330)
         for open_id in open_ids
     ]
 

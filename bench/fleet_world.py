@@ -87,11 +87,11 @@ class LambdaInvoker:
         self._function = function
         self._lock = threading.Lock()
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
         """``InvocationType=Event`` with the sync request."""
         with self._lock:
             self._function.invoke_async(
-                {"open_id": open_id, "reason": reason, "event_id": event_id, "claimed_at": claimed_at}
+                {"open_id": open_id, "reason": reason, "delivery_id": delivery_id, "claimed_at": claimed_at}
             )
 
 
@@ -182,7 +182,7 @@ class FleetWorld:
         resync_function = LambdaFunction(
             clock,
             FunctionConfig("ResyncFunction", timeout=300.0),
-            lambda _event, _context: box[0].services.resync.run().as_dict(),
+            lambda _event, _context: box[0].services.resync.sweep().as_dict(),
             rng=rng,
         )
         services = composition.build(
@@ -269,7 +269,7 @@ class FleetWorld:
         """What ``functions/sync/app.py`` does with one request."""
         remaining = context.get_remaining_time_in_millis() / 1000
         started = self.clock.now
-        result = self.services.sync.run(
+        result = self.services.sync.sync_user(
             event["open_id"],
             owner=lease_owner(context.aws_request_id),
             deadline=self.clock.monotonic() + remaining - SAFETY_SECONDS,

@@ -42,7 +42,7 @@ class CountingInvoker:
     def __init__(self) -> None:
         self.invoked: list[str] = []
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:  # noqa: ARG002 - the SyncInvoker protocol
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:  # noqa: ARG002 - the SyncInvoker protocol
         """Record one."""
         self.invoked.append(open_id)
 
@@ -84,7 +84,7 @@ def scale() -> list[Entry]:
         _seed(client, users_table, due, now)
         invoker = CountingInvoker()
         operations.clear()
-        outcome = composition.build(Settings(users_table=users_table), GivenClients(client, invoker)).resync.run()
+        outcome = composition.build(Settings(users_table=users_table), GivenClients(client, invoker)).resync.sweep()
         entries += [
             Entry("resync_routine_users", USERS, "users"),
             Entry("resync_routine_syncs_started", outcome.started, "invokes", target=due, floor=due),
@@ -101,7 +101,7 @@ def scale() -> list[Entry]:
         invoker = CountingInvoker()
         operations.clear()
         started = time.perf_counter()
-        outcome = composition.build(Settings(users_table=users_table), GivenClients(client, invoker)).resync.run()
+        outcome = composition.build(Settings(users_table=users_table), GivenClients(client, invoker)).resync.sweep()
         fanout = time.perf_counter() - started
         request_times = _model_sync_fleet(client, template.table_names["RateLimitTable"], invoker.invoked)
         finish = max(request_times) + FEISHU_CALL_SECONDS

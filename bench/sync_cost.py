@@ -50,7 +50,7 @@ def sync_cost() -> list[Entry]:
             calls_before = _listing_calls(sim)
             writes_before = calendars.write_requests
             started = time.perf_counter()
-            result = engine.run(open_id, owner=label, deadline=time.monotonic() + 120, lease_seconds=150)
+            result = engine.sync_user(open_id, owner=label, deadline=time.monotonic() + 120, lease_seconds=150)
             elapsed = time.perf_counter() - started
             assert result.outcome == "synced", result
             return (

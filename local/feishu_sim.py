@@ -246,9 +246,9 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One attempt to push an event to the callback URL."""
+    """One attempt to push an event to the callback URL; ``delivery_id`` is its ``header.event_id``."""
 
-    event_id: str
+    delivery_id: str
     event_type: str
     open_ids: tuple[str, ...]
     attempt: int  # 1 for the first delivery, 2.. for retries
@@ -910,6 +910,10 @@ class FeishuSimulator:
             del entry["is_deleted"]
         return entries
 
+    def primary_calendar_id(self, open_id: str) -> str:
+        """The calendar_id of the user's primary calendar (every user has one: ``add_user`` creates it)."""
+        return str(next(c["calendar_id"] for c in self.calendars(open_id) if c["type"] == "primary"))
+
     def create_event(self, open_id: str, calendar_id: str, *, event_id: str | None = None, **fields: Any) -> str:
         """Add an event (日程) to one of the user's calendars; returns its event_id (``<uid>_0`` as Feishu's
         are, unless given, e.g. ``<uid>_<original start>`` for an exception of a recurring event). Fields are
@@ -1139,11 +1143,11 @@ class FeishuSimulator:
             self._auto_push = auto_push
 
     def push_calendar_changed(
-        self, open_ids: list[str], *, event_id: str | None = None, callback_url: str | None = None
+        self, open_ids: list[str], *, delivery_id: str | None = None, callback_url: str | None = None
     ) -> requests.Response:
         """Deliver one calendar.calendar.changed_v4 event synchronously (no retry)."""
         url = self._resolve_callback_url(callback_url)
-        payload = self.calendar_changed_payload(open_ids, event_id=event_id)
+        payload = self.calendar_changed_payload(open_ids, delivery_id=delivery_id)
         headers, body = self.build_callback_request(payload)
         return self._post_event(url, payload, headers, body, attempt=1, timeout=self.sync_push_timeout)
 
@@ -1158,8 +1162,9 @@ class FeishuSimulator:
             headers = {k: v for k, v in headers.items() if not k.startswith("X-Lark-")}
         return self._post_event(url, payload, headers, body, attempt=1, timeout=self.sync_push_timeout)
 
-    def calendar_changed_payload(self, open_ids: list[str], *, event_id: str | None = None) -> dict[str, Any]:
-        """A schema 2.0 calendar.calendar.changed_v4 payload for these users."""
+    def calendar_changed_payload(self, open_ids: list[str], *, delivery_id: str | None = None) -> dict[str, Any]:
+        """A schema 2.0 calendar.calendar.changed_v4 payload for these users (``delivery_id``: its
+        ``header.event_id``, a fresh one by default)."""
         with self._lock:
             user_ids = []
             for open_id in open_ids:
@@ -1169,7 +1174,7 @@ class FeishuSimulator:
         return {
             "schema": "2.0",
             "header": {
-                "event_id": event_id or uuid.uuid4().hex,
+                "event_id": delivery_id or uuid.uuid4().hex,
                 "event_type": CALENDAR_CHANGED_EVENT,
                 "create_time": str(int(time.time() * 1000)),
                 "token": self.verification_token,
@@ -1186,10 +1191,11 @@ class FeishuSimulator:
         *,
         event_id: str = "",
         change_type: str = "",
-        header_event_id: str | None = None,
+        delivery_id: str | None = None,
     ) -> dict[str, Any]:
-        """A calendar.calendar.event.changed_v4 payload (``calendar_event_id``/``change_type`` are gray fields)."""
-        payload = self.calendar_changed_payload([open_id], event_id=header_event_id)
+        """A calendar.calendar.event.changed_v4 payload (``calendar_event_id``/``change_type`` are gray fields;
+        ``event_id`` is the calendar event's, ``delivery_id`` the push's ``header.event_id``)."""
+        payload = self.calendar_changed_payload([open_id], delivery_id=delivery_id)
         payload["header"]["event_type"] = EVENT_CHANGED_EVENT
         payload["event"]["calendar_id"] = calendar_id
         if event_id:
@@ -1902,7 +1908,7 @@ class FeishuSimulator:
         timeout: float,
     ) -> requests.Response:
         header = payload.get("header", {})
-        event_id = str(header.get("event_id", ""))
+        delivery_id = str(header.get("event_id", ""))
         event_type = str(header.get("event_type") or payload.get("type", ""))
         open_ids = tuple(u.get("open_id", "") for u in payload.get("event", {}).get("user_id_list", []))
         status: int | None = None
@@ -1915,7 +1921,7 @@ class FeishuSimulator:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            delivery = Delivery(event_id, event_type, open_ids, attempt, status, error, time.time(), url)
+            delivery = Delivery(delivery_id, event_type, open_ids, attempt, status, error, time.time(), url)
             with self._lock:
                 self.deliveries.append(delivery)
 

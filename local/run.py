@@ -199,7 +199,7 @@ class Demo:
         self.check(DEMO_USER, "incremental sync")
 
         say("\n4. Ada's events (日程) change; Feishu pushes calendar.calendar.event.changed_v4 for each:")
-        primary = next(c["calendar_id"] for c in self.sim.calendars(DEMO_USER) if c["type"] == "primary")
+        primary = self.sim.primary_calendar_id(DEMO_USER)
         notes = self.sim.create_event(
             DEMO_USER, primary, summary="Analytical Engine notes", location={"name": "London"}
         )

@@ -1,6 +1,8 @@
 """Reads ``template.yaml`` the way the local stack needs it: functions, routes, schedules, tables, keys.
 
-Understands CloudFormation's short tags and resolves the intrinsics the template uses in
+``parse`` is the one reader of the template for every tool of the project (the local stack, the tests,
+the benchmarks): CloudFormation's short tags in their long form, and ``Fn::ForEach`` loops expanded as
+the ``AWS::LanguageExtensions`` transform expands them before SAM's. ``load`` then resolves the intrinsics the template uses in
 environment variables (``Ref``, ``Fn::If`` with conditions, ``Fn::Sub``, ``Fn::GetAtt``) against
 local resource names, so nothing about the app is hard-coded in ``local/``. A KMS key's ``Ref`` / ``!GetAtt .Arn`` resolve to the
 key the local stand-in created for it (``key_arns``), or to a placeholder ARN before it exists.
@@ -8,6 +10,7 @@ key the local stand-in created for it (``key_arns``), or to a placeholder ARN be
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +47,62 @@ _Loader.add_constructor("!Ref", _tag("Ref"))
 _Loader.add_constructor("!Condition", _tag("Condition"))
 for _fn in ("GetAtt", "Sub", "If", "Not", "Equals", "And", "Or", "Select", "Join", "Split", "FindInMap", "Base64"):
     _Loader.add_constructor(f"!{_fn}", _tag(f"Fn::{_fn}"))
+
+
+FOR_EACH = "Fn::ForEach::"
+# The sections where CloudFormation allows Fn::ForEach (AWS::LanguageExtensions).
+FOR_EACH_SECTIONS = ("Conditions", "Resources", "Outputs")
+
+
+def _substitute(node: Any, identifier: str, value: str) -> Any:
+    """``node`` with ``${identifier}`` and ``&{identifier}`` replaced by ``value`` in every key and string
+    (``&{}`` drops the value's non-alphanumeric characters), and ``{"Ref": identifier}`` by ``value``."""
+    if isinstance(node, str):
+        return node.replace(f"${{{identifier}}}", value).replace(
+            f"&{{{identifier}}}", re.sub(r"[^A-Za-z0-9]", "", value)
+        )
+    if isinstance(node, list):
+        return [_substitute(item, identifier, value) for item in node]
+    if isinstance(node, dict):
+        if node == {"Ref": identifier}:
+            return value
+        return {_substitute(k, identifier, value): _substitute(v, identifier, value) for k, v in node.items()}
+    return node
+
+
+def _expand_section(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's entries with each ``Fn::ForEach::Name: [identifier, collection, fragment]`` replaced by
+    the fragment's entries once per item of the collection (loops nest)."""
+    out: dict[str, Any] = {}
+    for key, entry in section.items():
+        if not key.startswith(FOR_EACH):
+            out[key] = entry
+            continue
+        identifier, collection, fragment = entry
+        if not isinstance(collection, list):
+            raise ValueError(f"{key}: only a literal list is supported as the collection locally")
+        for item in collection:
+            for name, value in _expand_section(_substitute(fragment, identifier, str(item))).items():
+                if name in out or name in section:
+                    raise ValueError(f"{key} makes {name}, which exists already")
+                out[name] = value
+    return out
+
+
+def expand_for_each(template: Mapping[str, Any]) -> dict[str, Any]:
+    """The template as ``AWS::LanguageExtensions`` leaves it for SAM: every ``Fn::ForEach`` loop expanded."""
+    return {
+        name: _expand_section(body) if name in FOR_EACH_SECTIONS and isinstance(body, Mapping) else body
+        for name, body in template.items()
+    }
+
+
+def parse(root: Path, template: str = "template.yaml", *, expand: bool = True) -> dict[str, Any]:
+    """The template under ``root``: short tags in their long form (``!Ref x`` is ``{"Ref": "x"}``), and
+    ``Fn::ForEach`` loops expanded (unless ``expand`` is false)."""
+    # _Loader is a SafeLoader subclass (it only adds CloudFormation's short tags), so this load is safe.
+    raw: dict[str, Any] = yaml.load((root / template).read_text(), Loader=_Loader)  # noqa: S506  # nosec B506
+    return expand_for_each(raw) if expand else raw
 
 
 @dataclass(frozen=True)
@@ -217,8 +276,7 @@ def load(
 ) -> Template:
     """Read the template under ``root``; local resource names are ``prefix + logical id``, a KMS key's
     ARN the one in ``key_arns`` (by logical id)."""
-    # _Loader is a SafeLoader subclass (it only adds CloudFormation's short tags), so this load is safe.
-    raw = yaml.load((root / template).read_text(), Loader=_Loader)  # noqa: S506  # nosec B506
+    raw = parse(root, template)
     resources: dict[str, Any] = raw.get("Resources") or {}
     names = {
         lid: prefix + lid
@@ -299,3 +357,7 @@ def _stream_source(function: str, props: Mapping[str, Any], resolver: _Resolver)
         report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
         on_failure=str(resolver.value(on_failure)) if on_failure else None,
     )
+
+
+if __name__ == "__main__":  # the template with its loops expanded, as JSON: what checkov scans (make security)
+    print(json.dumps(parse(Path.cwd()), indent=1))

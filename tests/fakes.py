@@ -567,12 +567,12 @@ class RecordingInvoker:
         self.claims: list[int] = []  # each invocation's ``claimed_at``
         self.fail = 0
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
-        """Record (open_id, reason, event_id), or raise as a failed hand-over."""
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
+        """Record (open_id, reason, delivery_id) and ``claimed_at``, or raise as a failed hand-over."""
         if self.fail:
             self.fail -= 1
             raise ConnectionError("the Lambda API is down")
-        self.invoked.append((open_id, reason, event_id))
+        self.invoked.append((open_id, reason, delivery_id))
         self.claims.append(claimed_at)
 
     @property
@@ -885,7 +885,7 @@ class FakeWorld:
         self, open_id: str, *, owner: str = "", seconds: float = 300, events: bool = True, claimed_at: int = 0
     ) -> SyncResult:
         """One sync invocation of ``seconds`` (its lease outlives it by 30 s)."""
-        return self.engine(events=events).run(
+        return self.engine(events=events).sync_user(
             open_id,
             owner=owner or f"sync-{next(_owners)}",
             deadline=self.clock.monotonic() + seconds,

@@ -38,7 +38,7 @@ SERVER_ERROR, ESCAPED = "5xx", "escaped exception"
 ROWS = {
     CALENDAR_CHANGE: "accepted: calendar-list change (`calendar.calendar.changed_v4`)",
     EVENT_CHANGE: "accepted: event change (`calendar.calendar.event.changed_v4`)",
-    DUPLICATE: "accepted: an `event_id` seen before, answered from its first delivery",
+    DUPLICATE: "accepted: a delivery id (`header.event_id`) seen before, answered from its first delivery",
     IGNORED: "ignored (another event type, schema 1.0, no users)",
     CHALLENGE: "challenge answered",
     "400": "refused 400 (malformed)",

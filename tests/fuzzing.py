@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from feishu_mirror import crypto
-from feishu_mirror.callback import CALENDAR_CHANGED, EVENT_CHANGED, MAX_BODY_BYTES, MAX_CALENDAR_ID_LENGTH
+from feishu_mirror.callback import CALENDAR_CHANGED, EVENT_CHANGED, MAX_BODY_BYTES
+from feishu_mirror.identifiers import MAX_CALENDAR_ID_BYTES
 from tests import fuzz_report
 
 _SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
@@ -113,13 +114,13 @@ encodings = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32", "latin-1"
 
 
 def calendar_changed(
-    token: str, app_id: str, event_id: str = "evt-fuzz", open_ids: tuple[str, ...] = ("ou_1",)
+    token: str, app_id: str, delivery_id: str = "evt-fuzz", open_ids: tuple[str, ...] = ("ou_1",)
 ) -> dict[str, Any]:
-    """A well-formed schema 2.0 ``calendar.calendar.changed_v4`` payload."""
+    """A well-formed schema 2.0 ``calendar.calendar.changed_v4`` payload (``delivery_id``: its ``header.event_id``)."""
     return {
         "schema": "2.0",
         "header": {
-            "event_id": event_id,
+            "event_id": delivery_id,
             "event_type": CALENDAR_CHANGED,
             "create_time": "1700000000000",
             "token": token,
@@ -137,7 +138,7 @@ CALENDAR_EVENT_ID = "75d28f9b-e35c-4230-8a83-4a661497db54_0"
 def calendar_event_changed(
     token: str,
     app_id: str,
-    event_id: str = "evt-fuzz",
+    delivery_id: str = "evt-fuzz",
     open_ids: tuple[str, ...] = ("ou_1",),
     calendar_id: str = CALENDAR_ID,
     *,
@@ -145,7 +146,7 @@ def calendar_event_changed(
 ) -> dict[str, Any]:
     """A well-formed schema 2.0 ``calendar.calendar.event.changed_v4`` payload; ``gray``: with the gray-release
     fields (``calendar_event_id``, ``change_type``, ``rsvp_infos``), which Feishu may leave out."""
-    payload = calendar_changed(token, app_id, event_id, open_ids)
+    payload = calendar_changed(token, app_id, delivery_id, open_ids)
     payload["header"]["event_type"] = EVENT_CHANGED
     payload["event"]["calendar_id"] = calendar_id
     if gray:
@@ -177,14 +178,15 @@ def near_misses(right: str) -> st.SearchStrategy[str]:
     return st.sampled_from([right.upper(), f" {right}", right[:-1], right + "\x00", right + "\ud800", right + "x"])
 
 
-# calendar_id: valid ids (up to the length limit), and one slip from valid: control characters, format
-# characters, line separators, lone surrogates, one past the limit.
-valid_calendar_ids = st.sampled_from([CALENDAR_ID, "c" * MAX_CALENDAR_ID_LENGTH, "日历 #1", "x"]) | st.text(
-    st.characters(categories=["L", "N", "P", "S"]) | st.just(" "), min_size=1, max_size=40
-)
+# calendar_id: valid ids (up to the limit of 512 bytes of UTF-8), and one slip from valid: control
+# characters, format characters, line separators, lone surrogates, one past the limit.
+valid_calendar_ids = st.sampled_from(
+    [CALENDAR_ID, "c" * MAX_CALENDAR_ID_BYTES, "日" * (MAX_CALENDAR_ID_BYTES // 3), "日历 #1", "x"]
+) | st.text(st.characters(categories=["L", "N", "P", "S"]) | st.just(" "), min_size=1, max_size=40)
 bad_calendar_ids = st.sampled_from(
     [
-        "c" * (MAX_CALENDAR_ID_LENGTH + 1),
+        "c" * (MAX_CALENDAR_ID_BYTES + 1),
+        "日" * (MAX_CALENDAR_ID_BYTES // 3 + 1),  # within 512 characters, past 512 bytes
         CALENDAR_ID + "\x00",
         "\x1f" + CALENDAR_ID,
         CALENDAR_ID[:8] + "\x7f" + CALENDAR_ID[8:],
@@ -214,11 +216,11 @@ GRAY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 EVENT_FIELDS = ["schema", "header", "token", "app_id", "event_id", "event_type", "event", "user_id_list", "entries"]
 
 
-uuid_event_ids = st.uuids().map(lambda u: u.hex)
+uuid_delivery_ids = st.uuids().map(lambda u: u.hex)
 
 
-def fresh_event_ids(prefix: str = "evt-fuzz-") -> st.SearchStrategy[str]:
-    """Event ids never handed out before by this strategy. Drawn uuids repeat across the examples of a
+def fresh_delivery_ids(prefix: str = "evt-fuzz-") -> st.SearchStrategy[str]:
+    """Delivery ids never handed out before by this strategy. Drawn uuids repeat across the examples of a
     test (hypothesis varies the other draws around them), so a handler fed only those would answer most
     accepted events as duplicates; these come from a counter, the same in every derandomized run."""
     counter = itertools.count()
@@ -238,17 +240,17 @@ def event_payloads(
     token: str,
     app_id: str,
     open_ids: tuple[str, ...] = ("ou_1",),
-    event_ids: st.SearchStrategy[str] = uuid_event_ids,
+    delivery_ids: st.SearchStrategy[str] = uuid_delivery_ids,
 ) -> dict[str, Any]:
     """A calendar change or an event change (gray fields present or not) with some known fields replaced
     by wrong values (sometimes none: then valid). The event type may be swapped for the other one, and a
     calendar change may carry a ``calendar_id`` too (it names no calendar then)."""
-    event_id = draw(event_ids)
+    delivery_id = draw(delivery_ids)
     if draw(st.booleans()):
-        payload = calendar_changed(token, app_id, event_id=event_id, open_ids=open_ids)
+        payload = calendar_changed(token, app_id, delivery_id=delivery_id, open_ids=open_ids)
         names = [*EVENT_FIELDS, "calendar_id"]
     else:
-        payload = calendar_event_changed(token, app_id, event_id, open_ids, gray=draw(st.booleans()))
+        payload = calendar_event_changed(token, app_id, delivery_id, open_ids, gray=draw(st.booleans()))
         names = [*EVENT_FIELDS, "calendar_id", *GRAY_FIELDS]
     header, event = payload["header"], payload["event"]
     for name in sorted(draw(st.sets(st.sampled_from(names), max_size=3))):
@@ -276,11 +278,11 @@ def event_changed_payloads(
     token: str,
     app_id: str,
     open_ids: tuple[str, ...] = ("ou_1",),
-    event_ids: st.SearchStrategy[str] = uuid_event_ids,
+    delivery_ids: st.SearchStrategy[str] = uuid_delivery_ids,
 ) -> dict[str, Any]:
     """An event change, authentic but for its ``calendar_id`` (anything from valid to missing, empty, a wrong
     type, huge, control characters, lone surrogates) and its gray fields (each right, wrong or left out)."""
-    payload = calendar_event_changed(token, app_id, draw(event_ids), open_ids, gray=False)
+    payload = calendar_event_changed(token, app_id, draw(delivery_ids), open_ids, gray=False)
     event = payload["event"]
     _put(event, "calendar_id", draw(calendar_id_values))
     for name, values in GRAY_FIELDS.items():
@@ -294,14 +296,14 @@ def untouched_changes(
     token: str,
     app_id: str,
     open_ids: tuple[str, ...] = ("ou_1",),
-    event_ids: st.SearchStrategy[str] = uuid_event_ids,
+    delivery_ids: st.SearchStrategy[str] = uuid_delivery_ids,
 ) -> dict[str, Any]:
     """A calendar change or an event change (with the gray fields or without) as Feishu sends it."""
-    event_id = draw(event_ids)
+    delivery_id = draw(delivery_ids)
     kind = draw(st.sampled_from(["calendar", "event", "event-without-gray-fields"]))
     if kind == "calendar":
-        return calendar_changed(token, app_id, event_id, open_ids)
-    return calendar_event_changed(token, app_id, event_id, open_ids, gray=kind == "event")
+        return calendar_changed(token, app_id, delivery_id, open_ids)
+    return calendar_event_changed(token, app_id, delivery_id, open_ids, gray=kind == "event")
 
 
 @st.composite

@@ -1,9 +1,11 @@
-"""DynamoDB stream records of the mirror tables, shaped as Lambda delivers them (for the change-stream tests)."""
+"""DynamoDB stream records of the mirror tables, shaped as Lambda delivers them, and a scripted EventBridge
+(``StubEvents``): what the change-stream tests feed the publisher and what they watch it send."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -101,3 +103,40 @@ def record(
     if ttl:
         out["userIdentity"] = TTL_IDENTITY
     return out
+
+
+class StubEvents:
+    """EventBridge's PutEvents, answering from a script: per call, the positions to fail (or an exception)."""
+
+    def __init__(self, script: Sequence[set[int] | Exception] = ()) -> None:
+        self.script = list(script)
+        self.calls: list[list[Mapping[str, Any]]] = []
+
+    def put_events(self, *, Entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        assert 1 <= len(Entries) <= 10
+        self.calls.append(list(Entries))
+        failing = self.script.pop(0) if self.script else set()
+        if isinstance(failing, Exception):
+            raise failing
+        results = [
+            {"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}
+            if n in failing
+            else {"EventId": f"e-{len(self.calls)}-{n}"}
+            for n in range(len(Entries))
+        ]
+        return {"FailedEntryCount": len(failing), "Entries": results}
+
+    def summaries(self) -> list[list[str]]:
+        return [[json.loads(e["Detail"])["after"]["summary"] for e in call] for call in self.calls]
+
+
+def renames(count: int) -> list[dict[str, Any]]:
+    """``count`` records, each renaming calendar n to "s<n>"."""
+    return [
+        record(
+            "MODIFY",
+            old=calendar(calendar_id=f"c{n}", summary="old"),
+            new=calendar(calendar_id=f"c{n}", summary=f"s{n}"),
+        )
+        for n in range(count)
+    ]

@@ -23,7 +23,7 @@ invocation: dict[str, Any] = {}  # the running invocation's Lambda context, for 
 
 @cache
 def start_syncs() -> Any:
-    """Start the syncs of one delivery once per ``event_id`` (the idempotency utility, built on first use)."""
+    """Start the syncs of one delivery once per delivery id (the idempotency utility, built on first use)."""
     from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - as the callback defers it
         DynamoDBPersistenceLayer,
         IdempotencyConfig,
@@ -31,7 +31,7 @@ def start_syncs() -> Any:
     )
 
     config = IdempotencyConfig(
-        event_key_jmespath="event_id",
+        event_key_jmespath="delivery_id",
         raise_on_no_idempotency_key=True,
         expires_after_seconds=settings.dedup_ttl_seconds,
     )
@@ -39,19 +39,19 @@ def start_syncs() -> Any:
     config.register_lambda_context(invocation["context"])
 
     @idempotent_function(data_keyword_argument="delivery", config=config, persistence_store=persistence)
-    def run(*, delivery: dict[str, Any]) -> dict[str, Any]:
+    def dispatch_once(*, delivery: dict[str, Any]) -> dict[str, Any]:
         outcome = composition.for_lambda(settings).pings.dispatch(
-            delivery["open_ids"], reason="calendar_changed", event_id=delivery["event_id"]
+            delivery["open_ids"], reason="calendar_changed", delivery_id=delivery["delivery_id"]
         )
         return outcome.as_dict()
 
-    return run
+    return dispatch_once
 
 
 def on_calendar_changed(data: Any) -> None:
     """lark-oapi's handler for ``calendar.calendar.changed_v4``."""
     open_ids = [user.open_id for user in data.event.user_id_list or [] if user.open_id]
-    start_syncs()(delivery={"event_id": data.header.event_id, "open_ids": open_ids})
+    start_syncs()(delivery={"delivery_id": data.header.event_id, "open_ids": open_ids})
 
 
 @cache

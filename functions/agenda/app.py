@@ -3,7 +3,8 @@
 ``GET /v1/users/{open_id}/calendars`` (the user's live calendars), ``GET /v1/users/{open_id}/agenda
 ?from=&to=[&tz=]`` (every occurrence overlapping the window, recurring events expanded) and
 ``GET /v1/freebusy?open_ids=&from=&to=[&tz=]`` (each user's merged busy intervals). Served from
-DynamoDB alone (``feishu_mirror.agenda``); a bad request is a 4xx with ``error`` and ``message``.
+DynamoDB alone (``feishu_mirror.agenda``; ``feishu_mirror.agenda_http`` reads the parameters and writes
+the JSON); a bad request is a 4xx with ``error`` and ``message``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from feishu_mirror import agenda, composition
+from feishu_mirror import agenda, agenda_http, composition
 from feishu_mirror.config import Settings
 from feishu_mirror.observability import logger, metrics
 
@@ -42,29 +43,29 @@ def _json(code: int, body: dict[str, Any]) -> Response[Any]:
 @app.get("/v1/users/<open_id>/calendars")
 def calendars(open_id: str) -> Response[Any]:
     """The user's live calendars."""
-    return _json(200, service().calendars(open_id))
+    return _json(200, agenda_http.calendars_json(service().calendars(open_id)))
 
 
 @app.get("/v1/users/<open_id>/agenda")
 def user_agenda(open_id: str) -> Response[Any]:
     """Every occurrence on the user's readable calendars overlapping ``[from, to)``."""
     query = _query()
-    window = agenda.Window.parse(query.get("from"), query.get("to"))
-    tz = agenda.time_zone(query.get("tz"))
+    window = agenda_http.parse_window(query.get("from"), query.get("to"))
+    tz = agenda_http.time_zone(query.get("tz"))
     found = service().agenda(open_id, window)
     logger.info("agenda_read", extra={"open_id": open_id, "occurrences": len(found.entries)})
-    return _json(200, found.as_dict(tz))
+    return _json(200, agenda_http.agenda_json(found, tz))
 
 
 @app.get("/v1/freebusy")
 def freebusy() -> Response[Any]:
     """Each user's merged busy intervals in ``[from, to)``."""
     query = _query()
-    open_ids = agenda.open_id_list(query.get("open_ids"))
-    window = agenda.Window.parse(query.get("from"), query.get("to"))
-    tz = agenda.time_zone(query.get("tz"))
+    open_ids = agenda_http.open_id_list(query.get("open_ids"))
+    window = agenda_http.parse_window(query.get("from"), query.get("to"))
+    tz = agenda_http.time_zone(query.get("tz"))
     users = service().freebusy(open_ids, window)
-    return _json(200, agenda.freebusy_as_dict(window, users, tz))
+    return _json(200, agenda_http.freebusy_json(window, users, tz))
 
 
 @app.exception_handler(agenda.AgendaError)

@@ -1,8 +1,9 @@
 """Callback function (``POST /feishu/events``): verify, deduplicate, start one sync per user, answer.
 
 Never calls Feishu. Bad input gets a 4xx with a short reason; an AWS dependency being down gets a
-503 so that Feishu retries the delivery (its retries are deduplicated on ``header.event_id``), and so
-does a deployment whose secret lacks the Encrypt Key or the Verification Token: it refuses everything.
+503 so that Feishu retries the delivery (its retries are deduplicated on ``header.event_id``, the
+delivery id), and so does a deployment whose secret lacks the Encrypt Key or the Verification Token: it
+refuses everything. Its log lines carry the push's ``delivery_id``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from feishu_mirror import aws_clients, composition
-from feishu_mirror.callback import CalendarChanged, CallbackVerifier, Challenge, IgnoredEvent
+from feishu_mirror.callback import CallbackVerifier, Challenge, ChangeNotice, IgnoredNotice
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
 from feishu_mirror.errors import CallbackRejected, ConfigError
 from feishu_mirror.observability import count, logger, metrics
@@ -27,9 +28,9 @@ settings = Settings.from_env("USERS_TABLE", "IDEMPOTENCY_TABLE", "SYNC_FUNCTION_
 
 @cache
 def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Exception]]:
-    """Powertools idempotency around the ping dispatch, keyed on ``header.event_id`` (built once, by
-    ``prepare_container``). Returns the dispatch, its config (to register each invocation's context)
-    and the in-progress error.
+    """Powertools idempotency around the ping dispatch, keyed on the delivery id ``header.event_id`` (built
+    once, by ``prepare_container``). Returns the dispatch, its config (to register each invocation's
+    context) and the in-progress error.
     """
     from aws_lambda_powertools.utilities.idempotency import (  # noqa: PLC0415 - see the docstring
         DynamoDBPersistenceLayer,
@@ -49,12 +50,12 @@ def deduplicated_dispatch() -> tuple[Callable[..., dict[str, Any]], Any, type[Ex
     persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=aws_clients.dynamodb())
 
     @idempotent_function(data_keyword_argument="event", config=config, persistence_store=persistence)
-    def dispatch(*, event: dict[str, Any], request: CalendarChanged) -> dict[str, Any]:  # noqa: ARG001 - the key
-        """Start syncs for the users of one event; runs once per ``header.event_id``."""
+    def dispatch(*, event: dict[str, Any], request: ChangeNotice) -> dict[str, Any]:  # noqa: ARG001 - the key
+        """Start syncs for the users of one push; runs once per delivery id (``header.event_id``)."""
         reason = "event_changed" if request.calendar_id else "calendar_changed"
         pings = composition.for_lambda(settings).pings
         outcome = pings.dispatch(
-            request.open_ids, reason=reason, calendar_id=request.calendar_id, event_id=request.event_id
+            request.open_ids, reason=reason, calendar_id=request.calendar_id, delivery_id=request.delivery_id
         )
         return outcome.as_dict()
 
@@ -78,12 +79,12 @@ def prepare_container() -> None:
         logger.warning("container_preparation_failed", extra={"error": type(exc).__name__})
 
 
-def dispatch(request: CalendarChanged, context: LambdaContext) -> dict[str, Any]:
-    """Dispatch one verified event at most once; a duplicate returns the first result, marked."""
-    run, config, in_progress = deduplicated_dispatch()
+def dispatch(request: ChangeNotice, context: LambdaContext) -> dict[str, Any]:
+    """Dispatch one verified push at most once; a duplicate returns the first result, marked."""
+    dispatch_once, config, in_progress = deduplicated_dispatch()
     config.register_lambda_context(context)  # in-progress records expire with this invocation
     try:
-        return run(event=request.payload, request=request)
+        return dispatch_once(event=request.payload, request=request)
     except in_progress:
         return {"duplicate": True, "in_progress": True}
 
@@ -116,13 +117,13 @@ def _raw_body(event: dict[str, Any]) -> bytes:
     return body.encode("utf-8", "surrogatepass") if isinstance(body, str) else b""
 
 
-def verify(event: dict[str, Any]) -> Challenge | CalendarChanged | IgnoredEvent:
+def verify(event: dict[str, Any]) -> Challenge | ChangeNotice | IgnoredNotice:
     """Verify the request as API Gateway delivers it; raises ``CallbackRejected`` or ``ConfigError``."""
     headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
     return verifier(load_credentials(settings)).verify(headers, _raw_body(event))
 
 
-def acknowledge(request: CalendarChanged, context: LambdaContext) -> tuple[int, dict[str, Any]]:
+def acknowledge(request: ChangeNotice, context: LambdaContext) -> tuple[int, dict[str, Any]]:
     """Dispatch a verified change once and say how it went."""
     try:
         result = dispatch(request, context)
@@ -158,9 +159,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if isinstance(request, Challenge):
         count("ChallengesAnswered")
         return _reply(200, {"challenge": request.challenge})
-    logger.append_keys(event_id=request.event_id)
+    logger.append_keys(delivery_id=request.delivery_id)
     count("EventsReceived")
-    if isinstance(request, IgnoredEvent):
+    if isinstance(request, IgnoredNotice):
         logger.info("event_ignored", extra={"event_type": request.event_type})
         return _reply(200, {"msg": "ignored"})
     return _reply(*acknowledge(request, context))

@@ -21,4 +21,4 @@ resync = composition.for_lambda(settings).resync
 @tracer.capture_lambda_handler
 def handler(_event: dict[str, Any], _context: LambdaContext) -> dict[str, Any]:
     """Scheduled-event handler (the event's content is not used)."""
-    return resync.run().as_dict()
+    return resync.sweep().as_dict()

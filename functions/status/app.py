@@ -3,7 +3,8 @@
 ``GET /status`` (every user, paginated), ``GET /status/{open_id}`` (one user with their live
 calendars) and ``POST /status/{open_id}/resync`` (start a sync now). HTML for a browser, JSON for
 ``Accept: application/json`` (or ``?format=json``). Never shows a token or a sync token: the reads
-project an allow-list (see ``feishu_mirror.status``).
+project an allow-list (see ``feishu_mirror.status``). The service returns data; ``status_http`` reads
+the request (negotiation, parameters, origin) and ``status_pages`` renders the HTML.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from feishu_mirror import agenda, composition, status
+from feishu_mirror import agenda, agenda_http, composition, status, status_http, status_pages
 from feishu_mirror.config import Settings
 from feishu_mirror.errors import UnknownUser
 from feishu_mirror.observability import logger, metrics
@@ -29,9 +30,10 @@ tracer = Tracer()
 app = APIGatewayHttpResolver()
 JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
+MAX_COMING_ENTRIES = 200  # occurrences of the coming week on one user's page
 HTML_HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": status.CONTENT_SECURITY_POLICY,
+    "Content-Security-Policy": status_pages.CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the page's own
     # resync post, which cross_site must refuse; nothing is ever sent to another origin either way.
@@ -47,7 +49,7 @@ def service() -> status.StatusService:
 
 def _json_wanted() -> bool:
     event = app.current_event
-    return status.wants_json(event.headers.get("accept"), (event.query_string_parameters or {}).get("format"))
+    return status_http.wants_json(event.headers.get("accept"), (event.query_string_parameters or {}).get("format"))
 
 
 def _reply(code: int, data: dict[str, Any], page: str) -> Response[Any]:
@@ -58,44 +60,41 @@ def _reply(code: int, data: dict[str, Any], page: str) -> Response[Any]:
 
 
 def _error(code: int, title: str, message: str) -> Response[Any]:
-    overview = status.overview_href(app.current_event.raw_event.get("rawPath") or "")
-    return _reply(code, {"message": message}, status.render_message(title, message, overview=overview))
+    overview = status_http.overview_href(app.current_event.raw_event.get("rawPath") or "")
+    return _reply(code, {"message": message}, status_pages.render_message(title, message, overview=overview))
 
 
 @app.get("/status")
 def overview() -> Response[Any]:
     """Every user's health, one page at a time (``?limit=``, ``?start=``)."""
     query = app.current_event.query_string_parameters or {}
-    view = service().overview(limit=status.page_size(query.get("limit")), start=query.get("start") or None)
-    return _reply(200, view.as_dict(), status.render_overview(view))
+    view = service().overview(limit=status_http.page_size(query.get("limit")), start=query.get("start") or None)
+    return _reply(200, view.as_dict(), status_pages.render_overview(view))
 
 
-def _coming_week(open_id: str) -> tuple[status.Upcoming, list[dict[str, Any]]]:
-    """The user's next seven days from the agenda index: rows for the page, entries for JSON."""
+def _coming_week(open_id: str) -> status.ComingWeek:
+    """The user's next seven days from the agenda index (at most ``MAX_COMING_ENTRIES``), or why not."""
     if not settings.events_table:
-        return status.Upcoming(note="Events are not mirrored."), []
+        return status.ComingWeek(note="Events are not mirrored.")
     try:
         week = agenda.Window.days_from(int(time.time()), 7)
         entries = composition.for_lambda(settings).agenda.agenda(open_id, week).entries
     except agenda.AgendaError as exc:
-        return status.Upcoming(note=str(exc)), []
+        return status.ComingWeek(note=str(exc))
     except (BotoCoreError, ClientError):  # the page still shows the user's health
         logger.exception("coming_week_unavailable", extra={"open_id": open_id})
-        return status.Upcoming(note="The coming week could not be read just now."), []
-    rows = tuple(
-        (agenda.human_span(e.start, e.end), str(e.fields.get("summary") or ""), bool(e.recurring_event_id))
-        for e in entries
-    )
-    return status.Upcoming(rows=rows[:200]), [e.as_dict() for e in entries[:200]]
+        return status.ComingWeek(note="The coming week could not be read just now.")
+    return status.ComingWeek(entries=entries[:MAX_COMING_ENTRIES])
 
 
 @app.get("/status/<open_id>")
 def user(open_id: str) -> Response[Any]:
     """One user's health, live calendars, tombstone count and next seven days."""
     view = service().user(open_id)
-    upcoming, entries = _coming_week(open_id)
+    week = _coming_week(open_id)
     outcome = (app.current_event.query_string_parameters or {}).get("resync", "")
-    page = status.render_user(view, flash=status.RESYNC_MESSAGES.get(outcome, ""), upcoming=upcoming)
+    page = status_pages.render_user(view, flash=status.RESYNC_MESSAGES.get(outcome, ""), coming_week=week)
+    entries = [agenda_http.entry_json(entry) for entry in week.entries]  # as the agenda route gives them
     return _reply(200, {**view.as_dict(), "next_seven_days": entries}, page)
 
 
@@ -103,7 +102,7 @@ def user(open_id: str) -> Response[Any]:
 def resync(open_id: str) -> Response[Any]:
     """Start the user's sync now; a browser's form post is redirected back to the user's page."""
     event = app.current_event
-    if status.cross_site({str(name).lower(): str(value) for name, value in event.headers.items()}):
+    if status_http.cross_site({str(name).lower(): str(value) for name, value in event.headers.items()}):
         logger.warning("cross_site_resync_refused", extra={"open_id": open_id})
         return _error(403, "Refused", "Cross-origin requests cannot start a sync.")
     caller = (event.raw_event.get("requestContext") or {}).get("authorizer", {}).get("iam", {}).get("userArn", "")

@@ -3,7 +3,11 @@
 Expected failures (Feishu errors, expired tokens, a held lease) are recorded on the user and
 returned; only unexpected ones raise, so Lambda retries them and then sends them to the on-failure
 queue. A failure record from that queue can be replayed as is: its ``requestPayload`` is the request
-(open_id, reason, event_id), and the logs name the failed invocation (``replay_of``).
+(open_id, reason, delivery_id), and the logs name the failed invocation (``replay_of``).
+
+``delivery_id`` is the push's ``header.event_id`` (Feishu's id of the delivery, not a calendar event's
+id). Requests queued before it had that name carry it as ``event_id``; a replay of such a failure record
+still logs it, as ``delivery_id``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from feishu_mirror import composition
 from feishu_mirror.config import FeishuCredentials, Settings, load_credentials
-from feishu_mirror.health import record_event_to_mirror_lag
+from feishu_mirror.health import record_push_to_mirror_lag
+from feishu_mirror.identifiers import MAX_DELIVERY_ID_LENGTH, is_open_id
 from feishu_mirror.observability import logger, metrics
 from feishu_mirror.sync import CalendarSync, lease_owner
 
@@ -25,7 +30,7 @@ settings = Settings.from_env("USERS_TABLE", "CALENDARS_TABLE", "RATE_LIMIT_TABLE
 tracer = Tracer()
 SAFETY_SECONDS = 10  # left for the final writes after the last Feishu call
 LEASE_MARGIN_SECONDS = 30  # the lease outlives the invocation's timeout by this much
-MAX_OPEN_ID_LENGTH = 128
+LEGACY_DELIVERY_ID_KEY = "event_id"  # what requests called the delivery id before, in failure records still
 
 
 @cache
@@ -42,10 +47,12 @@ def _payload(event: Any) -> dict[str, Any]:
     return replayed if isinstance(replayed, dict) else event
 
 
-def _open_id(request: dict[str, Any]) -> str | None:
-    open_id = request.get("open_id")
-    if isinstance(open_id, str) and 0 < len(open_id) <= MAX_OPEN_ID_LENGTH:
-        return open_id
+def _delivery_id(request: dict[str, Any]) -> str | None:
+    """The push's delivery id, under its name or the one older requests gave it."""
+    for key in ("delivery_id", LEGACY_DELIVERY_ID_KEY):
+        value = request.get(key)
+        if isinstance(value, str):
+            return value[:MAX_DELIVERY_ID_LENGTH]
     return None
 
 
@@ -58,26 +65,27 @@ def _claimed_at(request: dict[str, Any]) -> int:
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Async-invoke handler: ``{"open_id", "reason", "event_id"}``, or an on-failure record holding it."""
-    request = _payload(event)  # every field from the same place, so a replay keeps its reason and event_id
-    open_id = _open_id(request)
-    if open_id is None:
+    """Async-invoke handler: ``{"open_id", "reason", "delivery_id"}``, or an on-failure record holding it."""
+    request = _payload(event)  # every field from the same place, so a replay keeps its reason and delivery_id
+    open_id = request.get("open_id")
+    if not is_open_id(open_id):
         logger.error("sync_request_invalid")
         return {"outcome": "invalid_request", "error": 'expected {"open_id": "ou_..."}'}
     reason = str(request.get("reason", ""))[:40]
     logger.append_keys(open_id=open_id, reason=reason)
-    if isinstance(request.get("event_id"), str):
-        logger.append_keys(event_id=request["event_id"][:128])
+    delivery_id = _delivery_id(request)
+    if delivery_id is not None:
+        logger.append_keys(delivery_id=delivery_id)
     if request is not event:  # a replay: name the invocation that failed, to find its logs
         failed = event.get("requestContext")
         logger.append_keys(replay_of=str(failed.get("requestId", "") if isinstance(failed, dict) else "")[:128])
     remaining = context.get_remaining_time_in_millis() / 1000
-    result = calendar_sync(load_credentials(settings)).run(
+    result = calendar_sync(load_credentials(settings)).sync_user(
         open_id,
         owner=lease_owner(context.aws_request_id),  # unique: Lambda may run one event twice at once
         deadline=time.monotonic() + remaining - SAFETY_SECONDS,
         lease_seconds=int(remaining) + LEASE_MARGIN_SECONDS,
         claimed_at=_claimed_at(request),  # a resync's claim may have lapsed while its invocation waited
     )
-    record_event_to_mirror_lag(result, now=time.time())
+    record_push_to_mirror_lag(result, now=time.time())
     return result.as_dict()

@@ -27,7 +27,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from feishu_mirror.dynamodb.values import plain
 from feishu_mirror.models import CALENDAR_FIELDS
-from feishu_mirror.status import AUTO_REFRESH_SECONDS
+from feishu_mirror.status_pages import AUTO_REFRESH_SECONDS
 from local.feishu_sim import CALENDARS_PATH, FeishuSimulator, feishu_error
 from local.run import DEMO_USER, WARM_EVENTS
 from local.stack import ROOT, LocalStack
@@ -307,25 +307,25 @@ def test_one_event_is_followed_from_the_push_to_the_write_through_the_logs(
     open_id = "ou_e2e_logs"
     onboard(stack, sim, open_id, "Log Reader", ("first",))
     sim.create_calendar(open_id, summary="followed")
-    event_id = f"evt-logs-{uuid.uuid4().hex}"
+    delivery_id = f"evt-logs-{uuid.uuid4().hex}"
     marks = log_marks(stack)
-    # WHEN Feishu pushes one event with a known event_id
-    headers, body = sim.build_callback_request(sim.calendar_changed_payload([open_id], event_id=event_id))
+    # WHEN Feishu pushes one event with a known delivery id (its header.event_id)
+    headers, body = sim.build_callback_request(sim.calendar_changed_payload([open_id], delivery_id=delivery_id))
     assert requests.post(f"{stack.api_url}/feishu/events", data=body, headers=headers, timeout=10).status_code == 200
     assert stack.wait_idle(60)
-    # THEN the callback's log line for that event carries its event_id and the sync it started
+    # THEN the callback's log line for that push carries its delivery_id and the sync it started
     dispatched = [
         line
         for line in log_lines(stack, "CallbackFunction", marks)
-        if line.get("event_id") == event_id and line.get("message") == "event_dispatched"
+        if line.get("delivery_id") == delivery_id and line.get("message") == "event_dispatched"
     ]
     assert len(dispatched) == 1
     assert dispatched[0]["started"] == 1
-    # AND its trail line names the user the event started a sync for (the way from event_id to open_id)
+    # AND its trail line names the user the event started a sync for (the way from delivery_id to open_id)
     trail = [
         line
         for line in log_lines(stack, "CallbackFunction", marks)
-        if line.get("event_id") == event_id and line.get("message") == "pings_dispatched"
+        if line.get("delivery_id") == delivery_id and line.get("message") == "pings_dispatched"
     ]
     assert [(line["started_open_ids"], line["coalesced_open_ids"]) for line in trail] == [([open_id], [])]
     # AND the sync's lines carry the user's open_id and the reason, up to the write it made
@@ -336,7 +336,7 @@ def test_one_event_is_followed_from_the_push_to_the_write_through_the_logs(
     ]
     completed = [line for line in sync if line.get("message") == "sync_completed"]
     assert len(completed) == 1
-    assert completed[0]["event_id"] == event_id
+    assert completed[0]["delivery_id"] == delivery_id
     assert completed[0]["upserted"] == 1
     assert completed[0]["timestamp"] >= dispatched[0]["timestamp"]
     lag = [line for line in sync if line.get("message") == "event_to_mirror_lag"]

@@ -108,7 +108,7 @@ def test_onboarding_then_pushed_changes_keep_the_mirror_equal_to_feishu(
 
 def test_a_redelivered_event_starts_no_second_sync(stack: LocalStack, sim: FeishuSimulator) -> None:
     onboard(stack, sim, "ou_e2e_dup")
-    headers, body = sim.build_callback_request(sim.calendar_changed_payload(["ou_e2e_dup"], event_id="evt-dup-1"))
+    headers, body = sim.build_callback_request(sim.calendar_changed_payload(["ou_e2e_dup"], delivery_id="evt-dup-1"))
     first = requests.post(events_url(stack), data=body, headers=headers, timeout=10)
     second = requests.post(events_url(stack), data=body, headers=headers, timeout=10)
     assert (first.status_code, second.status_code) == (200, 200)

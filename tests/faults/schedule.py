@@ -222,7 +222,7 @@ class SyncThreads:
         self.fail_next = 0
         self.errors: list[BaseException] = []
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
         """Start a sync for the user (or fail to hand it over, when told to)."""
         if self.fail_next:
             self.fail_next -= 1
@@ -405,7 +405,7 @@ class Schedule:
     def _sync(self, open_id: str, clock_offset: int, request_id: str) -> SyncResult:
         engine = self._invocation(open_id, LastPages(), clock_offset).sync
         owner = lease_owner(request_id or uuid.uuid4().hex)
-        result = engine.run(open_id, owner=owner, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS)
+        result = engine.sync_user(open_id, owner=owner, deadline=time.monotonic() + 30, lease_seconds=LEASE_SECONDS)
         with self._lock:
             self.report.syncs[result.outcome] += 1
         return result
@@ -1093,12 +1093,12 @@ class Schedule:
         started: list[str] = []
 
         class Collect:
-            def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+            def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
                 started.append(open_id)
 
         with self.calls.acting_as("ResyncFunction"):
             clients = GivenClients(self.clients.dynamodb, Collect())
-            composition.build(self.settings, clients, clock=lambda: time.time() + offset).resync.run()
+            composition.build(self.settings, clients, clock=lambda: time.time() + offset).resync.sweep()
         for open_id in started:
             result = self.sync(open_id, clock_offset=offset)
             expected = ("synced", "reauth_required") if reauth_allowed else ("synced",)

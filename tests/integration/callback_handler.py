@@ -1,50 +1,33 @@
 """Running the real callback handler (``functions/callback/app.py``) in-process against DynamoDB Local.
 
-The handler module reads its settings at import, so it is imported fresh for each test, with the
-environment pointing at the test's tables, the simulator's credentials and a Lambda endpoint of the
-test's choosing: a ``LambdaRecorder`` that counts the asynchronous invokes, or a closed port.
+The handler module reads its settings at import, so it is imported fresh for each test
+(``tests.lambda_handlers``), with the environment pointing at the test's tables, the simulator's
+credentials and a Lambda endpoint of the test's choosing: a ``LambdaRecorder`` that counts the
+asynchronous invokes, or a closed port.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from feishu_mirror import composition
 from feishu_mirror.config import Settings
 from feishu_mirror.dynamodb.values import plain
 from local.feishu_sim import FeishuSimulator
-from local.stack import ROOT
+from tests.lambda_handlers import handler_module
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
-
-
-@dataclass
-class Context:
-    """The parts of the Lambda context the handler and Powertools read."""
-
-    remaining_ms: int = 10_000
-    function_name: str = "callback"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:callback"
-    aws_request_id: str = "request-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 class _RecorderHandler(BaseHTTPRequestHandler):
@@ -124,16 +107,8 @@ def callback_app(
         **sim.app_environment(),
         **(extra_env or {}),
     }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(str(ROOT / "functions" / "callback"))
-    sys.modules.pop("app", None)
-    composition.forget()
-    try:
-        yield importlib.import_module("app")
-    finally:
-        sys.modules.pop("app", None)
-        composition.forget()
+    with handler_module("callback", monkeypatch, env) as module:
+        yield module
 
 
 def api_event(

@@ -7,9 +7,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
-
 from local.stack import ROOT
+from local.template import parse
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -35,7 +34,7 @@ def dynamodb_calls(client: DynamoDBClient) -> Iterator[set[tuple[str, str]]]:
 def function_grants(function: str, tables: Mapping[str, str]) -> set[tuple[str, str]]:
     """The DynamoDB (action, table or ``table/index/name``) pairs the template's inline policies give ``function``,
     with the test's table names; every resource must be one table's or one index's ARN, nothing wider."""
-    template = yaml_parse((ROOT / "template.yaml").read_text())
+    template = parse(ROOT)
     granted: set[tuple[str, str]] = set()
     for policy in template["Resources"][function]["Properties"]["Policies"]:
         for statement in policy.get("Statement", []):

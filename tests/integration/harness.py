@@ -32,7 +32,7 @@ class RecordingInvoker:
     def __init__(self, invoked: list[str]) -> None:
         self.invoked = invoked
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
         """Record the invocation."""
         self.invoked.append(open_id)
 
@@ -128,7 +128,7 @@ class Harness:
         """One sync invocation, as the sync function runs it (``data_keys`` and ``app`` replace the token
         key and the Feishu app's client settings)."""
         engine = self.engine(page_size=page_size, clock_offset=clock_offset, data_keys=data_keys, app=app)
-        return engine.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
+        return engine.sync_user(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
 
     def consent_again(self, open_id: str, *, revoke_previous: bool = False) -> dict[str, Any]:
         """The user signs in again: Feishu issues a new pair, stored as the OAuth callback stores it."""

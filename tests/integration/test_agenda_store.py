@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from feishu_mirror.agenda import AgendaService, NotSyncedYet, UserNotFound, Window
+from feishu_mirror.agenda_http import agenda_json
 from feishu_mirror.dynamodb.agenda_reader import AgendaReader
 from feishu_mirror.models import CollectionId, Event, Fence
 from local.feishu_sim import FeishuSimulator
@@ -39,10 +40,6 @@ def reader(harness: Harness) -> AgendaReader:
     return harness.services_for().agenda_reader  # a fresh one: its read units count from zero
 
 
-def primary(sim: FeishuSimulator, open_id: str) -> str:
-    return str(next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary"))
-
-
 WEEK = Window(at(2026, 3, 9), at(2026, 3, 16))  # Monday 9 March 2026, Shanghai
 
 
@@ -50,7 +47,7 @@ def test_events_synced_from_feishu_are_found_and_follow_changes(harness: Harness
     # GIVEN a user whose calendars hold a weekly standup (begun a year earlier), a meeting this week,
     # one next month, an all-day event, and an event on a calendar they only see free/busy of
     open_id = harness.onboard("ou_agenda_sync")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     team = sim.create_calendar(open_id, summary="Team", role="reader")
     boss = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
     sim.create_event(
@@ -75,7 +72,7 @@ def test_events_synced_from_feishu_are_found_and_follow_changes(harness: Harness
     assert harness.sync(open_id).outcome == "synced"
     service = AgendaService(reader(harness))
     # WHEN the week is asked for
-    found = [(e["summary"], e["start"], e["end"]) for e in service.agenda(open_id, WEEK).as_dict()["occurrences"]]
+    found = [(e["summary"], e["start"], e["end"]) for e in agenda_json(service.agenda(open_id, WEEK))["occurrences"]]
     # THEN the series is expanded in the week, the other events are there, sorted, and nothing else
     assert found == [
         ("Standup", "2026-03-09T09:30:00+08:00", "2026-03-09T09:45:00+08:00"),
@@ -90,7 +87,7 @@ def test_events_synced_from_feishu_are_found_and_follow_changes(harness: Harness
     harness.schedule.mark_dirty(open_id, int(time.time()), frozenset({own, team}))  # as the pushes would
     result = harness.sync(open_id)
     assert (result.outcome, result.events_upserted, result.events_deleted) == ("synced", 1, 1)
-    after = [(e["summary"], e["start"]) for e in service.agenda(open_id, WEEK).as_dict()["occurrences"]]
+    after = [(e["summary"], e["start"]) for e in agenda_json(service.agenda(open_id, WEEK))["occurrences"]]
     assert after == [("Offsite", "2026-03-12"), ("Review", "2026-03-13T16:00:00+08:00")]
 
 
@@ -110,7 +107,7 @@ def test_exceptions_written_by_the_mirror_replace_and_cancel_occurrences(
     # Thursday occurrence cancelled, and the next week's Monday occurrence moved into this week
     open_id = harness.onboard("ou_agenda_exceptions")
     harness.sync(open_id)
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     tue, thu, next_mon = at(2026, 3, 10, 10), at(2026, 3, 12, 10), at(2026, 3, 16, 10)
     master = Event(
         "daily_0",
@@ -145,7 +142,7 @@ def test_exceptions_written_by_the_mirror_replace_and_cancel_occurrences(
         exception(next_mon, at(2026, 3, 14, 8)),
     )
     # WHEN the week is read through the index
-    entries = AgendaService(reader(harness)).agenda(open_id, WEEK).as_dict()["occurrences"]
+    entries = agenda_json(AgendaService(reader(harness)).agenda(open_id, WEEK))["occurrences"]
     # THEN Tuesday's and Thursday's occurrences are gone, and next Monday's is on Saturday
     assert [(e["start"][:16], e["event_id"], e["original_start"][:16]) for e in entries] == [
         ("2026-03-09T10:00", f"daily_{at(2026, 3, 9, 10)}", "2026-03-09T10:00"),
@@ -156,7 +153,7 @@ def test_exceptions_written_by_the_mirror_replace_and_cancel_occurrences(
         ("2026-03-15T10:00", f"daily_{at(2026, 3, 15, 10)}", "2026-03-15T10:00"),
     ]
     # AND free/busy of the same week merges nothing away and skips the cancelled Thursday
-    busy = AgendaService(reader(harness)).freebusy([open_id], WEEK)[0]["busy"]
+    busy = AgendaService(reader(harness)).freebusy([open_id], WEEK)[0].busy
     assert len(busy) == 6
     assert (thu, thu + 3600) not in busy
 
@@ -171,13 +168,13 @@ def test_a_weeks_agenda_reads_only_that_weeks_items_of_that_user(harness: Harnes
     _write(
         harness,
         open_id,
-        primary(sim, open_id),
+        sim.primary_calendar_id(open_id),
         *(Event(f"e{n}_0", {"summary": f"E{n}", **times(base + n * DAY, base + n * DAY + 3600)}) for n in range(730)),
     )
     _write(
         harness,
         other,
-        primary(sim, other),
+        sim.primary_calendar_id(other),
         *(
             Event(f"o{n}_0", {"summary": "O", **times(at(2026, 3, 9, 9) + n * 600, at(2026, 3, 9, 9) + n * 600 + 300)})
             for n in range(50)
@@ -202,7 +199,7 @@ def test_unknown_and_unsynced_users(harness: Harness) -> None:
     with pytest.raises(NotSyncedYet):
         service.agenda(pending, WEEK)
     harness.sync(pending)
-    assert service.calendars(pending)["calendars"][0]["events_mirrored"] is True
+    assert service.calendars(pending).calendars[0][1] is True  # the primary calendar: its events are mirrored
 
 
 def test_everything_the_reader_calls_is_granted_to_the_agenda_function_and_no_more(harness: Harness) -> None:

@@ -11,7 +11,6 @@ import pytest
 from local.feishu_sim import FeishuSimulator
 from tests import fuzzing
 from tests.integration.callback_handler import (
-    Context,
     LambdaRecorder,
     api_event,
     reply_body,
@@ -19,6 +18,7 @@ from tests.integration.callback_handler import (
     table_snapshot,
 )
 from tests.integration.harness import Harness
+from tests.lambda_handlers import FakeContext
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_a_deployment_without_its_encrypt_key_or_verification_token_refuses_ever
     ]
     capsys.readouterr()
     # WHEN Feishu delivers events and challenges to it
-    replies = [app.handler(request, Context()) for request in requests]
+    replies = [app.handler(request, FakeContext()) for request in requests]
     # THEN every one is refused with a 503 (Feishu retries; nothing unsigned or unchecked is accepted)
     assert [(r["statusCode"], reply_body(r)) for r in replies] == [(503, {"msg": "not configured"})] * len(requests)
     # AND nothing was written or started

@@ -12,7 +12,6 @@ import pytest
 from local.feishu_sim import FeishuSimulator
 from tests import fuzzing
 from tests.integration.callback_handler import (
-    Context,
     LambdaRecorder,
     api_event,
     reply_body,
@@ -20,6 +19,7 @@ from tests.integration.callback_handler import (
     table_snapshot,
 )
 from tests.integration.harness import Harness
+from tests.lambda_handlers import FakeContext
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,13 @@ def test_a_replayed_delivery_within_the_window_starts_one_sync(
 ) -> None:
     # GIVEN a user and one genuine, signed delivery of a change to their calendars
     open_id = harness.onboard("ou_replayed")
-    payload = sim.calendar_changed_payload([open_id], event_id="evt-replayed")
+    payload = sim.calendar_changed_payload([open_id], delivery_id="evt-replayed")
     delivery = signed_delivery(sim, payload)
     # WHEN the identical request (same body, same signature) arrives twice within the window
-    first = app.handler(delivery, Context())
-    replay = app.handler(json.loads(json.dumps(delivery)), Context())
+    first = app.handler(delivery, FakeContext())
+    replay = app.handler(json.loads(json.dumps(delivery)), FakeContext())
     # AND Feishu's own retry of the event arrives, freshly signed with a new timestamp and nonce
-    retry = app.handler(signed_delivery(sim, payload, nonce="another-nonce"), Context())
+    retry = app.handler(signed_delivery(sim, payload, nonce="another-nonce"), FakeContext())
     # THEN all three get a 200, the later two marked as duplicates
     assert [r["statusCode"] for r in (first, replay, retry)] == [200, 200, 200]
     assert reply_body(first)["started"] == 1
@@ -56,7 +56,7 @@ def test_a_replayed_delivery_within_the_window_starts_one_sync(
         (
             "/2015-03-31/functions/sync/invocations",
             "Event",
-            {"open_id": open_id, "reason": "calendar_changed", "event_id": "evt-replayed"},
+            {"open_id": open_id, "reason": "calendar_changed", "delivery_id": "evt-replayed"},
         )
     ]
     assert len(harness.client.scan(TableName=harness.settings.idempotency_table)["Items"]) == 1
@@ -73,14 +73,14 @@ def test_a_delivery_outside_the_configured_window_writes_nothing(
         # WHEN a genuine delivery signed just outside CALLBACK_MAX_SKEW_SECONDS arrives (a replay, or a
         # clock that runs ahead)
         payload = sim.calendar_changed_payload([open_id])
-        reply = app.handler(signed_delivery(sim, payload, timestamp=timestamp), Context())
+        reply = app.handler(signed_delivery(sim, payload, timestamp=timestamp), FakeContext())
         # THEN it is refused as stale, and nothing was written or started
         assert (reply["statusCode"], reply_body(reply)) == (401, {"msg": "stale timestamp"})
     assert table_snapshot(harness.client, harness.settings) == before
     assert recorder.invocations == []
     # AND inside the window the same kind of delivery is accepted (the refusal was the window's)
     inside = app.handler(
-        signed_delivery(sim, sim.calendar_changed_payload([open_id]), timestamp=now - MAX_SKEW + 5), Context()
+        signed_delivery(sim, sim.calendar_changed_payload([open_id]), timestamp=now - MAX_SKEW + 5), FakeContext()
     )
     assert reply_body(inside)["msg"] == "success"
     assert len(recorder.invocations) == 1
@@ -102,7 +102,7 @@ def test_the_challenge_path_never_dispatches(
         "token": sim.verification_token,
     }
     body = fuzzing.sealed(key, fuzzing.as_plaintext(disguised))
-    reply = app.handler(api_event({}, body), Context())
+    reply = app.handler(api_event({}, body), FakeContext())
     # THEN it is answered as a challenge only
     assert (reply["statusCode"], reply_body(reply)) == (200, {"challenge": "c-disguised"})
     # WHEN a plaintext challenge, or an encrypted one with the wrong token, arrives
@@ -110,7 +110,10 @@ def test_the_challenge_path_never_dispatches(
     wrong_token = fuzzing.sealed(
         key, fuzzing.as_plaintext({"type": "url_verification", "challenge": "c", "token": "x"})
     )
-    refused = [app.handler(api_event({}, plaintext), Context()), app.handler(api_event({}, wrong_token), Context())]
+    refused = [
+        app.handler(api_event({}, plaintext), FakeContext()),
+        app.handler(api_event({}, wrong_token), FakeContext()),
+    ]
     # THEN both are refused with a reason
     assert [(r["statusCode"], reply_body(r)["msg"]) for r in refused] == [
         (400, "body must be encrypted"),

@@ -13,12 +13,12 @@ from aws_lambda_powertools.utilities import parameters
 from local.feishu_sim import FeishuSimulator
 from local.secrets_manager import SecretsManagerStandIn
 from tests.integration.callback_handler import (
-    Context,
     LambdaRecorder,
     reply_body,
     signed_delivery,
 )
 from tests.integration.harness import Harness
+from tests.lambda_handlers import FakeContext
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +59,9 @@ def test_the_credentials_are_read_while_the_container_starts(
     assert secrets.requests == 1
     # WHEN Feishu sends the url_verification challenge, then a calendar change
     challenge = {"challenge": "c-1", "token": sim.verification_token, "type": "url_verification"}
-    answered = app.handler(signed_delivery(sim, challenge), Context())
+    answered = app.handler(signed_delivery(sim, challenge), FakeContext())
     open_id = harness.onboard("ou_secret_reader")
-    changed = app.handler(signed_delivery(sim, sim.calendar_changed_payload([open_id])), Context())
+    changed = app.handler(signed_delivery(sim, sim.calendar_changed_payload([open_id])), FakeContext())
     # THEN both are answered with the secret's credentials, without reading it again
     assert (answered["statusCode"], reply_body(answered)) == (200, {"challenge": "c-1"})
     assert (changed["statusCode"], reply_body(changed)["started"]) == (200, 1)
@@ -75,7 +75,7 @@ def test_an_unreadable_secret_is_answered_with_503_and_does_not_fail_the_start(
 ) -> None:
     # GIVEN FEISHU_SECRET_ARN naming a secret that does not exist
     # WHEN the container starts (the app fixture's import does not raise) and a delivery comes
-    reply = app.handler(signed_delivery(sim, sim.calendar_changed_payload(["ou_x"])), Context())
+    reply = app.handler(signed_delivery(sim, sim.calendar_changed_payload(["ou_x"])), FakeContext())
     # THEN Feishu gets a 503 (it retries later), not a Lambda error, and nothing was started
     assert (reply["statusCode"], reply_body(reply)) == (503, {"msg": "not configured"})
     assert recorder.invocations == []

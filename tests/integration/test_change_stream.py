@@ -5,13 +5,11 @@ Also the mapping's own Lambda semantics: record shape, partial batch responses, 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -30,6 +28,7 @@ from local.lambdas import Invocation
 from local.stack import ROOT
 from local.streams import StreamMappings
 from local.template import REGION, Template, load
+from tests.lambda_handlers import FakeContext, handler_module
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -37,19 +36,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 Invoke = Callable[[str, Any], Invocation]
-
-
-@dataclasses.dataclass
-class Context:
-    """The parts of the Lambda context Powertools and the handler read."""
-
-    function_name: str = "publisher"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:publisher"
-    aws_request_id: str = "request-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @pytest.fixture
@@ -82,32 +68,27 @@ def streams_client(dynamodb: DynamoDBLocal) -> Any:
 def publisher(monkeypatch: pytest.MonkeyPatch, template: Template, bus: LocalEventBridge) -> Iterator[Invoke]:
     """The publisher handler, imported fresh and pointed at the local bus, as an ``invoke`` that runs one
     invocation at a time (as one Lambda container does)."""
-    for name, value in {
+    env = {
         "CHANGE_BUS_NAME": template.event_buses["ChangeBus"],
         "AWS_ENDPOINT_URL_EVENTBRIDGE": bus.endpoint,
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
-    }.items():
-        monkeypatch.setenv(name, value)
-    spec = importlib.util.spec_from_file_location("publisher_app", ROOT / "functions" / "publisher" / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    app: ModuleType = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    one_at_a_time = threading.Lock()
+    }
+    with handler_module("publisher", monkeypatch, env) as app:
+        one_at_a_time = threading.Lock()
 
-    def invoke(logical_id: str, event: Any) -> Invocation:
-        assert logical_id == "PublisherFunction"
-        with one_at_a_time:
-            started = time.monotonic()
-            try:
-                payload = app.handler(event, Context())
-            except Exception as exc:
-                return Invocation(None, {"errorType": type(exc).__name__, "errorMessage": str(exc)[:200]}, 0)
-            return Invocation(payload, None, (time.monotonic() - started) * 1000)
+        def invoke(logical_id: str, event: Any) -> Invocation:
+            assert logical_id == "PublisherFunction"
+            with one_at_a_time:
+                started = time.monotonic()
+                try:
+                    payload = app.handler(event, FakeContext("publisher", remaining_ms=60_000))
+                except Exception as exc:
+                    return Invocation(None, {"errorType": type(exc).__name__, "errorMessage": str(exc)[:200]}, 0)
+                return Invocation(payload, None, (time.monotonic() - started) * 1000)
 
-    yield invoke
-    app.events_client.cache_clear()
+        yield invoke
+        app.events_client.cache_clear()
 
 
 @pytest.fixture

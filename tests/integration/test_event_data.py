@@ -16,7 +16,6 @@ from feishu_mirror.observability import metrics
 from feishu_mirror.storable import same_value
 from local.feishu_sim import FeishuSimulator
 from tests.integration.harness import Harness
-from tests.integration.test_event_sync import primary
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,7 +54,7 @@ def health(harness: Harness, open_id: str) -> UserHealth:
 def test_coordinates_and_other_json_floats_are_mirrored_exactly(harness: Harness, sim: FeishuSimulator) -> None:
     # GIVEN an event whose location carries latitude/longitude as JSON floats, and numbers beyond a float's
     open_id = harness.onboard("ou_floats")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     event_id = sim.create_event(
         open_id,
         own,
@@ -96,7 +95,7 @@ def test_a_cancelled_occurrence_stays_live_and_deleting_the_master_takes_its_exc
 ) -> None:
     # GIVEN a weekly meeting with one occurrence moved and one cancelled, in Feishu's id shapes
     open_id = harness.onboard(f"ou_recurring_{exceptions_first}")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     master = sim.create_event(
         open_id,
         own,
@@ -143,7 +142,7 @@ def test_a_cancelled_occurrence_of_a_master_already_deleted_is_not_brought_back(
 ) -> None:
     # GIVEN a mirrored recurring event whose master is deleted, then tombstoned by a sync
     open_id = harness.onboard("ou_late_exception")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     master = sim.create_event(open_id, own, summary="Daily", recurrence="FREQ=DAILY;COUNT=5")
     exception = sim.create_exception(open_id, own, master)
     harness.sync(open_id)
@@ -169,7 +168,7 @@ def test_a_series_made_and_deleted_between_two_syncs_leaves_nothing_live(
     # GIVEN a mirrored calendar, then a recurring event with a cancelled and a moved occurrence that is
     # created and deleted again before the next sync (its increment lists them all as cancelled)
     open_id = harness.onboard(f"ou_short_series_{exceptions_first}")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     harness.sync(open_id)
     master = sim.create_event(open_id, own, summary="Short-lived", recurrence="FREQ=DAILY;COUNT=3")
     sim.create_exception(open_id, own, master, cancelled=True)
@@ -206,7 +205,7 @@ def test_items_dynamodb_cannot_hold_are_stored_reduced_and_nothing_else_is_held_
     # GIVEN a user whose primary calendar holds events DynamoDB cannot hold as sent, among normal ones,
     # and a second calendar with events of its own
     open_id = harness.onboard("ou_unholdable")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     team = sim.create_calendar(open_id, summary="Team", role="writer")
     deep: Any = "leaf"
     for _ in range(40):
@@ -281,7 +280,7 @@ def test_a_page_of_large_events_is_written_in_transactions_under_dynamodbs_4_mb(
 ) -> None:
     # GIVEN fourteen events of about 330 KB each (each fits an item, together more than 4 MB)
     open_id = harness.onboard("ou_large_page")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     for n in range(14):
         sim.create_event(open_id, own, summary=f"Large {n}", description=chr(ord("a") + n) * 330_000)
     # WHEN the user syncs

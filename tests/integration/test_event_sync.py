@@ -36,18 +36,13 @@ def event_listing_calls(sim: FeishuSimulator, calendar_id: str) -> list[dict[str
     return [r.query for r in sim.requests_log if r.method == "GET" and r.path == path]
 
 
-def primary(sim: FeishuSimulator, open_id: str) -> str:
-    """The user's primary calendar id."""
-    return str(next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary"))
-
-
 def test_the_first_sync_mirrors_the_events_of_every_readable_calendar_and_subscribes(
     harness: Harness, sim: FeishuSimulator
 ) -> None:
     # GIVEN a user with events on the primary calendar, a shared calendar they read, and calendars
     # whose events they cannot list (free/busy only; a third-party calendar)
     open_id = harness.onboard("ou_events_first")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     shared = sim.create_calendar(open_id, summary="Team", role="reader")
     busy_only = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
     google = sim.create_calendar(open_id, summary="Google", type="google", role="owner", is_third_party=True)
@@ -78,7 +73,7 @@ def test_a_pushed_event_change_lists_only_that_calendar_and_writes_only_what_cha
 ) -> None:
     # GIVEN a mirrored user with two readable calendars full of events
     open_id = harness.onboard("ou_events_push")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     shared = sim.create_calendar(open_id, summary="Team", role="writer")
     ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(6)]
     sim.create_event(open_id, shared, summary="Other")
@@ -109,7 +104,7 @@ def test_an_expired_event_sync_token_relists_that_calendar_and_sweeps_what_is_go
 ) -> None:
     # GIVEN a mirrored calendar with events, one of them deleted while the sync token expired
     open_id = harness.onboard("ou_events_190008")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(8)]
     harness.sync(open_id)
     sim.expire_sync_tokens(open_id)
@@ -133,7 +128,7 @@ def test_an_expired_event_sync_token_relists_that_calendar_and_sweeps_what_is_go
 def test_a_large_calendar_is_listed_in_the_fewest_pages(harness: Harness, sim: FeishuSimulator) -> None:
     # GIVEN a calendar with 230 events
     open_id = harness.onboard("ou_events_paged")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     for n in range(230):
         sim.create_event(open_id, own, summary=f"Event {n}")
     # WHEN it syncs with a page size of 50
@@ -151,7 +146,7 @@ def test_an_event_listing_cut_short_resumes_from_its_checkpoint_then_catches_up(
 ) -> None:
     # GIVEN a calendar with 120 events, and Feishu failing the third page of its event listing
     open_id = harness.onboard("ou_events_resume")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     for n in range(120):
         sim.create_event(open_id, own, summary=f"Event {n}")
     path = f"/open-apis/calendar/v4/calendars/{own}/events"
@@ -217,7 +212,7 @@ def test_losing_access_to_a_calendar_between_two_listings_skips_it_without_faili
     # GIVEN a user with events on the primary and on a shared calendar that answers its event listing
     # with 191002 (no access) once
     open_id = harness.onboard("ou_events_191002")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     shared = sim.create_calendar(open_id, summary="Locked", role="reader")
     sim.create_event(open_id, own, summary="Mine")
     for n in range(2):
@@ -245,7 +240,9 @@ def test_a_calendar_feishu_will_not_list_fails_the_sync_after_the_others_are_lis
     # GIVEN a user with three readable calendars; the one sorted first answers every event listing
     # with an error retrying cannot fix
     open_id = harness.onboard("ou_events_isolated")
-    calendars = sorted([primary(sim, open_id)] + [sim.create_calendar(open_id, summary=f"C{n}") for n in range(2)])
+    calendars = sorted(
+        [sim.primary_calendar_id(open_id)] + [sim.create_calendar(open_id, summary=f"C{n}") for n in range(2)]
+    )
     broken, healthy = calendars[0], calendars[1:]
     for calendar_id in calendars:
         sim.create_event(open_id, calendar_id, summary=f"In {calendar_id}")
@@ -305,7 +302,7 @@ def test_an_increment_longer_than_a_page_lands_whole_however_feishu_continues_it
 ) -> None:
     # GIVEN a mirrored calendar of 60 events, then 120 changes: 20 updates, 40 deletions, 60 new events
     open_id = harness.onboard(f"ou_events_long_{paging}")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(60)]
     harness.sync(open_id, page_size=50)
     for event_id in ids[:20]:
@@ -348,7 +345,7 @@ def test_a_user_is_due_again_when_the_oldest_calendar_events_are_due_not_later(
 ) -> None:
     # GIVEN a user whose events were listed at t0
     open_id = harness.onboard("ou_events_due")
-    sim.create_event(open_id, primary(sim, open_id), summary="Standing meeting")
+    sim.create_event(open_id, sim.primary_calendar_id(open_id), summary="Standing meeting")
     harness.sync(open_id)
     listed_at = int(time.time())
     stale = harness.settings.stale_after_seconds
@@ -382,7 +379,7 @@ def test_a_held_mass_deletion_of_events_shows_in_the_user_health_until_it_is_con
 ) -> None:
     # GIVEN a calendar of 10 mirrored events, 8 of which vanish while its sync token expires
     open_id = harness.onboard("ou_events_mass")
-    own = primary(sim, open_id)
+    own = sim.primary_calendar_id(open_id)
     ids = [sim.create_event(open_id, own, summary=f"Event {n}") for n in range(10)]
     harness.sync(open_id)
     for event_id in ids[:8]:
@@ -413,7 +410,9 @@ def test_an_access_token_refused_even_after_a_refresh_fails_the_sync_at_once(
     # GIVEN a user with three readable calendars; the first one's listing refuses the access token
     # twice (before and after the refresh)
     open_id = harness.onboard("ou_events_token_refused")
-    calendars = sorted([primary(sim, open_id)] + [sim.create_calendar(open_id, summary=f"C{n}") for n in range(2)])
+    calendars = sorted(
+        [sim.primary_calendar_id(open_id)] + [sim.create_calendar(open_id, summary=f"C{n}") for n in range(2)]
+    )
     expired = feishu_error(99991677, 400, "Authentication token expired")
     sim.inject(f"/open-apis/calendar/v4/calendars/{calendars[0]}/events", expired, expired)
     refreshes_before = sum(1 for r in sim.requests_log if r.path == OAUTH_TOKEN_PATH)

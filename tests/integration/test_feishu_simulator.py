@@ -728,7 +728,7 @@ def test_push_calendar_changed_is_signed_and_encrypted(sim: FeishuSimulator, rec
     # GIVEN a callback endpoint
     sim.set_callback_url(receiver.url)
     # WHEN an event is pushed for Alice
-    response = sim.push_calendar_changed(["ou_alice"], event_id="evt-1")
+    response = sim.push_calendar_changed(["ou_alice"], delivery_id="evt-1")
     # THEN the receiver got a signature that verifies over the raw body and a decryptable payload
     assert response.status_code == 200
     headers, body = receiver.requests[0]
@@ -745,7 +745,7 @@ def test_push_calendar_changed_is_signed_and_encrypted(sim: FeishuSimulator, rec
     assert len(payload["header"]["create_time"]) == 13
     assert payload["event"]["user_id_list"][0]["open_id"] == "ou_alice"
     assert payload["event"]["user_id_list"][0]["union_id"].startswith("on_")
-    assert [(d.event_id, d.open_ids, d.status) for d in sim.deliveries] == [("evt-1", ("ou_alice",), 200)]
+    assert [(d.delivery_id, d.open_ids, d.status) for d in sim.deliveries] == [("evt-1", ("ou_alice",), 200)]
 
 
 def test_push_url_verification(sim: FeishuSimulator, receiver: _Receiver) -> None:
@@ -771,7 +771,7 @@ def test_auto_push_retries_until_200(sim: FeishuSimulator) -> None:
         assert sim.wait_for_pushes(timeout=5)
         # THEN the same event was delivered three times with statuses 500, 503, 200
         assert [(d.attempt, d.status) for d in sim.deliveries] == [(1, 500), (2, 503), (3, 200)]
-        assert len({d.event_id for d in sim.deliveries}) == 1
+        assert len({d.delivery_id for d in sim.deliveries}) == 1
         assert len(failing.requests) == 3
     finally:
         failing.close()

@@ -21,8 +21,9 @@ from feishu_mirror.config import FeishuCredentials
 from feishu_mirror.errors import MirrorError, OnboardingError
 from feishu_mirror.observability import logger
 from local.feishu_sim import CALENDARS_PATH, OAUTH_TOKEN_PATH, FeishuSimulator, http_error, rate_limited
-from tests.integration.callback_handler import Context, api_event, signed_delivery
+from tests.integration.callback_handler import api_event, signed_delivery
 from tests.integration.harness import Harness
+from tests.lambda_handlers import FakeContext
 
 pytestmark = pytest.mark.integration
 REDIRECT = "http://127.0.0.1:3000/oauth/callback"
@@ -142,20 +143,20 @@ def test_no_secret_in_logs_metrics_or_errors(
     assert harness.sync("ou_secret_b").outcome == "reauth_required"
     # AND the callback handles a genuine change, a challenge, and requests with a wrong token or signature
     replies = [
-        app.handler(signed_delivery(sim, sim.calendar_changed_payload(["ou_secret_a"])), Context()),
+        app.handler(signed_delivery(sim, sim.calendar_changed_payload(["ou_secret_a"])), FakeContext()),
         app.handler(
             signed_delivery(sim, {"type": "url_verification", "challenge": "c", "token": sim.verification_token}),
-            Context(),
+            FakeContext(),
         ),
         app.handler(
             signed_delivery(sim, {**sim.calendar_changed_payload(["ou_secret_a"]), "header": {"token": "guess"}}),
-            Context(),
+            FakeContext(),
         ),
     ]
     forged = signed_delivery(sim, sim.calendar_changed_payload(["ou_secret_a"]))
     forged["headers"]["x-lark-signature"] = "0" * 64
-    replies.append(app.handler(forged, Context()))
-    replies.append(app.handler(api_event({}, "not json"), Context()))
+    replies.append(app.handler(forged, FakeContext()))
+    replies.append(app.handler(api_event({}, "not json"), FakeContext()))
     assert [r["statusCode"] for r in replies] == [200, 200, 401, 401, 400]
     # THEN the run did log, emit metrics and raise errors (so the search below searches something) ...
     text = output.text()

@@ -9,7 +9,7 @@ import pytest
 
 from feishu_mirror.agenda import Window
 from feishu_mirror.errors import UnknownUser
-from feishu_mirror.health import record_event_to_mirror_lag
+from feishu_mirror.health import record_push_to_mirror_lag
 from feishu_mirror.pings import PingDispatcher
 from feishu_mirror.status import ReauthorizationPending, StatusRequestInvalid, StatusService
 from local.feishu_sim import feishu_error
@@ -36,7 +36,7 @@ def service(harness: Harness, pings: PingDispatcher | None = None) -> StatusServ
 class FailingInvoker:
     """The Lambda API is down."""
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
         raise ConnectionError("no Lambda API")
 
 
@@ -158,10 +158,10 @@ def test_the_lag_runs_from_the_earliest_push_even_when_later_ones_coalesced(harn
     # THEN the result names the earliest push, the lag runs from it, and nothing is pending any more
     assert result.pushed_at == t0
     now = time.time()
-    assert record_event_to_mirror_lag(result, now=now) == pytest.approx(now - t0)
+    assert record_push_to_mirror_lag(result, now=now) == pytest.approx(now - t0)
     assert "pending_ping_at" not in harness.user(open_id)
     # AND a later sync with no push in between measures nothing
-    assert record_event_to_mirror_lag(harness.sync(open_id), now=time.time()) is None
+    assert record_push_to_mirror_lag(harness.sync(open_id), now=time.time()) is None
 
 
 def test_a_push_that_waited_out_a_failure_is_measured_from_when_it_came(harness: Harness) -> None:
@@ -182,7 +182,7 @@ def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_toke
     # GIVEN a synced user with two events on the primary calendar and a calendar they only see free/busy of
     open_id = harness.onboard("ou_view_events")
     sim = harness.sim
-    primary = next(c["calendar_id"] for c in sim.calendars(open_id) if c["type"] == "primary")
+    primary = sim.primary_calendar_id(open_id)
     busy = sim.create_calendar(open_id, summary="Boss", role="free_busy_reader")
     sim.create_event(open_id, primary, summary="One")
     sim.create_event(open_id, primary, summary="Two")
@@ -205,7 +205,7 @@ def test_the_user_view_shows_each_calendars_event_counts_but_never_its_sync_toke
 def test_everything_the_status_service_calls_is_granted_to_the_status_function_and_no_more(harness: Harness) -> None:
     # GIVEN synced users (one with events), a user who must consent again, and the status service
     ada = harness.onboard("ou_grants_ada", extra_calendars=2)
-    primary = next(c["calendar_id"] for c in harness.sim.calendars(ada) if c["type"] == "primary")
+    primary = harness.sim.primary_calendar_id(ada)
     harness.sim.create_event(ada, primary, summary="Standup")
     harness.sync(ada)
     gone = harness.onboard("ou_grants_gone")

@@ -318,11 +318,11 @@ def test_the_scheduled_resync_starts_due_users_only(harness: Harness, sim: Feish
     reauth = harness.onboard("ou_resync_reauth")
     harness.set_user(reauth, status="reauth_required")
     harness.remove_user_attribute(reauth, "due_at")
-    outcome = Resync(harness.schedule, harness.invoker, max_users=100).run()
+    outcome = Resync(harness.schedule, harness.invoker, max_users=100).sweep()
     assert sorted(harness.invoked) == sorted([fresh, failed])
     assert (outcome.started, outcome.skipped) == (2, 0)
     # WHEN the resync runs again before the syncs started THEN it does not start them twice
-    assert Resync(harness.schedule, harness.invoker, max_users=100).run().started == 0
+    assert Resync(harness.schedule, harness.invoker, max_users=100).sweep().started == 0
     assert len(harness.invoked) == 2
 
 
@@ -335,13 +335,13 @@ def test_each_scheduled_resync_counts_the_users_waiting_to_authorise_again(harne
         harness.remove_user_attribute(open_id, "due_at")
     metrics.clear_metrics()
     # WHEN the scheduled resync runs
-    Resync(harness.schedule, harness.invoker, max_users=100).run()
+    Resync(harness.schedule, harness.invoker, max_users=100).sweep()
     # THEN it reports the two as the UsersAwaitingReauth gauge
     assert metrics.metric_set["UsersAwaitingReauth"]["Value"] == [2]
     metrics.clear_metrics()
     # AND once one of them has signed in again, the next run reports one
     harness.set_user("ou_count_reauth_1", status="active")
-    Resync(harness.schedule, harness.invoker, max_users=100).run()
+    Resync(harness.schedule, harness.invoker, max_users=100).sweep()
     assert metrics.metric_set["UsersAwaitingReauth"]["Value"] == [1]
     metrics.clear_metrics()
 

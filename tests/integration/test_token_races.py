@@ -157,7 +157,7 @@ def test_a_refresh_whose_answer_is_lost_is_never_sent_again(
     sim.inject(OAUTH_TOKEN_PATH, lost)
     # WHEN the user is synced THEN this attempt fails without presenting the refresh token again
     engine = harness.engine(app=harness.app(read_timeout=READ_TIMEOUT))
-    first = engine.run(open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90)
+    first = engine.sync_user(open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90)
     assert first.outcome == "failed"
     assert harness.token_requests() == 1
     user = harness.user(open_id)
@@ -209,7 +209,9 @@ def test_a_newer_pair_stored_while_the_refresh_answer_was_lost_is_taken_up(
     client.refresh_access_token = refresh_while_the_user_consents  # type: ignore[method-assign]
     # WHEN the user is synced THEN re-reading the user after the lost answer finds the newer pair, and
     # the sync goes on with it
-    result = invocation.sync.run(open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90)
+    result = invocation.sync.sync_user(
+        open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90
+    )
     assert result.outcome == "synced"
     user = harness.user(open_id)
     assert (user["status"], harness.tokens(open_id)[0]) == ("active", consent["access_token"])
@@ -235,7 +237,7 @@ def test_a_refresh_cut_short_by_the_end_of_its_invocation_is_not_sent_again(
 
     tokens.save_tokens = die  # type: ignore[method-assign]
     with pytest.raises(Killed):
-        harness.engine(tokens=tokens).run(
+        harness.engine(tokens=tokens).sync_user(
             open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90
         )
     # WHEN the next attempt comes, once the dead invocation's lease has expired
@@ -251,7 +253,9 @@ def test_no_refresh_starts_without_time_to_store_its_answer(harness: Harness, si
     open_id = harness.onboard("ou_late_in_the_invocation")
     sim.expire_access_tokens(open_id)
     # WHEN it syncs the user THEN it stops before the refresh, leaving the user due, the token unsent
-    result = harness.engine().run(open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 20, lease_seconds=90)
+    result = harness.engine().sync_user(
+        open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 20, lease_seconds=90
+    )
     assert result.outcome == "interrupted"
     assert harness.token_requests() == 0
     user = harness.user(open_id)
@@ -300,7 +304,7 @@ def test_a_new_token_pair_is_stored_through_dynamodb_hiccups(harness: Harness, s
     flaky = Flaky(harness.client, ["throttled", "unreachable", "throttled", "applied"])
     tokens = UserTokens(UsersTable(flaky, harness.settings.users_table, sleep=lambda _s: None))  # type: ignore[arg-type]
     # WHEN the user is synced
-    result = harness.engine(tokens=tokens).run(
+    result = harness.engine(tokens=tokens).sync_user(
         open_id, owner=lease_owner("r1"), deadline=time.monotonic() + 60, lease_seconds=90
     )
     # THEN the new pair is stored once (the retry finds its own write) and the sync goes on with it
@@ -331,7 +335,7 @@ def test_two_copies_of_one_invocation_never_both_hold_the_lease(harness: Harness
     def copy() -> None:
         engine = harness.engine()
         results.append(
-            engine.run(open_id, owner=lease_owner("request-1"), deadline=time.monotonic() + 60, lease_seconds=90)
+            engine.sync_user(open_id, owner=lease_owner("request-1"), deadline=time.monotonic() + 60, lease_seconds=90)
         )
 
     first = threading.Thread(target=copy)
@@ -376,7 +380,9 @@ def test_a_user_who_signs_in_again_during_a_sync_keeps_the_new_consent(
 
     client.refresh_access_token = refresh_around_a_new_consent  # type: ignore[method-assign]
     # WHEN the sync runs
-    result = invocation.sync.run(open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90)
+    result = invocation.sync.sync_user(
+        open_id, owner=str(uuid.uuid4()), deadline=time.monotonic() + 60, lease_seconds=90
+    )
     # THEN the new consent stands: the old sync neither stored its pair nor marked the user, and went on
     # with the new tokens
     assert result.outcome == "synced"

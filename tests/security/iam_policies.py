@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
-from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
+
+from local.template import parse
 
 PARTITION, REGION, ACCOUNT = "aws", "us-east-1", "000000000000"
 SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:feishu-calendar-mirror"
@@ -124,7 +125,7 @@ class _Resolver:
 
 def expanded_template(root: Path) -> dict[str, Any]:
     """``template.yaml`` after SAM's transform (as CloudFormation receives it, less the code upload)."""
-    template = yaml_parse((root / "template.yaml").read_text())
+    template = parse(root)
     for resource in template["Resources"].values():  # the translator wants uploaded code, not local paths
         for key in ("CodeUri", "ContentUri"):
             if key in resource.get("Properties", {}):

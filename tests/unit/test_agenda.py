@@ -1,11 +1,9 @@
-"""The agenda: exceptions over series, free/busy, request checks, and that the index's queries find every
-item that matters (the service over an in-memory index against expanding every item)."""
+"""The agenda: exceptions over series, free/busy, request checks and the routes' JSON (``agenda_http``),
+and that the index's queries find every item that matters (the service over an in-memory index against
+expanding every item)."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,67 +18,22 @@ from feishu_mirror.agenda import (
     AgendaService,
     EventItem,
     NotSyncedYet,
-    Segment,
     UserNotFound,
     Window,
     WindowTooBusy,
     agenda_index_attributes,
     busy_intervals,
     expand,
-    freebusy_as_dict,
-    open_id_list,
-    time_zone,
 )
+from feishu_mirror.agenda_http import calendars_json, entry_json, freebusy_json, open_id_list, parse_window, time_zone
 from feishu_mirror.recurrence import FOREVER
+from tests.agenda_index import FEB_2, OPEN_ID, SH, WEEK, WEEKLY, IndexedSource, at, event, exception_of
 
 DAY = 86400
-SH = "Asia/Shanghai"
-OPEN_ID = "ou_ada"
-
-
-def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, *, tz: str = SH) -> int:
-    return int(datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(tz)).timestamp())
-
-
-def timed(start: int, end: int, tz: str = SH) -> dict[str, Any]:
-    return {
-        "start_time": {"timestamp": str(start), "timezone": tz},
-        "end_time": {"timestamp": str(end), "timezone": tz},
-    }
-
-
-def event(event_id: str, start: int, end: int, calendar_id: str = "cal_a", **fields: Any) -> dict[str, Any]:
-    return {
-        "calendar_id": calendar_id,
-        "event_id": event_id,
-        "summary": event_id,
-        "status": "confirmed",
-        **timed(start, end),
-        **fields,
-    }
-
-
-def exception_of(master: Mapping[str, Any], original: int, start: int, end: int, **fields: Any) -> dict[str, Any]:
-    uid = str(master["event_id"]).rsplit("_", 1)[0]
-    return event(
-        f"{uid}_{original}",
-        start,
-        end,
-        str(master["calendar_id"]),
-        is_exception=True,
-        recurring_event_id=master["event_id"],
-        **fields,
-    )
 
 
 def agenda(items: list[dict[str, Any]], window: Window) -> list[tuple[str, str, str | None]]:
     return [(e.event_id, e.start.rfc3339(), e.recurring_event_id) for e in expand(map(EventItem.parse, items), window)]
-
-
-# A weekly Monday 10:00–11:00 meeting from 5 January 2026, and the week of 2 February
-WEEKLY = event("mtg_0", at(2026, 1, 5, 10), at(2026, 1, 5, 11), summary="Weekly", recurrence="FREQ=WEEKLY;BYDAY=MO")
-FEB_2 = at(2026, 2, 2, 10)
-WEEK = Window(at(2026, 2, 2), at(2026, 2, 9))
 
 
 def test_a_series_gives_one_occurrence_per_week_with_the_instance_id_feishu_uses() -> None:
@@ -93,7 +46,7 @@ def test_a_modified_occurrence_replaces_the_generated_one() -> None:
     assert [(e.event_id, e.start.rfc3339(), e.fields["summary"]) for e in entries] == [
         (f"mtg_{FEB_2}", "2026-02-02T11:00:00+08:00", "Weekly (later)")
     ]
-    assert entries[0].as_dict()["original_start"] == "2026-02-02T10:00:00+08:00"
+    assert entry_json(entries[0])["original_start"] == "2026-02-02T10:00:00+08:00"
 
 
 def test_an_occurrence_moved_out_of_the_window_leaves_it_and_one_moved_in_joins_it() -> None:
@@ -148,18 +101,18 @@ def test_all_day_events_and_their_exceptions_are_dates() -> None:
         "end_time": {"date": "2027-02-05", "timezone": SH},
     }
     entries = expand(map(EventItem.parse, [birthday, moved]), Window(at(2026, 1, 1), at(2027, 12, 31)))
-    assert [(e.as_dict()["start"], e.as_dict()["end"], e.as_dict()["all_day"]) for e in entries] == [
+    assert [(entry_json(e)["start"], entry_json(e)["end"], entry_json(e)["all_day"]) for e in entries] == [
         ("2026-02-03", "2026-02-04", True),
         ("2027-02-04", "2027-02-05", True),
     ]
-    assert entries[1].as_dict()["original_start"] == "2027-02-03"
+    assert entry_json(entries[1])["original_start"] == "2027-02-03"
     # AND free all-day events are no busy time
     assert busy_intervals(entries, Window(at(2026, 1, 1), at(2027, 12, 31))) == []
 
 
 def test_entries_are_sorted_by_start_and_carry_every_field_a_consumer_needs() -> None:
     lunch = event("lunch_0", at(2026, 2, 2, 12), at(2026, 2, 2, 13), "cal_b", location={"name": "Canteen"})
-    found = [e.as_dict() for e in expand(map(EventItem.parse, [lunch, WEEKLY]), WEEK)]
+    found = [entry_json(e) for e in expand(map(EventItem.parse, [lunch, WEEKLY]), WEEK)]
     assert [f["event_id"] for f in found] == [f"mtg_{FEB_2}", "lunch_0"]
     assert set(found[1]) >= {
         "calendar_id",
@@ -177,7 +130,9 @@ def test_entries_are_sorted_by_start_and_carry_every_field_a_consumer_needs() ->
     assert found[1]["location"] == {"name": "Canteen"}
     assert found[1]["recurring_event_id"] is None
     # shown in another zone on request
-    assert expand([EventItem.parse(lunch)], WEEK)[0].as_dict(ZoneInfo("UTC"))["start"] == "2026-02-02T04:00:00+00:00"
+    assert (
+        entry_json(expand([EventItem.parse(lunch)], WEEK)[0], ZoneInfo("UTC"))["start"] == "2026-02-02T04:00:00+00:00"
+    )
 
 
 def test_busy_time_merges_overlaps_skips_free_and_cancelled_and_is_clipped_to_the_window() -> None:
@@ -234,50 +189,6 @@ def test_index_attributes_place_short_items_by_start_and_series_and_long_items_b
     assert agenda_index_attributes(OPEN_ID, "s_0", {"summary": "no times"}) == {}
 
 
-class IndexedSource:
-    """The agenda index in memory, with DynamoDB's query semantics (key range, then the filter)."""
-
-    def __init__(
-        self, items: list[dict[str, Any]], *, synced: bool = True, calendars: list[dict[str, Any]] | None = None
-    ) -> None:
-        self.items = [{**i, **agenda_index_attributes(OPEN_ID, i["event_id"], i)} for i in items]
-        self.synced = synced
-        self.calendars = calendars or [
-            {"calendar_id": c, "type": "shared", "role": "reader", "summary": c} for c in ("cal_a", "cal_b")
-        ]
-        self.queries: list[tuple[str, int, int]] = []
-        self.lock = threading.Lock()
-
-    def sync_state(self, open_id: str) -> Mapping[str, Any] | None:
-        if open_id != OPEN_ID:
-            return None
-        return {"open_id": open_id, "status": "active", **({"last_success_at": 1767225600} if self.synced else {})}
-
-    def live_calendars(self, open_id: str) -> list[dict[str, Any]]:
-        return list(self.calendars)
-
-    def index_items(
-        self,
-        open_id: str,
-        segment: Segment,
-        at_least: int,
-        at_most: int,
-        *,
-        starting_before: int | None = None,
-        ending_from: int | None = None,
-    ) -> list[dict[str, Any]]:
-        with self.lock:
-            self.queries.append((segment, at_least, at_most))
-        return [  # what the index projects: the ids and the fields kept in agenda_entry
-            {**json.loads(i["agenda_entry"]), "event_id": i["event_id"], "calendar_id": i["calendar_id"]}
-            for i in self.items
-            if i.get("agenda_key") == f"{open_id}#{segment}"
-            and at_least <= i["agenda_at"] <= at_most
-            and (starting_before is None or i["agenda_start"] < starting_before)
-            and (ending_from is None or i["agenda_end"] >= ending_from)
-        ]
-
-
 RULES = [
     "FREQ=DAILY",
     "FREQ=WEEKLY;BYDAY=MO,TH",
@@ -320,8 +231,8 @@ def test_the_index_queries_find_everything_that_expanding_every_item_finds(
     window = Window.days_from(at(2026, 1, 1) + offset_days * DAY, days)
     source = IndexedSource(items)
     # WHEN the service answers from the index, and every item is expanded without it
-    got = [e.as_dict() for e in AgendaService(source).agenda(OPEN_ID, window).entries]
-    expected = [e.as_dict() for e in expand(map(EventItem.parse, items), window)]
+    got = [entry_json(e) for e in AgendaService(source).agenda(OPEN_ID, window).entries]
+    expected = [entry_json(e) for e in expand(map(EventItem.parse, items), window)]
     # THEN the answers are the same
     assert got == expected
 
@@ -372,14 +283,14 @@ def test_only_live_readable_calendars_count() -> None:
     found = service.agenda(OPEN_ID, WEEK)
     assert [e.event_id for e in found.entries] == [f"mtg_{FEB_2}"]
     assert found.calendars == ("cal_a",)
-    mirrored = {c["calendar_id"]: c["events_mirrored"] for c in service.calendars(OPEN_ID)["calendars"]}
+    mirrored = {c["calendar_id"]: c["events_mirrored"] for c in calendars_json(service.calendars(OPEN_ID))["calendars"]}
     assert mirrored == {"cal_a": True, "cal_fb": False}
 
 
 def test_freebusy_answers_each_user_and_names_those_it_cannot() -> None:
     service = AgendaService(IndexedSource([WEEKLY]))
     users = service.freebusy([OPEN_ID, "ou_nobody"], WEEK)
-    body = freebusy_as_dict(WEEK, users)
+    body = freebusy_json(WEEK, users)
     assert body["users"][0] == {
         "open_id": OPEN_ID,
         "synced_at": "2026-01-01T00:00:00Z",
@@ -406,15 +317,15 @@ def test_freebusy_answers_each_user_and_names_those_it_cannot() -> None:
 )
 def test_bad_windows_are_refused_with_a_reason(start: str | None, end: str | None, code: str) -> None:
     with pytest.raises(AgendaRequestInvalid) as refused:
-        Window.parse(start, end)
+        parse_window(start, end)
     assert refused.value.code == code
     assert refused.value.status == 400
 
 
 def test_windows_accept_offsets_z_fractions_and_a_plus_that_became_a_space() -> None:
-    assert Window.parse("2026-02-02T00:00:00+08:00", "2026-02-09T00:00:00.5+08:00") == WEEK
-    assert Window.parse("2026-02-02T00:00:00 08:00", "2026-02-08T16:00:00z") == WEEK
-    assert Window.parse("2026-01-01T00:00:00Z", "2027-01-02T00:00:00Z").end - at(2026, 1, 1, tz="UTC") == 366 * DAY
+    assert parse_window("2026-02-02T00:00:00+08:00", "2026-02-09T00:00:00.5+08:00") == WEEK
+    assert parse_window("2026-02-02T00:00:00 08:00", "2026-02-08T16:00:00z") == WEEK
+    assert parse_window("2026-01-01T00:00:00Z", "2027-01-02T00:00:00Z").end - at(2026, 1, 1, tz="UTC") == 366 * DAY
 
 
 def test_user_lists_and_zones_are_checked() -> None:

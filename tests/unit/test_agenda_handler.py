@@ -4,19 +4,17 @@ side over an in-memory index: routes answer JSON, refusals are 4xx with a code, 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-from pathlib import Path
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 from feishu_mirror.agenda import AgendaService
-from tests.unit.test_agenda import FEB_2, OPEN_ID, WEEKLY, IndexedSource
-from tests.unit.test_sync_handler import Context
+from tests.agenda_index import FEB_2, OPEN_ID, WEEKLY, IndexedSource
+from tests.lambda_handlers import ROOT, FakeContext, handler_module
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
 
@@ -26,16 +24,11 @@ def sample(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    for name in ("USERS_TABLE", "CALENDARS_TABLE", "EVENTS_TABLE"):
-        monkeypatch.setenv(name, name.lower())
-    spec = importlib.util.spec_from_file_location("agenda_app", ROOT / "functions" / "agenda" / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "service", lambda: AgendaService(IndexedSource([WEEKLY])))
-    return module
+def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    env = {name: name.lower() for name in ("USERS_TABLE", "CALENDARS_TABLE", "EVENTS_TABLE")}
+    with handler_module("agenda", monkeypatch, env) as module:
+        monkeypatch.setattr(module, "service", lambda: AgendaService(IndexedSource([WEEKLY])))
+        yield module
 
 
 def call(app: ModuleType, event: dict[str, Any], **query: str | None) -> tuple[int, dict[str, Any]]:
@@ -47,7 +40,7 @@ def call(app: ModuleType, event: dict[str, Any], **query: str | None) -> tuple[i
         event["requestContext"]["http"]["path"] = event["rawPath"]
     params = {**(event.get("queryStringParameters") or {}), **query}
     event["queryStringParameters"] = {k: v for k, v in params.items() if v is not None}
-    reply = app.handler(event, Context(function_name="agenda"))
+    reply = app.handler(event, FakeContext("agenda"))
     assert reply["headers"]["Content-Type"] == "application/json"
     return reply["statusCode"], json.loads(reply["body"])
 

@@ -14,10 +14,10 @@ from feishu_mirror.callback import (
     DEFAULT_MAX_AHEAD_SECONDS,
     EVENT_CHANGED,
     FEISHU_RETRY_SPAN_SECONDS,
-    CalendarChanged,
     CallbackVerifier,
     Challenge,
-    IgnoredEvent,
+    ChangeNotice,
+    IgnoredNotice,
 )
 from feishu_mirror.errors import CallbackRejected, ConfigError
 
@@ -67,8 +67,8 @@ def rejected(headers: dict[str, str], body: bytes, v: CallbackVerifier | None = 
 def test_a_signed_encrypted_calendar_change_names_each_user_once() -> None:
     headers, body = signed(event(["ou_1", "ou_2", "ou_1"]))
     result = verifier().verify(headers, body)
-    assert isinstance(result, CalendarChanged)
-    assert result.event_id == "evt-1"
+    assert isinstance(result, ChangeNotice)
+    assert result.delivery_id == "evt-1"
     assert result.open_ids == ("ou_1", "ou_2")
 
 
@@ -79,11 +79,11 @@ def test_an_event_change_names_its_calendar_and_its_users() -> None:
     headers, body = signed(payload)
     # WHEN it is verified THEN it is a change of that calendar's events for that user
     result = verifier().verify(headers, body)
-    assert isinstance(result, CalendarChanged)
+    assert isinstance(result, ChangeNotice)
     assert (result.open_ids, result.calendar_id) == (("ou_1",), "feishu.cn_abc@group.calendar.feishu.cn")
 
 
-@pytest.mark.parametrize("calendar_id", [None, "", 7, "x" * 513, "bad\u0000id"])
+@pytest.mark.parametrize("calendar_id", [None, "", 7, "x" * 513, "日" * 171, "bad\u0000id"])
 def test_an_event_change_without_a_usable_calendar_id_is_refused(calendar_id: Any) -> None:
     payload = event(["ou_1"], event_type=EVENT_CHANGED)
     payload["event"]["calendar_id"] = calendar_id
@@ -92,10 +92,19 @@ def test_an_event_change_without_a_usable_calendar_id_is_refused(calendar_id: An
     assert (error.status, error.reason) == (400, "event.calendar_id must be a non-empty string")
 
 
+@pytest.mark.parametrize("open_id", ["ou 1", "ou_1\u00e9", "ou/1", "ou.1", "x" * 129])
+def test_a_user_whose_open_id_is_not_one_is_refused(open_id: str) -> None:
+    # GIVEN a signed push naming a user by something no open_id looks like (printable as it may be)
+    headers, body = signed(event(["ou_1", open_id]))
+    # THEN it is refused, by the one rule every door of the mirror applies to open_ids
+    error = rejected(headers, body)
+    assert (error.status, error.reason) == (400, "every entry of event.user_id_list needs an open_id")
+
+
 def test_a_calendar_list_change_names_no_calendar() -> None:
     headers, body = signed(event(["ou_1"]))
     result = verifier().verify(headers, body)
-    assert isinstance(result, CalendarChanged)
+    assert isinstance(result, ChangeNotice)
     assert result.calendar_id == ""
 
 
@@ -187,7 +196,7 @@ def test_stale_or_future_timestamps_are_refused(age: int) -> None:
 @pytest.mark.parametrize("age", [0, 299, DEFAULT_MAX_AGE_SECONDS, -DEFAULT_MAX_AHEAD_SECONDS])
 def test_a_timestamp_within_the_window_is_accepted(age: int) -> None:
     headers, body = signed(event(), timestamp=NOW - age)
-    assert isinstance(verifier().verify(headers, body), CalendarChanged)
+    assert isinstance(verifier().verify(headers, body), ChangeNotice)
 
 
 def test_a_retry_carrying_its_first_attempts_timestamp_passes_through_feishus_whole_retry_schedule() -> None:
@@ -196,7 +205,7 @@ def test_a_retry_carrying_its_first_attempts_timestamp_passes_through_feishus_wh
     first_sent = NOW - FEISHU_RETRY_SPAN_SECONDS - 4 * 3
     headers, body = signed(event(), timestamp=first_sent)
     # WHEN the last retry arrives THEN it is accepted (the idempotency record makes it a duplicate)
-    assert isinstance(verifier().verify(headers, body), CalendarChanged)
+    assert isinstance(verifier().verify(headers, body), ChangeNotice)
     assert DEFAULT_MAX_AGE_SECONDS > FEISHU_RETRY_SPAN_SECONDS + 4 * 3
 
 
@@ -236,12 +245,12 @@ def test_bad_events_inside_valid_crypto_are_refused(payload: dict[str, Any], sta
 def test_other_event_types_and_empty_user_lists_are_ignored_not_refused() -> None:
     for payload in (event(event_type="im.message.receive_v1"), {**event(), "event": {"user_id_list": []}}):
         headers, body = signed(payload)
-        assert isinstance(verifier().verify(headers, body), IgnoredEvent)
+        assert isinstance(verifier().verify(headers, body), IgnoredNotice)
 
 
 def test_schema_1_events_are_ignored_after_the_token_check() -> None:
     headers, body = signed({"uuid": "u-1", "token": TOKEN, "type": "event_callback", "event": {"type": "x"}})
-    assert verifier().verify(headers, body) == IgnoredEvent("u-1", "v1")
+    assert verifier().verify(headers, body) == IgnoredNotice("u-1", "v1")
     headers, body = signed({"uuid": "u-1", "token": "bad", "type": "event_callback", "event": {}})
     assert rejected(headers, body).status == 401
 

@@ -1,7 +1,7 @@
 """Property-based fuzzing of ``CallbackVerifier.verify``.
 
 The property, for every input: the verifier returns one of the documented results (``Challenge``,
-``CalendarChanged``, ``IgnoredEvent``) or raises ``CallbackRejected`` with a 4xx status
+``ChangeNotice``, ``IgnoredNotice``) or raises ``CallbackRejected`` with a 4xx status
 (400/401/403/413) and a short reason — never any other exception, which the handler would turn
 into a 5xx. Accepted events must also be authentic: right token, right app, fresh timestamp; an
 accepted event change names the payload's calendar. Every input tried and its outcome are counted for
@@ -22,15 +22,14 @@ from feishu_mirror.callback import (
     CALENDAR_CHANGED,
     EVENT_CHANGED,
     MAX_BODY_BYTES,
-    MAX_CALENDAR_ID_LENGTH,
     MAX_CHALLENGE_LENGTH,
-    MAX_EVENT_ID_LENGTH,
-    CalendarChanged,
     CallbackVerifier,
     Challenge,
-    IgnoredEvent,
+    ChangeNotice,
+    IgnoredNotice,
 )
 from feishu_mirror.errors import CallbackRejected
+from feishu_mirror.identifiers import MAX_DELIVERY_ID_LENGTH, is_calendar_id, is_open_id
 from tests import fuzz_report, fuzzing
 from tests.fuzzing import UNIT
 
@@ -41,7 +40,7 @@ NOW = 1_800_000_000
 SKEW = 300  # accepted age of a signed timestamp
 AHEAD = 60  # how far ahead of the clock a signed timestamp may be
 
-Outcome = Challenge | CalendarChanged | IgnoredEvent | CallbackRejected
+Outcome = Challenge | ChangeNotice | IgnoredNotice | CallbackRejected
 
 
 def verifier(encrypt_key: str = KEY) -> CallbackVerifier:
@@ -75,7 +74,7 @@ def _kind(result: Outcome) -> str:
         return fuzz_report.status_key(result.status)
     if isinstance(result, Challenge):
         return fuzz_report.CHALLENGE
-    if isinstance(result, IgnoredEvent):
+    if isinstance(result, IgnoredNotice):
         return fuzz_report.IGNORED
     return fuzz_report.EVENT_CHANGE if _is_event_changed(result.payload) else fuzz_report.CALENDAR_CHANGE
 
@@ -106,27 +105,27 @@ def outcome(v: CallbackVerifier, headers: dict[str, str], body: bytes, payload: 
         assert result.reason.isprintable()
         assert str(result) == result.reason
         return result
-    assert isinstance(result, Challenge | CalendarChanged | IgnoredEvent), result
+    assert isinstance(result, Challenge | ChangeNotice | IgnoredNotice), result
     if isinstance(result, Challenge):
         assert 0 < len(result.challenge) <= MAX_CHALLENGE_LENGTH
-    elif isinstance(result, IgnoredEvent) and result.event_type == "v1":
+    elif isinstance(result, IgnoredNotice) and result.event_type == "v1":
         # a v1 event is only logged: its uuid, whatever it was, must fit a log line
-        assert len(result.event_id) <= MAX_EVENT_ID_LENGTH
-        result.event_id.encode("utf-8")
+        assert len(result.delivery_id) <= MAX_DELIVERY_ID_LENGTH
+        result.delivery_id.encode("utf-8")
     else:
-        # event ids and open ids become DynamoDB keys and log fields: printable, bounded, never empty
-        assert 0 < len(result.event_id) <= MAX_EVENT_ID_LENGTH
-        assert result.event_id.isprintable()
-    if isinstance(result, IgnoredEvent):
+        # delivery ids and open ids become DynamoDB keys and log fields: printable, bounded, never empty
+        assert 0 < len(result.delivery_id) <= MAX_DELIVERY_ID_LENGTH
+        assert result.delivery_id.isprintable()
+    if isinstance(result, IgnoredNotice):
         result.event_type.encode("utf-8")
-    if isinstance(result, CalendarChanged):
+    if isinstance(result, ChangeNotice):
         assert result.open_ids
         assert len(set(result.open_ids)) == len(result.open_ids)
-        assert all(0 < len(o) <= MAX_EVENT_ID_LENGTH and o.isprintable() for o in result.open_ids)
+        assert all(is_open_id(o) for o in result.open_ids)
         # an event change names its calendar, which becomes a DynamoDB set member and a log field:
         # printable, bounded, never empty, the payload's own; a calendar-list change names none
         if _is_event_changed(result.payload):
-            assert 0 < len(result.calendar_id) <= MAX_CALENDAR_ID_LENGTH
+            assert is_calendar_id(result.calendar_id)
             assert result.calendar_id.isprintable()
             assert result.calendar_id == result.payload["event"]["calendar_id"]
         else:
@@ -145,13 +144,12 @@ def assert_authentic(result: Outcome, payload: Any) -> None:
     if isinstance(result, Challenge):
         assert payload.get("token") == TOKEN
         assert sent["challenge"] == result.challenge
-    elif isinstance(result, CalendarChanged):
+    elif isinstance(result, ChangeNotice):
         assert payload["header"]["token"] == TOKEN
         assert payload["header"]["app_id"] == APP_ID
         if payload["header"]["event_type"] == EVENT_CHANGED:
             calendar_id = payload["event"]["calendar_id"]
-            assert isinstance(calendar_id, str)
-            assert 0 < len(calendar_id) <= MAX_CALENDAR_ID_LENGTH
+            assert is_calendar_id(calendar_id)
             assert calendar_id.isprintable()
             assert result.calendar_id == calendar_id
         else:
@@ -297,12 +295,12 @@ def test_event_changes_are_accepted_exactly_when_their_calendar_id_is_valid_what
     headers, body = delivered(payload)
     # WHEN verified
     result = outcome(ENCRYPTED, headers, body, payload)
-    # THEN it is accepted, naming that calendar, exactly when the calendar_id is a non-empty, bounded,
-    # printable string, and otherwise refused with a 400; the gray fields (which the mirror does not use:
-    # a push is a ping) never change the answer
+    # THEN it is accepted, naming that calendar, exactly when the calendar_id is one the mirror can key
+    # items by (at most 512 bytes of UTF-8) and printable, and otherwise refused with a 400; the gray
+    # fields (which the mirror does not use: a push is a ping) never change the answer
     calendar_id = payload["event"].get("calendar_id")
-    if isinstance(calendar_id, str) and 0 < len(calendar_id) <= MAX_CALENDAR_ID_LENGTH and calendar_id.isprintable():
-        assert isinstance(result, CalendarChanged), result
+    if is_calendar_id(calendar_id) and calendar_id.isprintable():
+        assert isinstance(result, ChangeNotice), result
         assert (result.calendar_id, result.open_ids) == (calendar_id, ("ou_1", "ou_2"))
     else:
         assert isinstance(result, CallbackRejected), result
@@ -321,7 +319,7 @@ def test_a_calendar_change_carrying_event_change_fields_names_no_calendar(data: 
     # WHEN verified THEN it is accepted as a change of the user's calendar list, naming no calendar: only
     # the event type decides whether calendar_id is read
     result = outcome(ENCRYPTED, headers, body, payload)
-    assert isinstance(result, CalendarChanged), result
+    assert isinstance(result, ChangeNotice), result
     assert (result.calendar_id, result.open_ids) == ("", ("ou_1",))
     assert_authentic(result, payload)
 
@@ -340,7 +338,7 @@ def test_signature_headers_of_any_form_around_a_sealed_event(headers: dict[str, 
         headers = {**headers, "x-lark-signature": right["x-lark-signature"]}
     # WHEN verified THEN it is accepted only if the signature is right for a fresh timestamp
     result = outcome(ENCRYPTED, headers, body)
-    if isinstance(result, CalendarChanged):
+    if isinstance(result, ChangeNotice):
         sent = headers["x-lark-request-timestamp"]
         assert _within(sent)
         expected = crypto.signature(sent, headers["x-lark-request-nonce"], KEY, body)
@@ -353,7 +351,7 @@ def test_the_payload_strategy_does_produce_valid_events() -> None:
     payload = fuzzing.calendar_changed(TOKEN, APP_ID, open_ids=("ou_1", "ou_2"))
     body = fuzzing.sealed(KEY, fuzzing.as_plaintext(payload))
     result = outcome(ENCRYPTED, fuzzing.signed_headers(KEY, body, str(NOW)), body)
-    assert isinstance(result, CalendarChanged)
+    assert isinstance(result, ChangeNotice)
     assert result.open_ids == ("ou_1", "ou_2")
 
 
@@ -365,7 +363,7 @@ def test_the_event_changed_strategy_does_produce_valid_events(gray: bool) -> Non
     # WHEN its untouched form is verified THEN it is accepted, naming its calendar: the fuzz above
     # exercises the acceptance of event changes as well as their refusals
     result = outcome(ENCRYPTED, headers, body, payload)
-    assert isinstance(result, CalendarChanged)
+    assert isinstance(result, ChangeNotice)
     assert (result.calendar_id, result.open_ids) == (fuzzing.CALENDAR_ID, ("ou_1", "ou_2"))
     assert_authentic(result, payload)
 
@@ -382,7 +380,7 @@ def test_signed_timestamps_of_any_form_are_accepted_only_within_the_window(times
         headers = {"x-lark-request-timestamp": timestamp, "x-lark-request-nonce": "n", "x-lark-signature": "0" * 64}
     # WHEN verified THEN it is accepted only if the timestamp is an integer at most SKEW old and AHEAD ahead
     result = outcome(ENCRYPTED, headers, body)
-    assert isinstance(result, CalendarChanged) == _within(timestamp), (timestamp, result)
+    assert isinstance(result, ChangeNotice) == _within(timestamp), (timestamp, result)
 
 
 def _within(timestamp: str) -> bool:
@@ -399,7 +397,7 @@ def test_known_crashers_found_by_the_fuzz_are_4xx() -> None:
         json.dumps({"type": "url_verification", "token": "\ud800", "challenge": "c"}).encode(),  # surrogate token
         json.dumps({"uuid": "u", "token": "\udfff"}).encode(),
         json.dumps(fuzzing.calendar_changed(TOKEN, APP_ID, open_ids=("ou_\ud800",))).encode(),  # surrogate open_id
-        json.dumps(fuzzing.calendar_changed(TOKEN, APP_ID, event_id="evt\x00")).encode(),
+        json.dumps(fuzzing.calendar_changed(TOKEN, APP_ID, delivery_id="evt\x00")).encode(),
     ]
     for body in bodies:
         # WHEN verified THEN each is refused with a 4xx

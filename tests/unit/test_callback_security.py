@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from feishu_mirror import crypto
-from feishu_mirror.callback import MAX_BODY_BYTES, CalendarChanged, CallbackVerifier, Challenge
+from feishu_mirror.callback import MAX_BODY_BYTES, CallbackVerifier, Challenge, ChangeNotice
 from feishu_mirror.errors import CallbackRejected
 from tests import fuzzing
 
@@ -76,7 +76,7 @@ def test_token_and_signature_are_compared_with_compare_digest(compare_digest: Sp
     # GIVEN a genuine signed event
     headers, body = sealed_request(fuzzing.calendar_changed(TOKEN, APP_ID))
     # WHEN it is verified
-    assert isinstance(verifier().verify(headers, body), CalendarChanged)
+    assert isinstance(verifier().verify(headers, body), ChangeNotice)
     # THEN both the signature and the verification token went through hmac.compare_digest
     assert compared(compare_digest, headers["x-lark-signature"].encode())
     assert compared(compare_digest, TOKEN.encode())
@@ -120,7 +120,7 @@ def test_timestamps_are_accepted_exactly_within_the_configured_window(skew: int,
     payload = fuzzing.calendar_changed(TOKEN, APP_ID)
     for offset in (-skew, 0, ahead):
         # WHEN a request signed at the edges of the window arrives THEN it is accepted
-        assert isinstance(v.verify(*sealed_request(payload, timestamp=NOW + offset)), CalendarChanged)
+        assert isinstance(v.verify(*sealed_request(payload, timestamp=NOW + offset)), ChangeNotice)
     for offset in (-skew - 1, ahead + 1, -10 * skew, 10**6):
         # WHEN one signed just outside (or far outside) arrives THEN it is refused as stale
         refused = refusal(v, *sealed_request(payload, timestamp=NOW + offset))
@@ -173,7 +173,7 @@ def test_the_size_spies_do_see_the_work_for_a_body_under_the_limit(monkeypatch: 
     monkeypatch.setattr(json, "loads", spies["json.loads"])
     monkeypatch.setattr(crypto, "decrypt", spies["decrypt"])
     monkeypatch.setattr(crypto, "signature", spies["signature"])
-    assert isinstance(verifier().verify(*sealed_request(fuzzing.calendar_changed(TOKEN, APP_ID))), CalendarChanged)
+    assert isinstance(verifier().verify(*sealed_request(fuzzing.calendar_changed(TOKEN, APP_ID))), ChangeNotice)
     assert all(spy.calls for spy in spies.values())
 
 

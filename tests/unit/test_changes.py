@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from feishu_mirror.changes import (
     publish,
 )
 from feishu_mirror.models import CALENDAR_FIELDS, EVENT_FIELDS
-from tests.stream_records import calendar, event, record
+from tests.stream_records import StubEvents, calendar, event, record, renames
 
 FIELDS: dict[str, Any] = {"summary": "Team", "description": "daily", "color": -1, "type": "shared", "role": "owner"}
 
@@ -302,43 +302,6 @@ def test_a_detail_too_large_for_eventbridge_is_sent_without_the_fields() -> None
 
 
 # ---------------------------------------------------------------------------------- publishing
-
-
-class StubEvents:
-    """EventBridge's PutEvents, answering from a script: per call, the positions to fail (or an exception)."""
-
-    def __init__(self, script: Sequence[set[int] | Exception] = ()) -> None:
-        self.script = list(script)
-        self.calls: list[list[Mapping[str, Any]]] = []
-
-    def put_events(self, *, Entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-        assert 1 <= len(Entries) <= 10
-        self.calls.append(list(Entries))
-        failing = self.script.pop(0) if self.script else set()
-        if isinstance(failing, Exception):
-            raise failing
-        results = [
-            {"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}
-            if n in failing
-            else {"EventId": f"e-{len(self.calls)}-{n}"}
-            for n in range(len(Entries))
-        ]
-        return {"FailedEntryCount": len(failing), "Entries": results}
-
-    def summaries(self) -> list[list[str]]:
-        return [[json.loads(e["Detail"])["after"]["summary"] for e in call] for call in self.calls]
-
-
-def renames(count: int) -> list[dict[str, Any]]:
-    """``count`` records, each renaming calendar n to "s<n>"."""
-    return [
-        record(
-            "MODIFY",
-            old=calendar(calendar_id=f"c{n}", summary="old"),
-            new=calendar(calendar_id=f"c{n}", summary=f"s{n}"),
-        )
-        for n in range(count)
-    ]
 
 
 def test_entries_go_out_in_stream_order_ten_per_request() -> None:

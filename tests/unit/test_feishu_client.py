@@ -375,8 +375,11 @@ def test_authorize_url_carries_pkce_and_scopes() -> None:
     assert "code_challenge_method=S256" in url
 
 
-def test_user_info_needs_an_open_id() -> None:
-    session = ScriptedSession(answer(body={"code": 0, "data": {"name": "x"}}))
+@pytest.mark.parametrize("data", [{"name": "x"}, {"open_id": ""}, {"open_id": "ou bad"}, {"open_id": "x" * 129}])
+def test_user_info_needs_an_open_id(data: dict[str, Any]) -> None:
+    # GIVEN an identity without an open_id, or with one no open_id looks like (the rule of every door)
+    session = ScriptedSession(answer(body={"code": 0, "data": data}))
+    # THEN no user is made of it
     with pytest.raises(FeishuError, match="open_id"):
         client(session).get_user_info(TOKEN, deadline=DEADLINE)
 

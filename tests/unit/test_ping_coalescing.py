@@ -33,7 +33,7 @@ def test_a_burst_of_pings_starts_one_sync_and_every_ping_is_remembered(world: Fa
     user, now = world.users.items["ou_a"], int(world.clock())
     assert (user.dirty_seq, user.dirty_calendars) == (3, {"cal_1", "cal_2"})
     assert (user.pending_invoke_until, user.due_at, user.pending_ping_at) == (now + CLAIM_SECONDS, now, now)
-    assert world.resync().run().skipped == 1
+    assert world.resync().sweep().skipped == 1
 
 
 def test_a_ping_during_a_sync_is_not_a_second_sync_but_makes_the_running_one_loop(world: FakeWorld) -> None:
@@ -94,7 +94,7 @@ def test_unknown_and_inactive_users_are_ignored_and_a_failed_hand_over_leaves_th
     user = world.users.items["ou_a"]
     assert (user.dirty_seq, user.due_at) == (1, int(world.clock()) + CLAIM_SECONDS)
     world.clock.advance(CLAIM_SECONDS)
-    assert world.resync().run().started == 1
+    assert world.resync().sweep().started == 1
 
 
 def test_no_write_under_a_lease_that_was_lost(world: FakeWorld) -> None:

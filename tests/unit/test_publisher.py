@@ -3,12 +3,9 @@ responses from the first unpublished record onward, metrics, and nothing but Fei
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,43 +13,23 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from feishu_mirror.observability import metrics
-from tests.stream_records import calendar, event, record
-from tests.unit.test_changes import StubEvents, renames
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Context:
-    """The parts of the Lambda context Powertools reads."""
-
-    function_name: str = "publisher"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:publisher"
-    aws_request_id: str = "request-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+from tests.lambda_handlers import ROOT, FakeContext, handler_module
+from tests.stream_records import StubEvents, calendar, event, record, renames
 
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The handler module, imported fresh with its bus name set (and no metric left by earlier tests)."""
-    monkeypatch.setenv("CHANGE_BUS_NAME", "test-bus")
     metrics.clear_metrics()
-    spec = importlib.util.spec_from_file_location("publisher_app", ROOT / "functions" / "publisher" / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    built = module.events_client
-    yield module
-    built.cache_clear()
+    with handler_module("publisher", monkeypatch, {"CHANGE_BUS_NAME": "test-bus"}) as module:
+        built = module.events_client
+        yield module
+        built.cache_clear()
 
 
-def run(app: ModuleType, stub: StubEvents, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Any:
+def invoke(app: ModuleType, stub: StubEvents, records: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(app, "events_client", lambda: stub)
-    return app.handler({"Records": records}, Context())
+    return app.handler({"Records": records}, FakeContext("publisher", remaining_ms=60_000))
 
 
 def emitted_metrics(output: str) -> dict[str, float]:
@@ -75,7 +52,7 @@ def test_a_fully_published_batch_reports_no_failures(
     noop = record("MODIFY", old=calendar(summary="a"), new=calendar(mirrored_at=5, summary="a"))
     created = record("INSERT", new=event(summary="Planning", start_time={"timestamp": "1", "timezone": "UTC"}))
     # WHEN the handler runs
-    response = run(app, stub, [*renames(12), noop, created], monkeypatch)
+    response = invoke(app, stub, [*renames(12), noop, created], monkeypatch)
     # THEN every change went to the configured bus in stream order, 10 per request, and none is retried
     assert response == {"batchItemFailures": []}
     sent = [entry for call in stub.calls for entry in call]
@@ -97,7 +74,7 @@ def test_a_refused_entry_fails_its_record_and_every_later_one(
     monkeypatch.setattr(app.logger.registered_handler, "stream", logs)
     records = renames(25)
     # WHEN the handler runs
-    response = run(app, stub, records, monkeypatch)
+    response = invoke(app, stub, records, monkeypatch)
     # THEN the partial batch response starts at that record (index 12) and names every later one, in order,
     # and no request was made after the failed one
     expected = [r["dynamodb"]["SequenceNumber"] for r in records[12:]]
@@ -119,7 +96,7 @@ def test_a_refused_entry_fails_its_record_and_every_later_one(
 def test_a_retried_batch_starts_where_the_last_one_failed(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN a batch that failed from record 3 on, as Lambda retries it (from the first reported record)
     records = renames(6)
-    first = run(app, StubEvents([{3}]), records, monkeypatch)
+    first = invoke(app, StubEvents([{3}]), records, monkeypatch)
     retry_from = next(
         i
         for i, r in enumerate(records)
@@ -127,20 +104,20 @@ def test_a_retried_batch_starts_where_the_last_one_failed(app: ModuleType, monke
     )
     stub = StubEvents()
     # WHEN the retry succeeds THEN exactly the unpublished changes went out, in order
-    assert run(app, stub, records[retry_from:], monkeypatch) == {"batchItemFailures": []}
+    assert invoke(app, stub, records[retry_from:], monkeypatch) == {"batchItemFailures": []}
     assert stub.summaries() == [["s3", "s4", "s5"]]
 
 
 def test_a_batch_whose_first_change_fails_is_a_function_error(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     # Powertools raises when every record failed: Lambda then retries (and bisects) the whole batch
     with pytest.raises(BatchProcessingError):
-        run(app, StubEvents([ConnectionError("down")]), renames(3), monkeypatch)
+        invoke(app, StubEvents([ConnectionError("down")]), renames(3), monkeypatch)
 
 
 def test_only_feishu_fields_and_ids_leave_the_mirror(app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     stub = StubEvents()
     item = calendar(summary="s", access_token="t-should-never-leave", sync_token="st-never")
-    run(app, stub, [record("INSERT", new=item)], monkeypatch)
+    invoke(app, stub, [record("INSERT", new=item)], monkeypatch)
     (entry,) = stub.calls[0]
     detail = json.loads(entry["Detail"])
     assert set(detail) == {
@@ -172,7 +149,7 @@ def test_the_sample_event_for_sam_local_invoke_publishes_one_rename(
 ) -> None:
     stub = StubEvents()
     sample = json.loads((ROOT / "events" / "publisher-calendar-renamed.json").read_text())
-    assert run(app, stub, sample["Records"], monkeypatch) == {"batchItemFailures": []}
+    assert invoke(app, stub, sample["Records"], monkeypatch) == {"batchItemFailures": []}
     ((entry,),) = stub.calls
     detail = json.loads(entry["Detail"])
     assert (entry["DetailType"], detail["changed"], detail["after"]["summary"]) == (

@@ -150,8 +150,8 @@ def page(*entries: tuple[Event, bool], has_more: bool = False) -> Page[Event]:
     return Page(tuple(entries), has_more, "next" if has_more else "", "" if has_more else "S2")
 
 
-def run(events: Events, state: ListingState) -> Any:
-    return ListingEngine(mass_delete_confirm_seconds=3600, clock=lambda: 10_000).run(events, state, Tally())
+def sync(events: Events, state: ListingState) -> Any:
+    return ListingEngine(mass_delete_confirm_seconds=3600, clock=lambda: 10_000).sync_collection(events, state, Tally())
 
 
 def test_an_increment_that_deletes_a_master_tombstones_exceptions_it_does_not_list() -> None:
@@ -161,7 +161,7 @@ def test_an_increment_that_deletes_a_master_tombstones_exceptions_it_does_not_li
     events = Events({e.key: Stored(e) for e in (master(), moved, cancelled, single)}, [])
     # WHEN an increment lists only the master, cancelled (and an update of the single event)
     events.pages = [page(parsed({"event_id": MASTER, "status": "cancelled"}), (single, False))]
-    outcome = run(events, ListingState(sync_token="S1", mirrored=4))
+    outcome = sync(events, ListingState(sync_token="S1", mirrored=4))
     # THEN the master and both exceptions are tombstones, in one write, and only the master's children were looked up
     assert events.live() == {"single_0": ""}
     assert sorted(events.written) == sorted([(MASTER, True), (moved.key, True), (cancelled.key, True)])
@@ -172,7 +172,7 @@ def test_an_increment_that_deletes_a_master_tombstones_exceptions_it_does_not_li
 def test_deleting_a_single_event_looks_up_no_exceptions() -> None:
     single = parsed({"event_id": "single_0", "summary": "one-off"})[0]
     events = Events({"single_0": Stored(single)}, [page(parsed({"event_id": "single_0", "status": "cancelled"}))])
-    run(events, ListingState(sync_token="S1", mirrored=1))
+    sync(events, ListingState(sync_token="S1", mirrored=1))
     assert events.children_asked == []
     assert events.live() == {}
 
@@ -186,7 +186,7 @@ def test_a_full_listing_lists_exceptions_before_their_master_and_keeps_them() ->
             page((master(), False)),
         ],
     )
-    outcome = run(events, ListingState())
+    outcome = sync(events, ListingState())
     # THEN the cancelled occurrence is live with its status, and the master too
     assert events.live() == {MASTER: "", "4f1c2a_200": "cancelled"}
     assert outcome.mirrored == 2
@@ -201,7 +201,7 @@ def test_a_full_listing_tombstones_exceptions_whose_master_it_did_not_list() -> 
         {e.key: Stored(e) for e in (master(), moved, cancelled, *others)},
         [page(*((e, False) for e in (moved, cancelled, *others)))],
     )
-    outcome = run(events, ListingState(mirrored=9))
+    outcome = sync(events, ListingState(mirrored=9))
     # THEN the master is swept and its exceptions with it
     assert set(events.live()) == {e.key for e in others}
     assert outcome.mirrored == 6
@@ -214,7 +214,7 @@ def test_a_held_mass_deletion_keeps_the_masters_and_so_their_exceptions() -> Non
     orphan = parsed({**exception(300), "recurring_event_id": "gone_0", "event_id": "gone_300"})[0]
     events = Events({e.key: Stored(e) for e in (master(), moved, orphan, *others)}, [page((moved, False))])
     # WHEN the listing ends
-    outcome = run(events, ListingState(mirrored=9))
+    outcome = sync(events, ListingState(mirrored=9))
     # THEN the deletions are held: the master and its exception stay live; only an exception whose master
     # the mirror does not hold at all is retired
     assert outcome.held == HeldSweep(7, 10_000)
@@ -228,15 +228,15 @@ def test_reduced_items_are_counted_for_health(reduced_before: int) -> None:
     small, _ = parsed({"event_id": "small_0", "summary": "s"})
     assert dict(big.reduced) == {"description": "too_large"}
     events = Events({}, [page((big, False), (small, False))])
-    assert run(events, ListingState(reduced=reduced_before)).reduced == 1  # a full listing counts afresh
+    assert sync(events, ListingState(reduced=reduced_before)).reduced == 1  # a full listing counts afresh
     # an increment that lists the reduced event again, unchanged, writes nothing and counts it still
     events.pages = [page((parsed({"event_id": "big_0", "description": "d" * 400_000})[0], False))]
     events.written.clear()
-    assert run(events, ListingState(sync_token="S1", reduced=1)).reduced == 1
+    assert sync(events, ListingState(sync_token="S1", reduced=1)).reduced == 1
     assert events.written == []
     # and one that lets it fit again takes it off the count
     events.pages = [page((parsed({"event_id": "big_0", "description": "short"})[0], False))]
-    assert run(events, ListingState(sync_token="S1", reduced=1)).reduced == 0
+    assert sync(events, ListingState(sync_token="S1", reduced=1)).reduced == 0
     assert events.committed is not None
     assert events.committed.reduced == 0
 
@@ -252,7 +252,7 @@ def test_an_increment_with_a_series_made_and_deleted_since_the_last_sync_leaves_
     first, second = (deleted_master, cancelled) if master_first else (cancelled, deleted_master)
     events = Events({}, [page(first, has_more=True), page(second)])
     # WHEN the increment is applied
-    outcome = run(events, ListingState(sync_token="S1"))
+    outcome = sync(events, ListingState(sync_token="S1"))
     # THEN no occurrence outlives the series
     assert events.live() == {}
     assert outcome.mirrored == 0
@@ -261,6 +261,6 @@ def test_an_increment_with_a_series_made_and_deleted_since_the_last_sync_leaves_
 def test_an_increment_keeps_an_occurrence_whose_new_master_comes_on_a_later_page() -> None:
     cancelled = parsed(exception(200, "cancelled"))
     events = Events({}, [page(cancelled, has_more=True), page((master(), False))])
-    outcome = run(events, ListingState(sync_token="S1"))
+    outcome = sync(events, ListingState(sync_token="S1"))
     assert events.live() == {"4f1c2a_200": "cancelled", MASTER: ""}
     assert outcome.mirrored == 2

@@ -24,13 +24,13 @@ def test_due_users_are_started_oldest_first_up_to_the_limit(world: FakeWorld) ->
     world.users.add("ou_later", due_at=now + 1)
     world.users.add("ou_much_later", due_at=now + 3600)
     # WHEN a run may start three
-    outcome = world.resync(max_users=3).run()
+    outcome = world.resync(max_users=3).sweep()
     # THEN the three that waited longest are started, in that order
     assert (outcome.due, outcome.started, outcome.skipped) == (3, 3, 0)
     assert sorted(world.invoker.open_ids) == ["ou_due_0", "ou_due_2", "ou_due_4"]
     # AND the next run starts the other two due ones (the started ones are claimed, so no longer due now)
     world.invoker.invoked.clear()
-    assert world.resync(max_users=3).run().started == 2
+    assert world.resync(max_users=3).sweep().started == 2
     assert sorted(world.invoker.open_ids) == ["ou_due_1", "ou_due_3"]
 
 
@@ -43,7 +43,7 @@ def test_users_with_a_sync_running_or_pending_are_skipped(world: FakeWorld) -> N
     assert world.users.claim_invocation("ou_pending", now, now + 60)
     world.users.items["ou_pending"].due_at = now - 1  # due again, as if the index were behind
     # WHEN the resync runs
-    outcome = world.resync().run()
+    outcome = world.resync().sweep()
     # THEN only the idle one is started; the others are skipped
     assert (outcome.started, outcome.skipped) == (1, 2)
     assert world.invoker.open_ids == ["ou_idle"]
@@ -66,7 +66,7 @@ def test_users_awaiting_reauthorisation_are_not_started_but_counted(world: FakeW
     world.users.add("ou_fine", due_at=now - 1)
     # WHEN the resync runs
     metrics.clear_metrics()
-    outcome = world.resync().run()
+    outcome = world.resync().sweep()
     # THEN only the other user is started, and the gauge counts the one awaiting re-authorisation
     assert (outcome.due, world.invoker.open_ids) == (1, ["ou_fine"])
     assert _metric("UsersAwaitingReauth") == [1.0]
@@ -79,11 +79,11 @@ def test_a_failed_invoke_is_counted_and_the_user_is_due_again_when_the_claim_run
     world.users.add("ou_a", due_at=now - 1)
     world.invoker.fail = 1
     # WHEN the resync runs THEN the failure is counted, and the claim keeps the user off the next runs
-    assert world.resync().run().invoke_failed == 1
-    assert world.resync().run().due == 0
+    assert world.resync().sweep().invoke_failed == 1
+    assert world.resync().sweep().due == 0
     # AND once the claim runs out the user is due again and started
     world.clock.advance(CLAIM_SECONDS)
-    assert world.resync().run().started == 1
+    assert world.resync().sweep().started == 1
 
 
 def _metric(name: str) -> list[float]:
@@ -96,9 +96,9 @@ def test_a_claim_that_lapsed_while_queued_never_makes_a_second_sync(world: FakeW
     open_id = world.onboard("ou_queued")
     assert world.sync(open_id).outcome == "synced"
     world.clock.advance(world.settings.stale_after_seconds + 1)
-    assert world.resync().run().started == 1
+    assert world.resync().sweep().started == 1
     world.clock.advance(CLAIM_SECONDS + 1)
-    assert world.resync().run().started == 1
+    assert world.resync().sweep().started == 1
     first_claim, second_claim = world.invoker.claims
     # WHEN both invocations run, one after the other
     first = world.sync(open_id, claimed_at=first_claim)

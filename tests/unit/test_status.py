@@ -1,4 +1,5 @@
-"""Operator status: health derivation, content negotiation, HTML escaping, the lag metric."""
+"""Operator status: health derivation (the service), content negotiation and the origin check (the HTTP
+edge), HTML escaping (the pages), the lag metric."""
 
 from __future__ import annotations
 
@@ -6,25 +7,12 @@ from typing import Any
 
 import pytest
 
-from feishu_mirror.health import LAG_METRIC, UserHealth, record_event_to_mirror_lag
+from feishu_mirror.health import LAG_METRIC, UserHealth, record_push_to_mirror_lag
 from feishu_mirror.models import SyncResult
 from feishu_mirror.observability import metrics
-from feishu_mirror.status import (
-    AUTO_REFRESH_SECONDS,
-    MirroredCalendar,
-    Overview,
-    StatusRequestInvalid,
-    Upcoming,
-    UserDetail,
-    cross_site,
-    overview_href,
-    page_size,
-    render_message,
-    render_overview,
-    render_user,
-    valid_open_id,
-    wants_json,
-)
+from feishu_mirror.status import ComingWeek, MirroredCalendar, Overview, StatusRequestInvalid, UserDetail, valid_open_id
+from feishu_mirror.status_http import cross_site, overview_href, page_size, wants_json
+from feishu_mirror.status_pages import AUTO_REFRESH_SECONDS, render_message, render_overview, render_user
 
 NOW = 1_764_000_000
 STALE = 6 * 3600
@@ -256,7 +244,7 @@ def test_a_sync_that_brought_pushes_into_the_mirror_emits_the_lag_since_the_earl
     # GIVEN a sync that released the user with every push since NOW in the mirror
     result = SyncResult("ou_a", "synced", pushed_at=NOW)
     # WHEN the lag is recorded 2.5 s later
-    lag = record_event_to_mirror_lag(result, now=NOW + 2.5)
+    lag = record_push_to_mirror_lag(result, now=NOW + 2.5)
     # THEN it is 2.5 s, emitted as a Seconds metric
     assert lag == 2.5
     assert emitted()[LAG_METRIC]["Value"] == [2.5]
@@ -272,13 +260,13 @@ def test_a_sync_that_brought_pushes_into_the_mirror_emits_the_lag_since_the_earl
     ],
 )
 def test_no_lag_is_emitted_unless_a_finished_sync_brought_pushes_in(emitted: Any, result: SyncResult) -> None:
-    assert record_event_to_mirror_lag(result, now=NOW + 1) is None
+    assert record_push_to_mirror_lag(result, now=NOW + 1) is None
     assert LAG_METRIC not in emitted()
 
 
 def test_the_user_page_shows_the_coming_week_as_local_dates_and_times() -> None:
     # GIVEN the next seven days as the status function builds them from the agenda
-    from feishu_mirror.agenda import EventItem, Window, expand, human_span  # noqa: PLC0415
+    from feishu_mirror.agenda import EventItem, Window, expand  # noqa: PLC0415
 
     weekly = {
         "calendar_id": "cal_a",
@@ -289,13 +277,13 @@ def test_the_user_page_shows_the_coming_week_as_local_dates_and_times() -> None:
         "end_time": {"timestamp": "1764037800", "timezone": "Asia/Shanghai"},
     }
     entries = expand([EventItem.parse(weekly)], Window.days_from(NOW, 7))
-    upcoming = Upcoming(rows=tuple((human_span(e.start, e.end), e.fields["summary"], True) for e in entries))
-    # WHEN the page is rendered
-    page = render_user(UserDetail(health(), (), 0, NOW), upcoming=upcoming)
+    # WHEN the page is rendered with them
+    page = render_user(UserDetail(health(), (), 0, NOW), coming_week=ComingWeek(entries=tuple(entries)))
     # THEN the occurrence reads as a local date and time in its zone, escaped, never as epoch seconds
     assert "Tue 2025-11-25 10:00–10:30 Asia/Shanghai" in page
     assert "&lt;i&gt;1:1&lt;/i&gt;" in page
     assert "1764036000" not in page
+    assert "↻ recurring" in page  # an occurrence of a series says so
     # AND a user whose first sync is pending is told so
-    pending = render_user(UserDetail(health(), (), 0, NOW), upcoming=Upcoming(note="first sync has not finished"))
+    pending = render_user(UserDetail(health(), (), 0, NOW), coming_week=ComingWeek(note="first sync has not finished"))
     assert "first sync has not finished" in pending

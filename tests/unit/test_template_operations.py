@@ -9,8 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
-
+from local.template import parse
 from tests.security.iam_policies import expanded_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +28,7 @@ STATUS_TABLES = ("UsersTable", "CalendarsTable", "EventListingsTable")  # the ta
 
 @cache
 def template() -> dict[str, Any]:
-    parsed: dict[str, Any] = yaml_parse((ROOT / "template.yaml").read_text())
-    return parsed
+    return parse(ROOT)
 
 
 def resources(kind: str) -> dict[str, dict[str, Any]]:
@@ -127,13 +125,39 @@ def _alarms() -> list[dict[str, Any]]:
     return [res["Properties"] for res in resources("AWS::CloudWatch::Alarm").values()]
 
 
+def _function_named(value: dict[str, Any]) -> str:
+    """The function whose name a dimension's value is: ``!Ref Fn`` or ``!Sub "${Fn}"`` (what the alarm loops write)."""
+    if "Ref" in value:
+        return str(value["Ref"])
+    found = re.fullmatch(r"\$\{(\w+)\}", value["Fn::Sub"])
+    assert found, value
+    return found.group(1)
+
+
 def test_every_function_has_an_errors_and_a_throttles_alarm() -> None:
     covered = {
-        (alarm["MetricName"], alarm["Dimensions"][0]["Value"]["Ref"])
+        (alarm["MetricName"], _function_named(alarm["Dimensions"][0]["Value"]))
         for alarm in _alarms()
         if alarm["Namespace"] == "AWS/Lambda" and alarm["MetricName"] in ("Errors", "Throttles")
     }
     assert covered == {(metric, fn) for fn in FUNCTIONS for metric in ("Errors", "Throttles")}
+
+
+def test_each_function_alarms_at_its_first_error_and_throttle_but_the_sync_after_15_minutes_of_throttles() -> None:
+    # GIVEN the template's Lambda Errors and Throttles alarms (the loops expanded)
+    lambda_alarms = {
+        (alarm["MetricName"], _function_named(alarm["Dimensions"][0]["Value"])): alarm
+        for alarm in _alarms()
+        if alarm["Namespace"] == "AWS/Lambda" and alarm["MetricName"] in ("Errors", "Throttles")
+    }
+    # THEN each fires on the first error or throttle in a 5-minute period ...
+    for (metric, function), alarm in lambda_alarms.items():
+        periods = 3 if (metric, function) == ("Throttles", "SyncFunction") else 1
+        assert (alarm["Statistic"], alarm["Period"], alarm["Threshold"]) == ("Sum", 300, 0), (metric, function)
+        assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (periods, periods), (metric, function)
+        assert (alarm["ComparisonOperator"], alarm["TreatMissingData"]) == ("GreaterThanThreshold", "notBreaching")
+    # ... except the sync function's throttles, which its reserved concurrency makes on purpose (3 periods)
+    assert lambda_alarms["Throttles", "SyncFunction"]["EvaluationPeriods"] == 3
 
 
 def test_the_failure_queue_and_reauthorisations_alarm_at_the_first_occurrence() -> None:

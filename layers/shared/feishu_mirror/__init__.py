@@ -12,6 +12,7 @@ Wiring
 
 Domain
 - ``callback``: verifying a Feishu push (signature, token, timestamp) and parsing it.
+- ``identifiers``: the one rule for each of Feishu's ids (open_id, delivery id, calendar_id, event_id).
 - ``crypto``: decrypting Feishu's encrypted pushes.
 - ``pings``: a push becomes at most one pending sync per user (``PingTargets``).
 - ``resync``: the scheduled safety net starts due users' syncs (``DueUsers``).
@@ -22,9 +23,12 @@ Domain
 - ``concurrency``: listings side by side within one sync: a bounded map and a lock (``Concurrency``).
 - ``onboarding``: the OAuth consent and its callback (``OAuthApi``, ``Authorizations``, ``StateClaims``).
 - ``oauth_state``: the signed, expiring OAuth state and its PKCE verifier.
-- ``status``: the operator's pages and "resync now" (``HealthReads``, ``MirroredCalendars``, …).
-- ``health``: one user's health as an operator sees it; the event → mirror lag metric.
-- ``agenda``: the read routes: a user's calendars, agenda and free/busy (``AgendaSource``).
+- ``status``: the operator's service, views as data, and "resync now" (``HealthReads``, ``MirroredCalendars``, …).
+- ``status_http``: the status routes' HTTP edge: content negotiation, parameters, the origin check.
+- ``status_pages``: the status routes' HTML.
+- ``health``: one user's health as an operator sees it; the push → mirror lag metric.
+- ``agenda``: the read side's service: a user's calendars, agenda and free/busy (``AgendaSource``).
+- ``agenda_http``: the read routes' parameters and JSON.
 - ``recurrence``: Feishu's times and RRULEs, expanded in the event's zone.
 - ``changes``: mirror-table stream records as change events for EventBridge.
 - ``models``: domain values (calendars, events, pages, listing state, tokens, the ``Fence``).

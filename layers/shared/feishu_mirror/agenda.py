@@ -1,7 +1,8 @@
 """The read side: a user's calendars, agenda (recurring events expanded) and free/busy, from the mirror.
 
 Pure logic plus the service that drives an ``AgendaSource`` (the port; its DynamoDB adapter is
-``dynamodb.agenda_reader.AgendaReader``). Nothing here does I/O itself.
+``dynamodb.agenda_reader.AgendaReader``). Nothing here does I/O itself, nor reads a request or writes the
+routes' JSON: ``agenda_http`` parses the query parameters and turns the answers into JSON.
 
 Above 500 lines on purpose: the index's attributes (written with each event) and the queries and
 expansion that read them (the service) are one design — what the spans promise at write time is what
@@ -38,10 +39,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from feishu_mirror.errors import MirrorError
-from feishu_mirror.models import CALENDAR_FIELDS, Calendar, has_readable_events
+from feishu_mirror.identifiers import is_open_id
+from feishu_mirror.models import Calendar, has_readable_events
 from feishu_mirror.recurrence import (
     DAY,
     FOREVER,
@@ -70,13 +72,7 @@ ENTRY_FIELDS = (
 )
 SHORT_SPAN = 2 * DAY
 USUAL_REACH = DAY  # no series' occurrence lasts longer, nearly always: the short partition is read assuming so
-MAX_WINDOW_DAYS = 366
-MAX_FREEBUSY_USERS = 50
 MAX_ENTRIES = 10_000
-EARLIEST = 0  # 1970-01-01
-LATEST = 253370764800  # 9999-01-01: room for every zone's offset after it
-_OPEN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _INSTANCE_ID = re.compile(r"(.+)_(\d{1,12})")
 
 Segment = Literal["short", "long"]
@@ -124,53 +120,10 @@ class WindowTooBusy(AgendaError):
 
 # ---------------------------------------------------------------------------------- requests
 def valid_open_id(value: str) -> str:
-    """The open_id if it looks like one (letters, digits, ``_``/``-``, at most 128); else raises."""
-    if not _OPEN_ID.fullmatch(value or ""):
+    """The open_id if it is one (``identifiers.is_open_id``); else raises ``AgendaRequestInvalid``."""
+    if not is_open_id(value):
         raise AgendaRequestInvalid("not a valid open_id", code="invalid_open_id")
     return value
-
-
-def open_id_list(raw: str | None) -> list[str]:
-    """``open_ids=a,b,c``: each valid, duplicates dropped, 1 to ``MAX_FREEBUSY_USERS`` of them."""
-    ids = list(dict.fromkeys(part.strip() for part in (raw or "").split(",") if part.strip()))
-    if not ids:
-        raise AgendaRequestInvalid("open_ids is required: a comma-separated list of open_ids", code="invalid_open_id")
-    if len(ids) > MAX_FREEBUSY_USERS:
-        raise AgendaRequestInvalid(f"at most {MAX_FREEBUSY_USERS} users per request", code="too_many_users")
-    return [valid_open_id(open_id) for open_id in ids]
-
-
-def time_zone(raw: str | None) -> ZoneInfo | None:
-    """The optional ``tz`` parameter: an IANA zone name to show timed events in; else raises."""
-    if raw is None or raw == "":
-        return None
-    try:
-        if len(raw) > 64:
-            raise ValueError(raw)
-        return ZoneInfo(raw)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise AgendaRequestInvalid(
-            "tz must be an IANA time zone such as Asia/Shanghai", code="invalid_time_zone"
-        ) from exc
-
-
-def _instant(name: str, raw: str | None) -> int:
-    text = (raw or "").strip()
-    # In a query string an unencoded "+" arrives as a space: "…T09:00:00 08:00" means "+08:00".
-    text = re.sub(r" (\d{2}:\d{2})$", r"+\1", text)
-    if not _RFC3339.fullmatch(text):
-        raise AgendaRequestInvalid(
-            f"{name} must be an RFC 3339 date-time with an offset, such as 2026-03-09T00:00:00+08:00",
-            code="invalid_window",
-        )
-    try:
-        moment = datetime.fromisoformat(text.upper().replace(" ", "T"))
-        epoch = int(moment.timestamp())
-    except (ValueError, OverflowError) as exc:
-        raise AgendaRequestInvalid(f"{name} is not a real date-time", code="invalid_window") from exc
-    if not EARLIEST <= epoch <= LATEST:
-        raise AgendaRequestInvalid(f"{name} must lie between 1970 and 9000", code="invalid_window")
-    return epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,39 +134,20 @@ class Window:
     end: int
 
     @classmethod
-    def parse(cls, start: str | None, end: str | None) -> Window:
-        """``from`` and ``to`` as RFC 3339 instants; ``to`` after ``from``, at most 366 days later."""
-        window = cls(_instant("from", start), _instant("to", end))
-        if window.end <= window.start:
-            raise AgendaRequestInvalid("to must be after from", code="invalid_window")
-        if window.end - window.start > MAX_WINDOW_DAYS * DAY:
-            raise AgendaRequestInvalid(f"the window may span at most {MAX_WINDOW_DAYS} days", code="window_too_long")
-        return window
-
-    @classmethod
     def days_from(cls, start: int, days: int) -> Window:
         """``days`` days from ``start``."""
         return cls(start, start + days * DAY)
 
-    def as_dict(self, tz: ZoneInfo | None) -> dict[str, str]:
-        """``from`` and ``to`` as RFC 3339 (in ``tz``, else UTC)."""
-        return {"from": _stamp(self.start, tz), "to": _stamp(self.end, tz)}
-
-
-def _stamp(epoch: int, tz: ZoneInfo | None = None) -> str:
-    moment = datetime.fromtimestamp(epoch, tz or UTC)
-    return moment.isoformat().replace("+00:00", "Z") if tz is None else moment.isoformat()
-
 
 # ---------------------------------------------------------------------------------- items
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy: Decimals as ints or floats, nested maps and lists too."""
+def json_value(value: Any) -> Any:
+    """JSON-friendly copy of a stored value: Decimals as ints or floats, nested maps and lists too."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [json_value(v) for v in value]
     return value
 
 
@@ -312,7 +246,7 @@ def agenda_index_attributes(open_id: str, event_id: str, fields: Mapping[str, An
         return {}
     low, high = item.span()
     long = item.series is not None or high - low > SHORT_SPAN
-    entry = {name: _plain(fields[name]) for name in ENTRY_FIELDS if fields.get(name) not in (None, "")}
+    entry = {name: json_value(fields[name]) for name in ENTRY_FIELDS if fields.get(name) not in (None, "")}
     return {
         "agenda_key": f"{open_id}#{LONG if long else SHORT}",
         "agenda_at": high if long else low,
@@ -343,24 +277,6 @@ class Entry:
     def sort_key(self) -> tuple[int, int, str, str]:
         """Start, then end, then ids: a stable order."""
         return self.start.epoch, self.end.epoch, self.calendar_id, self.event_id
-
-    def as_dict(self, tz: ZoneInfo | None = None) -> dict[str, Any]:
-        """The agenda entry's JSON (times in ``tz`` when given, else in the event's own zone)."""
-        location = self.fields.get("location")
-        return {
-            "calendar_id": self.calendar_id,
-            "event_id": self.event_id,
-            "recurring_event_id": self.recurring_event_id,
-            "start": self.start.rfc3339(tz),
-            "end": self.end.rfc3339(tz),
-            "all_day": self.start.all_day,
-            "time_zone": self.start.tz.key,
-            "original_start": self.original_start.rfc3339(tz) if self.original_start else None,
-            "summary": str(self.fields.get("summary") or ""),
-            "status": str(self.fields.get("status") or "confirmed"),
-            "free_busy_status": str(self.fields.get("free_busy_status") or "busy"),
-            "location": _plain(location) if isinstance(location, Mapping) and location else None,
-        }
 
 
 def _original_key(series: Series, original: int) -> int | str:
@@ -530,16 +446,26 @@ class UserAgenda:
     calendars: tuple[str, ...]
     entries: tuple[Entry, ...]
 
-    def as_dict(self, tz: ZoneInfo | None = None) -> dict[str, Any]:
-        """The agenda route's JSON."""
-        return {
-            "open_id": self.open_id,
-            **self.window.as_dict(tz),
-            "time_zone": tz.key if tz else None,
-            "synced_at": _stamp(self.synced_at, tz),
-            "calendar_ids": list(self.calendars),
-            "occurrences": [entry.as_dict(tz) for entry in self.entries],
-        }
+
+@dataclass(frozen=True, slots=True)
+class UserCalendars:
+    """One user's live calendars, each with whether the mirror holds its events."""
+
+    open_id: str
+    synced_at: int
+    calendars: tuple[tuple[Calendar, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FreeBusy:
+    """One user's merged busy intervals in a window; or, for a user who cannot be answered (unknown, not
+    synced yet), the ``error`` code and ``message`` instead."""
+
+    open_id: str
+    synced_at: int = 0
+    busy: tuple[tuple[int, int], ...] = ()
+    error: str = ""
+    message: str = ""
 
 
 class AgendaService:
@@ -560,24 +486,15 @@ class AgendaService:
             )
         return int(synced_at)
 
-    def calendars(self, open_id: str) -> dict[str, Any]:
-        """The user's live calendars; raises ``UserNotFound``, ``NotSyncedYet``, ``AgendaRequestInvalid``."""
+    def calendars(self, open_id: str) -> UserCalendars:
+        """The user's live calendars, by summary; raises ``UserNotFound``, ``NotSyncedYet``,
+        ``AgendaRequestInvalid``."""
         synced_at = self._synced(open_id, self._source.sync_state(valid_open_id(open_id)))
-        calendars = sorted(
+        items = sorted(
             self._source.live_calendars(open_id), key=lambda c: (str(c.get("summary", "")).lower(), c["calendar_id"])
         )
-        return {
-            "open_id": open_id,
-            "synced_at": _stamp(synced_at),
-            "calendars": [
-                {
-                    "calendar_id": c["calendar_id"],
-                    **{name: _plain(c[name]) for name in CALENDAR_FIELDS if name in c},
-                    "events_mirrored": has_readable_events(Calendar(c["calendar_id"], c)),
-                }
-                for c in calendars
-            ],
-        }
+        calendars = [Calendar(c["calendar_id"], c) for c in items]
+        return UserCalendars(open_id, synced_at, tuple((c, has_readable_events(c)) for c in calendars))
 
     def _short(self, open_id: str, window: Window, reach: int) -> list[dict[str, Any]]:
         """The short partition's items for ``window`` when no occurrence lasts longer than ``reach``."""
@@ -622,39 +539,21 @@ class AgendaService:
             found = [item for item in items.result() if item.calendar_id in wanted]
         return UserAgenda(open_id, window, synced_at, tuple(readable), tuple(expand(found, window)))
 
-    def freebusy(self, open_ids: Sequence[str], window: Window) -> list[dict[str, Any]]:
+    def freebusy(self, open_ids: Sequence[str], window: Window) -> list[FreeBusy]:
         """Each user's merged busy intervals, in the order asked; a user who is unknown or not synced
-        yet gets an ``error`` entry instead (the others are still answered)."""
+        yet gets an ``error`` instead (the others are still answered)."""
 
-        def one(open_id: str) -> dict[str, Any]:
+        def one(open_id: str) -> FreeBusy:
             try:
                 agenda = self.agenda(open_id, window)
             except (UserNotFound, NotSyncedYet) as exc:
-                return {"open_id": open_id, "error": exc.code, "message": str(exc)}
-            busy = busy_intervals(agenda.entries, window)
-            return {"open_id": open_id, "synced_at": agenda.synced_at, "busy": busy}
+                return FreeBusy(open_id, error=exc.code, message=str(exc))
+            return FreeBusy(open_id, agenda.synced_at, tuple(busy_intervals(agenda.entries, window)))
 
         for open_id in open_ids:
             valid_open_id(open_id)
         with ThreadPoolExecutor(max_workers=max(1, min(self._workers, len(open_ids)))) as pool:
             return list(pool.map(one, open_ids))
-
-
-def freebusy_as_dict(window: Window, users: list[dict[str, Any]], tz: ZoneInfo | None = None) -> dict[str, Any]:
-    """The free/busy route's JSON: intervals as RFC 3339 (in ``tz``, else UTC)."""
-    out = []
-    for user in users:
-        if "busy" not in user:
-            out.append(user)
-            continue
-        out.append(
-            {
-                "open_id": user["open_id"],
-                "synced_at": _stamp(user["synced_at"], tz),
-                "busy": [{"start": _stamp(s, tz), "end": _stamp(e, tz)} for s, e in user["busy"]],
-            }
-        )
-    return {**window.as_dict(tz), "time_zone": tz.key if tz else None, "users": out}
 
 
 def _parsed(raw: Iterable[Mapping[str, Any]]) -> list[EventItem]:

@@ -10,8 +10,13 @@ without signature headers.
 
 The timestamp window is wide on purpose (``docs/callback-security.md``): whether Feishu re-signs a
 retried delivery is not documented, so a retry carrying its first attempt's timestamp must still pass
-within Feishu's ~7.1 h retry schedule. A replay inside the window is a duplicate ``header.event_id``,
-answered from the idempotency record (kept longer than the window), so it costs at most one sync.
+within Feishu's ~7.1 h retry schedule. A replay inside the window is a duplicate delivery id
+(``header.event_id``), answered from the idempotency record (kept longer than the window), so it costs
+at most one sync.
+
+Feishu calls a push an "event"; here it is a *notice* (``ChangeNotice``: these users' calendars, or one
+calendar's events, changed) with a *delivery id* (``header.event_id``), so that ``event_id`` keeps
+meaning what it means everywhere else in the mirror: a calendar event's (日程) id.
 """
 
 from __future__ import annotations
@@ -21,16 +26,15 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeIs
+from typing import Any
 
 from feishu_mirror import crypto
 from feishu_mirror.errors import CallbackRejected, ConfigError
+from feishu_mirror.identifiers import MAX_DELIVERY_ID_LENGTH, is_calendar_id, is_delivery_id, is_open_id
 
 CALENDAR_CHANGED = "calendar.calendar.changed_v4"
 EVENT_CHANGED = "calendar.calendar.event.changed_v4"
 MAX_BODY_BYTES = 128 * 1024
-MAX_EVENT_ID_LENGTH = 128
-MAX_CALENDAR_ID_LENGTH = 512
 MAX_CHALLENGE_LENGTH = 1024
 MAX_USERS_PER_EVENT = 1000
 # Feishu retries a failed delivery after 15 s, 5 min, 1 h and 6 h (~7.1 h in all, each attempt given 3 s):
@@ -53,37 +57,32 @@ class Challenge:
 
 
 @dataclass(frozen=True, slots=True)
-class CalendarChanged:
-    """A verified change: these users' calendar lists changed (``calendar.calendar.changed_v4``), or
-    the events of ``calendar_id`` changed (``calendar.calendar.event.changed_v4``)."""
+class ChangeNotice:
+    """A verified push saying what changed: these users' calendar lists (``calendar.calendar.changed_v4``),
+    or the events of ``calendar_id`` (``calendar.calendar.event.changed_v4``). ``delivery_id`` is Feishu's
+    ``header.event_id``: the push's own id, not a calendar event's."""
 
-    event_id: str
+    delivery_id: str
     open_ids: tuple[str, ...]
     payload: dict[str, Any]
     calendar_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class IgnoredEvent:
-    """A verified event the mirror does not act on (another type, or no users)."""
+class IgnoredNotice:
+    """A verified push the mirror does not act on (another event type, or no users)."""
 
-    event_id: str
+    delivery_id: str
     event_type: str
 
 
-Callback = Challenge | CalendarChanged | IgnoredEvent
+Callback = Challenge | ChangeNotice | IgnoredNotice
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CallbackRejected(400, f"{what} must be a JSON object")
     return value
-
-
-def _is_identifier(value: Any, limit: int = MAX_EVENT_ID_LENGTH) -> TypeIs[str]:
-    """A non-empty, bounded, printable string: no NUL, control character or lone surrogate (from a JSON
-    ``\\ud800`` escape), which would be refused by DynamoDB or break the JSON log line it lands in."""
-    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
 
 
 def _loggable(value: Any, limit: int) -> str:
@@ -196,35 +195,36 @@ class CallbackVerifier:
             raise CallbackRejected(400, "challenge must be a non-empty string")
         return Challenge(challenge)
 
-    def _event(self, payload: dict[str, Any]) -> CalendarChanged | IgnoredEvent:
+    def _event(self, payload: dict[str, Any]) -> ChangeNotice | IgnoredNotice:
         if payload.get("schema") != "2.0":
             if "uuid" in payload:  # schema 1.0: the mirror subscribes to no v1 event
                 self._check_token(payload.get("token"))
-                return IgnoredEvent(_loggable(payload["uuid"], MAX_EVENT_ID_LENGTH), "v1")
+                return IgnoredNotice(_loggable(payload["uuid"], MAX_DELIVERY_ID_LENGTH), "v1")
             raise CallbackRejected(400, "unrecognised payload (neither schema 2.0 nor url_verification)")
         header = _object(payload.get("header"), "header")
         self._check_token(header.get("token"))
         if self._app_id and header.get("app_id") != self._app_id:
             raise CallbackRejected(403, "event is for another app")
-        event_id = header.get("event_id")
-        if not _is_identifier(event_id):
+        delivery_id = header.get("event_id")
+        if not is_delivery_id(delivery_id):
             raise CallbackRejected(400, "header.event_id must be a non-empty string")
         event_type = header.get("event_type")
         if not isinstance(event_type, str):
             raise CallbackRejected(400, "header.event_type must be a string")
         if event_type not in (CALENDAR_CHANGED, EVENT_CHANGED):
-            return IgnoredEvent(event_id, _loggable(event_type, 100))
+            return IgnoredNotice(delivery_id, _loggable(event_type, 100))
         event = _object(payload.get("event"), "event")
         open_ids = self._open_ids(event)
         calendar_id = ""
         if event_type == EVENT_CHANGED:
             raw_calendar_id = event.get("calendar_id")
-            if not _is_identifier(raw_calendar_id, MAX_CALENDAR_ID_LENGTH):
+            # printable too: the calendar_id is logged with the push
+            if not (is_calendar_id(raw_calendar_id) and raw_calendar_id.isprintable()):
                 raise CallbackRejected(400, "event.calendar_id must be a non-empty string")
             calendar_id = raw_calendar_id
         if not open_ids:
-            return IgnoredEvent(event_id, event_type)
-        return CalendarChanged(event_id, open_ids, payload, calendar_id)
+            return IgnoredNotice(delivery_id, event_type)
+        return ChangeNotice(delivery_id, open_ids, payload, calendar_id)
 
     @staticmethod
     def _open_ids(event: dict[str, Any]) -> tuple[str, ...]:
@@ -234,7 +234,7 @@ class CallbackVerifier:
         open_ids: dict[str, None] = {}
         for user in users:
             open_id = user.get("open_id") if isinstance(user, dict) else None
-            if not _is_identifier(open_id):
+            if not is_open_id(open_id):
                 raise CallbackRejected(400, "every entry of event.user_id_list needs an open_id")
             open_ids[open_id] = None
         return tuple(open_ids)

@@ -37,6 +37,7 @@ from feishu_mirror.errors import (
     ScopeMissing,
     SyncTokenExpired,
 )
+from feishu_mirror.identifiers import is_open_id
 from feishu_mirror.models import Calendar, Event, Item, Page, TokenGrant, UserIdentity
 from feishu_mirror.observability import count, logger
 
@@ -340,8 +341,8 @@ class FeishuClient:
         reply = self._call(USER_INFO_API, USER_INFO_PATH, deadline=deadline, access_token=access_token)
         data = reply.body.get("data") or {}
         open_id = data.get("open_id") if isinstance(data, dict) else None
-        if not isinstance(open_id, str) or not open_id:
-            raise FeishuError(-1, "user_info without an open_id", log_id=reply.log_id)
+        if not is_open_id(open_id):  # the mirror keys everything by it: one rule at every door
+            raise FeishuError(-1, "user_info without a valid open_id", log_id=reply.log_id)
         return UserIdentity(open_id=open_id, name=str(data.get("name") or ""), union_id=str(data.get("union_id") or ""))
 
     def _grant(self, reply: _Reply) -> TokenGrant:

@@ -1,10 +1,10 @@
-"""Per-user health as an operator sees it, and the event → mirror lag metric.
+"""Per-user health as an operator sees it, and the push → mirror lag metric (``EventToMirrorLag``).
 
 The sync records health on the user's item as it goes; this module turns the allow-listed attributes
 that ``dynamodb.user_health.UserHealthReads`` returns (``get_health``, ``list_health``) into a
 ``UserHealth`` with one derived ``state`` an operator can sort by, and never carries a token.
 
-``record_event_to_mirror_lag`` is called by the sync handler after a sync: when the sync brought
+``record_push_to_mirror_lag`` is called by the sync handler after a sync: when the sync brought
 pushes into the mirror, it emits ``EventToMirrorLag`` — the time from the earliest of those pushes
 (``pending_ping_at``, kept by every ping until a sync releases the user with nothing left to do,
 stored in whole seconds, so the figure can be up to one second high) to the end of the sync. So a
@@ -159,7 +159,7 @@ def _state(
     return "syncing" if syncing else "ok"
 
 
-def record_event_to_mirror_lag(result: SyncResult, *, now: float) -> float | None:
+def record_push_to_mirror_lag(result: SyncResult, *, now: float) -> float | None:
     """Emit ``EventToMirrorLag`` (seconds) for a sync that brought pushes into the mirror; returns it.
 
     Returns None (and emits nothing) for a sync that had no push to bring in or did not finish.

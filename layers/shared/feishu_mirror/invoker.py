@@ -1,4 +1,9 @@
-"""Starting syncs: the asynchronous Lambda invoke of the sync function, one user per invocation."""
+"""Starting syncs: the asynchronous Lambda invoke of the sync function, one user per invocation.
+
+The request is ``{"open_id", "reason", "delivery_id"}``; ``delivery_id`` (the push's ``header.event_id``,
+for the sync's logs) is there only when a push started the sync. Requests queued before it had that name
+carry it as ``event_id``: the sync function reads both (see ``functions/sync/app.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ if TYPE_CHECKING:
 class SyncInvoker(Protocol):
     """Something that starts a sync for one user in the background."""
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
         """Start the sync; raises on failure to hand it over. ``claimed_at``: when the resync claimed the
         user for it (the sync does nothing if the user was synced since: a claim that lapsed)."""
 
@@ -24,11 +29,11 @@ class LambdaSyncInvoker:
         self._client = client
         self._function_name = function_name
 
-    def invoke(self, open_id: str, reason: str, *, event_id: str = "", claimed_at: int = 0) -> None:
-        """Queue ``{"open_id": ..., "reason": ..., "event_id": ...}`` for the sync function."""
+    def invoke(self, open_id: str, reason: str, *, delivery_id: str = "", claimed_at: int = 0) -> None:
+        """Queue ``{"open_id": ..., "reason": ..., "delivery_id": ..., "claimed_at": ...}`` for the sync function."""
         request: dict[str, str | int] = {"open_id": open_id, "reason": reason}
-        if event_id:
-            request["event_id"] = event_id
+        if delivery_id:
+            request["delivery_id"] = delivery_id
         if claimed_at:
             request["claimed_at"] = claimed_at
         payload = json.dumps(request).encode("utf-8")

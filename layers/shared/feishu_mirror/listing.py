@@ -253,7 +253,7 @@ class ListingEngine:
     def _now(self) -> int:
         return int(self._clock())
 
-    def run[T: Item](self, collection: Collection[T], state: ListingState, tally: Tally) -> ListingOutcome:
+    def sync_collection[T: Item](self, collection: Collection[T], state: ListingState, tally: Tally) -> ListingOutcome:
         """List, write and commit; returns the held sweep (when deletions were held back) and the counts."""
         names = collection.metrics
         kind, page_token, seen, started_at = choose_listing(state, self._now())

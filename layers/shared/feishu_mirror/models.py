@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeGuard
+from typing import Any, Literal, Protocol
 
+from feishu_mirror.identifiers import is_calendar_id, is_event_id
 from feishu_mirror.storable import fit
 
 # The Feishu calendar fields the mirror keeps, under their Feishu names, with their JSON types.
@@ -44,8 +45,6 @@ EVENT_FIELDS: dict[str, type] = {
     "attachments": list,
     "create_time": str,
 }
-MAX_CALENDAR_ID_LENGTH = 512  # bytes of UTF-8: a calendar_id is part of DynamoDB keys (≤ 1024 and 2048 bytes)
-MAX_EVENT_ID_LENGTH = 512
 
 FieldValue = Any  # str | int | bool, and for events also Decimal, None and nested maps and lists of them
 SyncKind = Literal["full", "incremental"]
@@ -65,16 +64,6 @@ def _known_fields(raw: Mapping[str, Any], names: Mapping[str, type]) -> tuple[di
             fields[name] = value
     kept, reduced, _ = fit(fields)
     return kept, reduced
-
-
-def _valid_id(value: object, max_bytes: int) -> TypeGuard[str]:
-    """A Feishu id the mirror can key an item by: a non-empty string of at most ``max_bytes`` of UTF-8."""
-    if not isinstance(value, str) or not value:
-        return False
-    try:
-        return len(value.encode("utf-8")) <= max_bytes
-    except UnicodeEncodeError:  # a lone surrogate: no valid key
-        return False
 
 
 class Item(Protocol):
@@ -137,7 +126,7 @@ class Calendar:
         empty ``calendar_id`` raises ``ValueError``.
         """
         calendar_id = raw.get("calendar_id")
-        if not _valid_id(calendar_id, MAX_CALENDAR_ID_LENGTH):
+        if not is_calendar_id(calendar_id):
             raise ValueError("calendar entry without a valid calendar_id")
         fields, reduced = _known_fields(raw, CALENDAR_FIELDS)
         return cls(calendar_id, fields, reduced), raw.get("is_deleted") is True
@@ -184,7 +173,7 @@ class Event:
         dropped (named in ``reduced``). A missing or empty ``event_id`` raises ``ValueError``.
         """
         event_id = raw.get("event_id")
-        if not _valid_id(event_id, MAX_EVENT_ID_LENGTH):
+        if not is_event_id(event_id):
             raise ValueError("event entry without a valid event_id")
         fields, reduced = _known_fields(raw, EVENT_FIELDS)
         event = cls(event_id, fields, reduced)

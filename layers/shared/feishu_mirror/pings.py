@@ -6,8 +6,9 @@ started and has not begun yet, it will read the new state anyway. Only otherwise
 invoked, after a conditional claim, so bursts of pings cost one invocation.
 
 Each dispatch logs one ``pings_dispatched`` line naming the users by outcome (with the push's
-``event_id`` when there is one), so an operator can go from an event to the users it touched and on
-to their syncs' logs (keyed by ``open_id``), also when the push coalesced into a sync already running.
+``delivery_id``, Feishu's ``header.event_id``, when there is one), so an operator can go from a push to
+the users it touched and on to their syncs' logs (keyed by ``open_id``), also when the push coalesced
+into a sync already running.
 """
 
 from __future__ import annotations
@@ -92,12 +93,12 @@ class PingDispatcher:
         self._clock = clock
 
     def dispatch(
-        self, open_ids: Iterable[str], reason: str, *, calendar_id: str = "", event_id: str = ""
+        self, open_ids: Iterable[str], reason: str, *, calendar_id: str = "", delivery_id: str = ""
     ) -> PingOutcome:
         """Handle one ping for each user. Unknown or inactive users are ignored.
 
         ``calendar_id`` names a calendar whose events changed: its events are listed by the sync.
-        ``event_id`` (the push's ``header.event_id``) travels with a started sync, for its logs, and is
+        ``delivery_id`` (the push's ``header.event_id``) travels with a started sync, for its logs, and is
         logged with every user's outcome (``pings_dispatched``), for the users whose push coalesced.
 
         A failed invoke is logged and counted, not raised: the user stays due, so the scheduled
@@ -122,15 +123,15 @@ class PingDispatcher:
                     outcome.coalesced.append(open_id)
                     continue
             try:
-                self._invoker.invoke(open_id, reason, event_id=event_id)
+                self._invoker.invoke(open_id, reason, delivery_id=delivery_id)
             except Exception as exc:
                 logger.warning("sync_invoke_failed", extra={"open_id": open_id, "error": type(exc).__name__})
                 outcome.invoke_failed.append(open_id)
                 continue
             outcome.started.append(open_id)
         trail: dict[str, Any] = {"reason": reason, **outcome.open_ids()}
-        if event_id:
-            trail["event_id"] = event_id
+        if delivery_id:
+            trail["delivery_id"] = delivery_id
         if calendar_id:
             trail["calendar_id"] = calendar_id
         logger.info("pings_dispatched", extra=trail)

@@ -77,7 +77,7 @@ class Resync:
         self._claim_seconds = claim_seconds
         self._clock = clock
 
-    def run(self) -> ResyncOutcome:
+    def sweep(self) -> ResyncOutcome:
         """One scheduled pass."""
         now = int(self._clock())
         due = self._users.due_users(now, self._max_users)

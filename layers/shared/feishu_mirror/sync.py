@@ -15,7 +15,7 @@ client satisfy them, and ``composition`` wires them.
 
 Above 500 lines on purpose: one user's sync is one algorithm (the lease, the passes, the calendar list,
 each calendar's events, subscriptions, and what each failure leaves on the user) over one invocation's
-state (``_Run``); its parts that stand alone live in ``listing``, ``mirror_collection`` and ``sync_tokens``.
+state (``_Attempt``); its parts that stand alone live in ``listing``, ``mirror_collection`` and ``sync_tokens``.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class CalendarApi(TokenRefresher, Protocol):
 
 # ------------------------------------------------------------------------------ one invocation
 @dataclass(slots=True)
-class _Run:
+class _Attempt:
     """Mutable bookkeeping of one invocation."""
 
     fence: Fence
@@ -294,7 +294,7 @@ class CalendarSync:
     def _now(self) -> int:
         return int(self._clock())
 
-    def run(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int, claimed_at: int = 0) -> SyncResult:
+    def sync_user(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int, claimed_at: int = 0) -> SyncResult:
         """Sync one user. Expected failures are recorded on the user and returned, not raised.
 
         ``owner`` identifies this attempt (``lease_owner``: unique even for two copies of one Lambda
@@ -331,7 +331,7 @@ class CalendarSync:
             monotonic=self._monotonic,
             lock=self._concurrency.lock(),
         )
-        return self._guarded(_Run(fence, deadline, user, tokens))
+        return self._guarded(_Attempt(fence, deadline, user, tokens))
 
     @staticmethod
     def _synced_since(user: UserRecord, claimed_at: int) -> bool:
@@ -339,81 +339,81 @@ class CalendarSync:
         synced = user.last_success_at is not None and user.last_success_at >= claimed_at
         return synced and user.pending_ping_at is None and not user.dirty_calendars
 
-    def _guarded(self, run: _Run) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
+    def _guarded(self, attempt: _Attempt) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
         """Run the passes and map each expected failure to a recorded outcome."""
-        fence, failures = run.fence, run.user.consecutive_failures
+        fence, failures = attempt.fence, attempt.user.consecutive_failures
         try:
-            return self._loop(run)
+            return self._loop(attempt)
         except ReauthorizationRequired as exc:
-            return self._reauthorization_required(run, exc)
+            return self._reauthorization_required(attempt, exc)
         except TokensSuperseded:
-            return self._superseded(run)
+            return self._superseded(attempt)
         except DeadlineExceeded:
             count("SyncsInterrupted")
-            logger.warning("sync_interrupted", extra={"pages": run.calendars.pages + run.events.pages})
+            logger.warning("sync_interrupted", extra={"pages": attempt.calendars.pages + attempt.events.pages})
             self._leases.release_after_failure(fence, code=None, message="", due_at=self._now(), failed=False)
-            return self._result(run, "interrupted")
+            return self._result(attempt, "interrupted")
         except TokenVaultUnavailable as exc:
             # KMS down or refusing: the stored tokens stay as they are; the user is tried again later.
             count("TokenVaultFailures")
             logger.warning("token_vault_unavailable", extra={"error": exc.message})
             due = self._now() + failure_backoff(failures)
             self._leases.release_after_failure(fence, code=None, message=exc.message, due_at=due)
-            return self._result(run, "failed")
+            return self._result(attempt, "failed")
         except LeaseLost:
             count("SyncLeaseLost")
             logger.error("sync_lease_lost")
-            return self._result(run, "failed")
+            return self._result(attempt, "failed")
         except FeishuError as exc:
             count("SyncFailures")
             logger.warning("sync_failed", extra={"code": exc.code, "error": exc.message, "log_id": exc.log_id})
             due = self._now() + failure_backoff(failures)
             self._leases.release_after_failure(fence, code=exc.code, message=exc.message, due_at=due)
-            return self._result(run, "failed", exc.code)
+            return self._result(attempt, "failed", exc.code)
         except Exception:
             # A bug or an AWS outage: release so a retry can start at once, then let Lambda retry.
             self._release_quietly(fence, failures)
             raise
 
-    def _reauthorization_required(self, run: _Run, exc: ReauthorizationRequired) -> SyncResult:
+    def _reauthorization_required(self, attempt: _Attempt, exc: ReauthorizationRequired) -> SyncResult:
         """Mark the user ``reauth_required`` (with the cause and any missing scope), unless their tokens
         changed meanwhile: a user who consented again keeps the new consent."""
         missing_scope = exc.missing_scope if isinstance(exc, ScopeMissing) else None
         marked = self._authorization.mark_reauth_required(
-            run.fence,
+            attempt.fence,
             self._now(),
-            token_version=run.tokens.version,
+            token_version=attempt.tokens.version,
             code=exc.code,
             message=exc.message,
             cause=exc.cause,
             missing_scope=missing_scope,
         )
         if not marked:
-            return self._superseded(run)
+            return self._superseded(attempt)
         count("UsersNeedingReauth")
         logger.warning(
             "reauth_required",
             extra={"code": exc.code, "cause": exc.cause, "missing_scope": missing_scope, "log_id": exc.log_id},
         )
-        return self._result(run, "reauth_required", exc.code)
+        return self._result(attempt, "reauth_required", exc.code)
 
-    def _superseded(self, run: _Run) -> SyncResult:
+    def _superseded(self, attempt: _Attempt) -> SyncResult:
         """The user's tokens changed under this sync (a new consent): go on with them, or leave the user due."""
         count("SyncsSuperseded")
         logger.info("sync_superseded_by_new_tokens")
-        fresh = self._leases.get(run.fence.open_id)
-        run.superseded += 1
+        fresh = self._leases.get(attempt.fence.open_id)
+        attempt.superseded += 1
         if (
             fresh is not None
             and fresh.status == ACTIVE
             and fresh.lease_active(self._now())
-            and fresh.lease_owner == run.fence.owner
-            and run.superseded <= MAX_SUPERSEDED
+            and fresh.lease_owner == attempt.fence.owner
+            and attempt.superseded <= MAX_SUPERSEDED
         ):
-            run.adopt(fresh)
-            return self._guarded(run)
-        self._leases.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
-        return self._result(run, "interrupted")
+            attempt.adopt(fresh)
+            return self._guarded(attempt)
+        self._leases.release_after_failure(attempt.fence, code=None, message="", due_at=self._now(), failed=False)
+        return self._result(attempt, "interrupted")
 
     def _release_quietly(self, fence: Fence, failures: int) -> None:
         try:
@@ -423,11 +423,11 @@ class CalendarSync:
             logger.exception("lease_release_failed")
 
     def _result(
-        self, run: _Run, outcome: SyncOutcome, code: int | None = None, *, pushed_at: int | None = None
+        self, attempt: _Attempt, outcome: SyncOutcome, code: int | None = None, *, pushed_at: int | None = None
     ) -> SyncResult:
-        calendars, events = run.calendars, run.events
+        calendars, events = attempt.calendars, attempt.events
         return SyncResult(
-            run.fence.open_id,
+            attempt.fence.open_id,
             outcome,
             kind=calendars.kind,
             passes=calendars.listings,  # each pass lists the calendar list, a resumed one twice
@@ -443,37 +443,37 @@ class CalendarSync:
             pushed_at=pushed_at,
         )
 
-    def _loop(self, run: _Run) -> SyncResult:
+    def _loop(self, attempt: _Attempt) -> SyncResult:
         for _ in range(MAX_PASSES):
-            listed = self._list_calendars(run)
-            run.calendars_reduced = listed.reduced
-            held = self._sync_events(run) or listed.held is not None
-            user = run.user
-            if not run.subscription_checked:
-                run.subscription_checked = True
+            listed = self._list_calendars(attempt)
+            attempt.calendars_reduced = listed.reduced
+            held = self._sync_events(attempt) or listed.held is not None
+            user = attempt.user
+            if not attempt.subscription_checked:
+                attempt.subscription_checked = True
                 self._resubscribe(
-                    run,
+                    attempt,
                     user.subscribed_at,
-                    lambda token: self._feishu.subscribe_calendar_changes(token, deadline=run.deadline),
-                    lambda now: self._authorization.mark_subscribed(run.fence.open_id, now),
+                    lambda token: self._feishu.subscribe_calendar_changes(token, deadline=attempt.deadline),
+                    lambda now: self._authorization.mark_subscribed(attempt.fence.open_id, now),
                     CALENDAR_SUBSCRIPTION,
                 )
             now = self._now()
             due = now + (self._settings.mass_delete_confirm_seconds if held else self._settings.stale_after_seconds)
-            if run.events_due_at is not None:
-                due = max(now, min(due, run.events_due_at))
+            if attempt.events_due_at is not None:
+                due = max(now, min(due, attempt.events_due_at))
             fresh = self._leases.release_after_success(
-                run.fence,
+                attempt.fence,
                 now,
                 seen_dirty_seq=user.dirty_seq,
                 due_at=due,
-                handled_calendars=frozenset(run.handled_calendars & user.dirty_calendars),
-                held_event_deletions=sum(run.held_events.values()),
-                items_reduced=run.calendars_reduced + sum(run.events_reduced.values()),
+                handled_calendars=frozenset(attempt.handled_calendars & user.dirty_calendars),
+                held_event_deletions=sum(attempt.held_events.values()),
+                items_reduced=attempt.calendars_reduced + sum(attempt.events_reduced.values()),
             )
             if fresh is None:
                 count("SyncsCompleted")
-                calendars, events = run.calendars, run.events
+                calendars, events = attempt.calendars, attempt.events
                 logger.info(
                     "sync_completed",
                     extra={
@@ -487,17 +487,17 @@ class CalendarSync:
                         "events_deleted": events.deleted,
                     },
                 )
-                return self._result(run, "synced", pushed_at=user.pending_ping_at)
+                return self._result(attempt, "synced", pushed_at=user.pending_ping_at)
             count("SyncRepeatedForPing")
-            run.refresh(fresh)
+            attempt.refresh(fresh)
         # Pings keep coming: stop here and leave the user due so the resync comes back soon.
-        self._leases.release_after_failure(run.fence, code=None, message="", due_at=self._now(), failed=False)
-        return self._result(run, "synced")
+        self._leases.release_after_failure(attempt.fence, code=None, message="", due_at=self._now(), failed=False)
+        return self._result(attempt, "synced")
 
     # -------------------------------------------------------------------------- listings
     def _list_to_date[T: Item](
         self,
-        run: _Run,
+        attempt: _Attempt,
         collection: CollectionId,
         *,
         name: str,
@@ -514,10 +514,10 @@ class CalendarSync:
         just committed (``reload`` reads the state again)."""
 
         def fetch(page_token: str, sync_token: str | None) -> Page[T]:
-            return run.tokens.call(
+            return attempt.tokens.call(
                 lambda token: list_page(
                     token,
-                    deadline=run.deadline,
+                    deadline=attempt.deadline,
                     page_size=self._settings.page_size,
                     page_token=page_token or None,
                     sync_token=None if page_token else sync_token,
@@ -525,10 +525,10 @@ class CalendarSync:
             )
 
         listed = MirrorCollection(
-            collection, run.fence, name=name, metrics=metrics, fetch=fetch, items=items, listings=self._listings
+            collection, attempt.fence, name=name, metrics=metrics, fetch=fetch, items=items, listings=self._listings
         )
         while True:
-            outcome = self._engine.run(listed, state, tally)
+            outcome = self._engine.sync_collection(listed, state, tally)
             if state.checkpoint is None or outcome.held:
                 return outcome
             count(metrics.resumed_then_incremental)
@@ -537,43 +537,43 @@ class CalendarSync:
                 return outcome
             state = fresh
 
-    def _list_calendars(self, run: _Run) -> ListingOutcome:
+    def _list_calendars(self, attempt: _Attempt) -> ListingOutcome:
         """The user's calendar list (its state on the user's record, read again after a resumed listing)."""
-        open_id = run.fence.open_id
+        open_id = attempt.fence.open_id
 
         def reload() -> ListingState | None:
             fresh = self._leases.get(open_id)
             if fresh is None:
                 return None
-            run.refresh(fresh)
+            attempt.refresh(fresh)
             return fresh.calendar_list
 
         return self._list_to_date(
-            run,
+            attempt,
             CollectionId(open_id),
             name="calendars",
             metrics=CALENDAR_METRICS,
             items=self._calendars,
             list_page=self._feishu.list_calendars,
-            state=run.user.calendar_list,
-            tally=run.calendars,
+            state=attempt.user.calendar_list,
+            tally=attempt.calendars,
             reload=reload,
         )
 
     def _list_events(
-        self, events: MirroredItems[Event], run: _Run, calendar_id: str, listing: EventListing | None, tally: Tally
+        self, events: MirroredItems[Event], attempt: _Attempt, calendar_id: str, listing: EventListing | None, tally: Tally
     ) -> ListingOutcome:
         """One calendar's event listing (its held sweep, if deletions were held back, and its counts)."""
-        open_id = run.fence.open_id
+        open_id = attempt.fence.open_id
 
         def reload() -> ListingState | None:
             fresh = self._listings.event_listing(open_id, calendar_id)
             return fresh.state if fresh else None
 
         if listing is None:
-            self._listings.begin_events(run.fence, self._now(), calendar_id)
+            self._listings.begin_events(attempt.fence, self._now(), calendar_id)
         return self._list_to_date(
-            run,
+            attempt,
             CollectionId(open_id, calendar_id),
             name="events",
             metrics=EVENT_METRICS,
@@ -584,37 +584,37 @@ class CalendarSync:
             reload=reload,
         )
 
-    def _sync_events(self, run: _Run) -> bool:
+    def _sync_events(self, attempt: _Attempt) -> bool:
         """List the events of each calendar that needs it; returns True when deletions were held back."""
         events = self._events
         if events is None:
             return False
-        user, open_id, now = run.user, run.fence.open_id, self._now()
+        user, open_id, now = attempt.user, attempt.fence.open_id, self._now()
         calendars = self._calendars.load_all(CollectionId(open_id))
         readable = {cid for cid, stored in calendars.items() if stored.live and has_readable_events(stored.item)}
         listings = self._listings.event_listings(open_id)
         for calendar_id in sorted(listings.keys() - readable):
-            self._retire_events(events, run, calendar_id)
-        run.held_events = {
+            self._retire_events(events, attempt, calendar_id)
+        attempt.held_events = {
             cid: listing.state.held_sweep.count
             for cid, listing in listings.items()
             if cid in readable and listing.state.held_sweep
         }
-        run.events_reduced = {cid: listing.state.reduced for cid, listing in listings.items() if cid in readable}
+        attempt.events_reduced = {cid: listing.state.reduced for cid, listing in listings.items() if cid in readable}
         # A push for a calendar whose events are not mirrored (gone, unreadable) has nothing to list.
-        run.handled_calendars |= user.dirty_calendars - readable
-        due = self._due_calendars(run, readable, listings, now)
+        attempt.handled_calendars |= user.dirty_calendars - readable
+        due = self._due_calendars(attempt, readable, listings, now)
         if due:
-            run.tokens.access_token()  # refreshed once here, before the listings run side by side
+            attempt.tokens.access_token()  # refreshed once here, before the listings run side by side
         # Each listing counts into its own tally; all are added up even when one raises.
         tallies = {calendar_id: Tally() for calendar_id, _ in due}
         try:
             listed = self._concurrency.map(
-                lambda pair: self._list_calendar_events(events, run, *pair, tallies[pair[0]]), due, self._event_workers
+                lambda pair: self._list_calendar_events(events, attempt, *pair, tallies[pair[0]]), due, self._event_workers
             )
         finally:
             for tally in tallies.values():
-                run.events.add(tally)
+                attempt.events.add(tally)
         held = False
         failure: FeishuError | None = None
         for calendar_id, outcome, error in listed:
@@ -622,39 +622,39 @@ class CalendarSync:
                 failure = failure or error
             if outcome is None:
                 continue
-            run.held_events.pop(calendar_id, None)
-            run.events_reduced[calendar_id] = outcome.reduced
+            attempt.held_events.pop(calendar_id, None)
+            attempt.events_reduced[calendar_id] = outcome.reduced
             if outcome.held is not None:
                 held = True
-                run.held_events[calendar_id] = outcome.held.count
-            run.handled_calendars.add(calendar_id)
+                attempt.held_events[calendar_id] = outcome.held.count
+            attempt.handled_calendars.add(calendar_id)
         if failure is not None:
             raise failure
         return held
 
     def _due_calendars(
-        self, run: _Run, readable: set[str], listings: dict[str, EventListing], now: int
+        self, attempt: _Attempt, readable: set[str], listings: dict[str, EventListing], now: int
     ) -> list[tuple[str, EventListing | None]]:
         """The readable calendars whose events are listed now; for the others, when they will be due."""
         due = []
         for calendar_id in sorted(readable):
             listing = listings.get(calendar_id)
-            if self._events_due(listing, calendar_id, run.user, run, now):
+            if self._events_due(listing, calendar_id, attempt.user, attempt, now):
                 due.append((calendar_id, listing))
             elif listing is not None and listing.synced_at is not None:
                 # Come back when this calendar's events are due, even if the user is not yet.
                 next_due = listing.synced_at + self._settings.stale_after_seconds
-                run.events_due_at = min(run.events_due_at or next_due, next_due)
+                attempt.events_due_at = min(attempt.events_due_at or next_due, next_due)
         return due
 
     def _list_calendar_events(
-        self, events: MirroredItems[Event], run: _Run, calendar_id: str, listing: EventListing | None, tally: Tally
+        self, events: MirroredItems[Event], attempt: _Attempt, calendar_id: str, listing: EventListing | None, tally: Tally
     ) -> tuple[str, ListingOutcome | None, FeishuError | None]:
         """One calendar's events and its subscription, beside the others (``_sync_events``), counted in
         ``tally``: the outcome (None when skipped or failed) and the error to fail the sync with after the
         others."""
         try:
-            outcome = self._list_events(events, run, calendar_id, listing, tally)
+            outcome = self._list_events(events, attempt, calendar_id, listing, tally)
         except (ReauthorizationRequired, AccessTokenRejected, FeishuUnavailable):
             raise  # the user's authorisation, or Feishu itself: no other calendar would fare better
         except FeishuError as exc:
@@ -675,20 +675,20 @@ class CalendarSync:
             )
             return calendar_id, None, error
         self._resubscribe(
-            run,
+            attempt,
             listing.subscribed_at if listing else None,
-            partial(self._feishu.subscribe_calendar_events, calendar_id=calendar_id, deadline=run.deadline),
-            partial(self._listings.mark_events_subscribed, run.fence, calendar_id=calendar_id),
+            partial(self._feishu.subscribe_calendar_events, calendar_id=calendar_id, deadline=attempt.deadline),
+            partial(self._listings.mark_events_subscribed, attempt.fence, calendar_id=calendar_id),
             EVENT_SUBSCRIPTION,
             calendar_id=calendar_id,
         )
         return calendar_id, outcome, None
 
     def _events_due(
-        self, listing: EventListing | None, calendar_id: str, user: UserRecord, run: _Run, now: int
+        self, listing: EventListing | None, calendar_id: str, user: UserRecord, attempt: _Attempt, now: int
     ) -> bool:
         """New calendar, pushed as changed, unfinished, held, or not listed for a resync period."""
-        if calendar_id in run.handled_calendars:  # listed in an earlier pass: again only if pushed
+        if calendar_id in attempt.handled_calendars:  # listed in an earlier pass: again only if pushed
             return calendar_id in user.dirty_calendars
         if listing is None or calendar_id in user.dirty_calendars:
             return True
@@ -697,22 +697,22 @@ class CalendarSync:
             return True
         return now - listing.synced_at >= self._settings.stale_after_seconds - EVENTS_STALE_MARGIN_SECONDS
 
-    def _retire_events(self, events: MirroredItems[Event], run: _Run, calendar_id: str) -> None:
+    def _retire_events(self, events: MirroredItems[Event], attempt: _Attempt, calendar_id: str) -> None:
         """A calendar left the list or became unreadable: tombstone its events and forget its listing."""
-        collection = CollectionId(run.fence.open_id, calendar_id)
+        collection = CollectionId(attempt.fence.open_id, calendar_id)
         live = tuple(s.item for s in events.load_all(collection).values() if s.live)
         if live:
-            events.apply(run.fence, self._now(), collection, deletions=live)
-            run.events.deleted += len(live)
+            events.apply(attempt.fence, self._now(), collection, deletions=live)
+            attempt.events.deleted += len(live)
             count(EVENT_METRICS.deleted, len(live))
-        self._listings.retire_events(run.fence, self._now(), calendar_id)
+        self._listings.retire_events(attempt.fence, self._now(), calendar_id)
         count("EventListingsRetired")
         logger.info("events_retired", extra={"calendar_id": calendar_id, "deleted": len(live)})
 
     # -------------------------------------------------------------------------- subscriptions
     def _resubscribe(
         self,
-        run: _Run,
+        attempt: _Attempt,
         subscribed_at: int | None,
         subscribe: Callable[[str], None],
         record: Callable[[int], None],
@@ -726,7 +726,7 @@ class CalendarSync:
         if subscribed_at and now - subscribed_at < self._settings.subscription_refresh_seconds:
             return
         try:
-            run.tokens.call(subscribe)
+            attempt.tokens.call(subscribe)
         except (ReauthorizationRequired, RefreshOutcomeUnknown):
             raise
         except (FeishuError, DeadlineExceeded) as exc:
