@@ -21,10 +21,10 @@ from feishu_mirror.observability import count, logger
 
 # A run starts at most ``max_users`` (``RESYNC_MAX_USERS_PER_RUN``, 200: about a minute of Feishu's event-
 # listing budget of 1,000/min at a typical user's 5-8 calendars) every minute. In a forced sweep of 10,000
-# users the runs start everyone within ~50 minutes and the syncs drain at Feishu's floor (~80 minutes), so
-# the last invocations wait ~40 minutes in Lambda's queue: the claim covers that. Should one wait longer and
-# its claim lapse (a later run then starts the user again), the sync it starts finds the user synced since
-# its ``claimed_at`` and does nothing.
+# users the runs start everyone within ~50 minutes and the syncs drain at Feishu's floor (~80 minutes);
+# the claim covers most waits in Lambda's queue. Should one wait longer (throttled invocations back off)
+# and its claim lapse (a later run then starts the user again), the sync it starts finds the user synced
+# since its ``claimed_at`` and does nothing.
 CLAIM_SECONDS = 3600
 INVOKE_WORKERS = 8
 

@@ -294,7 +294,9 @@ class CalendarSync:
     def _now(self) -> int:
         return int(self._clock())
 
-    def sync_user(self, open_id: str, *, owner: str, deadline: float, lease_seconds: int, claimed_at: int = 0) -> SyncResult:
+    def sync_user(
+        self, open_id: str, *, owner: str, deadline: float, lease_seconds: int, claimed_at: int = 0
+    ) -> SyncResult:
         """Sync one user. Expected failures are recorded on the user and returned, not raised.
 
         ``owner`` identifies this attempt (``lease_owner``: unique even for two copies of one Lambda
@@ -561,7 +563,12 @@ class CalendarSync:
         )
 
     def _list_events(
-        self, events: MirroredItems[Event], attempt: _Attempt, calendar_id: str, listing: EventListing | None, tally: Tally
+        self,
+        events: MirroredItems[Event],
+        attempt: _Attempt,
+        calendar_id: str,
+        listing: EventListing | None,
+        tally: Tally,
     ) -> ListingOutcome:
         """One calendar's event listing (its held sweep, if deletions were held back, and its counts)."""
         open_id = attempt.fence.open_id
@@ -610,7 +617,9 @@ class CalendarSync:
         tallies = {calendar_id: Tally() for calendar_id, _ in due}
         try:
             listed = self._concurrency.map(
-                lambda pair: self._list_calendar_events(events, attempt, *pair, tallies[pair[0]]), due, self._event_workers
+                lambda pair: self._list_calendar_events(events, attempt, *pair, tallies[pair[0]]),
+                due,
+                self._event_workers,
             )
         finally:
             for tally in tallies.values():
@@ -648,7 +657,12 @@ class CalendarSync:
         return due
 
     def _list_calendar_events(
-        self, events: MirroredItems[Event], attempt: _Attempt, calendar_id: str, listing: EventListing | None, tally: Tally
+        self,
+        events: MirroredItems[Event],
+        attempt: _Attempt,
+        calendar_id: str,
+        listing: EventListing | None,
+        tally: Tally,
     ) -> tuple[str, ListingOutcome | None, FeishuError | None]:
         """One calendar's events and its subscription, beside the others (``_sync_events``), counted in
         ``tally``: the outcome (None when skipped or failed) and the error to fail the sync with after the
