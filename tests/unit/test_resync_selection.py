@@ -100,7 +100,8 @@ def test_a_claim_that_lapsed_while_queued_never_makes_a_second_sync(world: FakeW
     world.clock.advance(CLAIM_SECONDS + 1)
     assert world.resync().sweep().started == 1
     first_claim, second_claim = world.invoker.claims
-    # WHEN both invocations run, one after the other
+    # WHEN both invocations run, one after the other, a moment later
+    world.clock.advance(1)
     first = world.sync(open_id, claimed_at=first_claim)
     calls = len(world.feishu.calls)
     second = world.sync(open_id, claimed_at=second_claim)
@@ -110,3 +111,13 @@ def test_a_claim_that_lapsed_while_queued_never_makes_a_second_sync(world: FakeW
     # AND a push that arrives meanwhile is still served by a resync's invocation
     world.pings().dispatch([open_id], "push", calendar_id=f"{open_id}-primary")
     assert world.sync(open_id, claimed_at=second_claim).outcome == "synced"
+
+
+def test_a_sync_that_ended_in_the_second_of_the_claim_does_not_count_as_after_it(world: FakeWorld) -> None:
+    # GIVEN a user synced just now, then made due (a change whose push was lost) and claimed in that second
+    open_id = world.onboard("ou_same_second")
+    assert world.sync(open_id).outcome == "synced"
+    world.users.items[open_id].due_at = int(world.clock()) - 1
+    assert world.resync().sweep().started == 1
+    # WHEN the resync's invocation runs THEN it syncs: the earlier sync may have begun before the change
+    assert world.sync(open_id, claimed_at=world.invoker.claims[0]).outcome == "synced"

@@ -337,8 +337,10 @@ class CalendarSync:
 
     @staticmethod
     def _synced_since(user: UserRecord, claimed_at: int) -> bool:
-        """Whether a sync completed at or after ``claimed_at`` and no push waits for another."""
-        synced = user.last_success_at is not None and user.last_success_at >= claimed_at
+        """Whether a sync completed after ``claimed_at`` and no push waits for another. Times are whole
+        seconds: one that completed in the second of the claim may have started before what made the user
+        due, so it does not count."""
+        synced = user.last_success_at is not None and user.last_success_at > claimed_at
         return synced and user.pending_ping_at is None and not user.dirty_calendars
 
     def _guarded(self, attempt: _Attempt) -> SyncResult:  # noqa: PLR0911 - one return per kind of failure
