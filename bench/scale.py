@@ -123,8 +123,9 @@ def scale() -> list[Entry]:
 
 def _runs_until_nobody_is_due(resync: Resync) -> int:
     """Scheduled runs back to back (each starts at most ``RESYNC_MAX_USERS_PER_RUN``) until one starts
-    nobody: the schedule's runs of a sweep, without the minute between them."""
-    runs = 1
+    nobody: the schedule's runs of a sweep, without the minute between them. Returns the runs that
+    started someone."""
+    runs = 0
     while resync.sweep().started:
         runs += 1
     return runs
