@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import time
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools import Tracer
@@ -30,7 +29,6 @@ app = APIGatewayHttpResolver()
 SAFETY_SECONDS = 2
 
 
-@cache
 def onboarding(credentials: FeishuCredentials) -> Onboarding:
     """The onboarding flow for one credential set."""
     return composition.for_lambda(settings, credentials).onboarding

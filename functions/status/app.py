@@ -10,7 +10,6 @@ the request (negotiation, parameters, origin) and ``status_pages`` renders the H
 from __future__ import annotations
 
 import time
-from functools import cache
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +40,6 @@ HTML_HEADERS = {
 }
 
 
-@cache
 def service() -> status.StatusService:
     """The status service, built on first use."""
     return composition.for_lambda(settings).status

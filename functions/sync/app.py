@@ -13,7 +13,6 @@ still logs it, as ``delivery_id``.
 from __future__ import annotations
 
 import time
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools import Tracer
@@ -33,7 +32,6 @@ LEASE_MARGIN_SECONDS = 30  # the lease outlives the invocation's timeout by this
 LEGACY_DELIVERY_ID_KEY = "event_id"  # what requests called the delivery id before, in failure records still
 
 
-@cache
 def calendar_sync(credentials: FeishuCredentials) -> CalendarSync:
     """The sync engine for one credential set."""
     return composition.for_lambda(settings, credentials).sync
